@@ -1,0 +1,110 @@
+"""Noise schedules, tabulated in float64, in both notations (DESIGN §1).
+
+    seed notation        Ho et al. / diffusers
+    β_t²           =     β_t            betas
+    α_t²           =     α_t = 1 - β_t  alphas
+    ᾱ_t²           =     ᾱ_t            alphas_cumprod
+    ᾱ_t            =     √ᾱ_t           sqrt_alphas_cumprod
+    β̄_t            =     √(1 - ᾱ_t)     sqrt_one_minus_alphas_cumprod
+
+Index t ∈ [0, T): index 0 is the least noisy step (the source's t = 1), as in diffusers.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .kernels import coef_table
+
+
+@dataclass(frozen=True, eq=False)
+class Schedule:
+    """A DDPM noise schedule, defined by its variances β_t (diffusers' `betas`).
+
+    Build with `Schedule.linear()`, `Schedule.cosine()` or `Schedule.from_betas(betas)`.
+    Tables are float64 CPU tensors of length T; `table(variance, device)` gives the
+    float32 coefficient table the kernels read, cached per (variance, device).
+    """
+
+    betas: torch.Tensor  # (T,) float64: diffusers' β_t, the variance added at step t
+    _tables: dict = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self):
+        b = self.betas
+        if not isinstance(b, torch.Tensor):
+            raise TypeError(f"betas: expected a torch.Tensor, got {type(b).__name__}")
+        if b.dim() != 1 or b.numel() < 1:
+            raise ValueError(f"betas: expected a 1-D tensor of length T >= 1, got shape {tuple(b.shape)}")
+        if b.dtype != torch.float64 or b.device.type != "cpu":
+            raise ValueError("betas: expected a float64 CPU tensor; use Schedule.from_betas() to convert")
+        if not bool(torch.isfinite(b).all()) or not bool(((b > 0) & (b < 1)).all()):
+            raise ValueError("betas: expected every variance in (0, 1)")
+
+    @classmethod
+    def from_betas(cls, betas) -> "Schedule":
+        """From any sequence of variances β_t (e.g. a diffusers scheduler's `betas`)."""
+        return cls(torch.as_tensor(betas).detach().to("cpu", torch.float64).clone())
+
+    @classmethod
+    def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "Schedule":
+        """Ho et al. (2020): variances β_t evenly spaced from beta_start to beta_end."""
+        _check_T(T)
+        if not 0 < beta_start <= beta_end < 1:
+            raise ValueError(f"beta_start, beta_end: expected 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
+        return cls(torch.linspace(beta_start, beta_end, T, dtype=torch.float64))
+
+    @classmethod
+    def cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> "Schedule":
+        """Nichol & Dhariwal (2021): ᾱ_t² = f(t)/f(0), f(t) = cos²(((t/T + s)/(1 + s)) π/2),
+        variances β_t = 1 - f(t+1)/f(t) clipped at max_beta (diffusers' squaredcos_cap_v2)."""
+        _check_T(T)
+        i = torch.arange(T + 1, dtype=torch.float64) / T
+        f = torch.cos((i + s) / (1 + s) * math.pi / 2) ** 2
+        return cls((1 - f[1:] / f[:-1]).clamp(max=max_beta))
+
+    @property
+    def T(self) -> int:
+        return self.betas.numel()
+
+    # diffusers' names (variances)
+    @property
+    def alphas(self) -> torch.Tensor:
+        return 1.0 - self.betas
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        return torch.cumprod(1.0 - self.betas, dim=0)
+
+    # seed notation (standard deviations)
+    @property
+    def alpha(self) -> torch.Tensor:
+        """α_t = √(1 - β_t): the signal kept by one step, α_t² + β_t² = 1."""
+        return self.alphas.sqrt()
+
+    @property
+    def beta(self) -> torch.Tensor:
+        """β_t: the noise standard deviation added by one step."""
+        return self.betas.sqrt()
+
+    @property
+    def alpha_bar(self) -> torch.Tensor:
+        """ᾱ_t = α_0 ⋯ α_t: x_t = ᾱ_t x_0 + β̄_t ε."""
+        return self.alphas_cumprod.sqrt()
+
+    @property
+    def beta_bar(self) -> torch.Tensor:
+        """β̄_t = √(1 - ᾱ_t²)."""
+        return (1.0 - self.alphas_cumprod).sqrt()
+
+    def table(self, variance: str = "large", device=None) -> torch.Tensor:
+        """The (T, NCOEF) float32 coefficient table the kernels read (cached)."""
+        key = (variance, str(torch.device(device) if device is not None else torch.device("cpu")))
+        if key not in self._tables:
+            self._tables[key] = coef_table(self.alphas_cumprod, variance, device=device)
+        return self._tables[key]
+
+
+def _check_T(T) -> None:
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        raise ValueError(f"T: expected a positive int number of timesteps, got {T!r}")

@@ -1,0 +1,23 @@
+from setuptools import setup
+
+setup(
+    name="fastddpm",
+    version="0.1.0",
+    description="A DDPM engine: fused Triton kernels with addressed noise, a compiled U-Net, a CUDA-graphed sampler",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    # kernels/ is installed as fastddpm.kernels: a PyPI package named `kernels` exists.
+    packages=["fastddpm", "fastddpm.kernels"],
+    package_dir={"fastddpm": "fastddpm", "fastddpm.kernels": "kernels"},
+    install_requires=[
+        "torch>=2.11",
+        "triton>=3.6,<3.10; platform_system == 'Linux'",
+        "numpy",
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-benchmark", "scipy", "diffusers>=0.30", "nvidia-ml-py"],
+        "bench": ["nvidia-ml-py", "pytest-benchmark"],
+    },
+)

@@ -1,0 +1,76 @@
+"""Tolerances (one place, per dtype) and small builders shared by the tests."""
+
+import torch
+
+from fastddpm import Schedule
+
+# fp32 and fp64: PyTorch's own defaults for torch.testing.assert_close.
+DEFAULT_TOL = {torch.float32: dict(rtol=1.3e-6, atol=1e-5), torch.float64: dict(rtol=1e-7, atol=1e-7)}
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+# Odd shapes exercise every mask: C = 3 leaves a lane of the channel group idle, C = 5
+# needs a second group, 17 x 19 is not a power of two; C = 1 is Fashion-MNIST.
+SHAPES = ((3, 3, 17, 19), (2, 1, 8, 8), (2, 5, 7, 9), (4, 4, 16, 16))
+
+SCHEDULE = Schedule.linear()
+
+
+def timesteps(B: int, T: int, device) -> torch.Tensor:
+    """Per-sample timesteps that always include 0 and T - 1."""
+    g = torch.Generator().manual_seed(B * 7919 + T)
+    t = torch.randint(0, T, (B,), generator=g)
+    t[0] = 0
+    t[-1] = T - 1
+    return t.to(device)
+
+
+def rand_image(shape, dtype, device, seed: int, channels_last: bool = False, scale: float = 1.0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=g) * scale).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x.to(device)
+
+
+def half_ulp(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Half the spacing of `dtype` numbers at |x|: the error of rounding x to dtype."""
+    _, e = torch.frexp(x.float())  # |x| = m 2**e, m in [0.5, 1)
+    return torch.ldexp(torch.full_like(x.float(), torch.finfo(dtype).eps / 4), e)
+
+
+def assert_close_fp(actual, expected, dtype, ref_lowp=None):
+    """fp32/fp64: PyTorch's default tolerance. bf16/fp16 (flash-attention's rule): the
+    fast path's error against the fp32 reference is at most twice the error of the plain
+    reference run in that low dtype -- plus, element by element, the half ulp that
+    storing the exact answer in that dtype costs (a kernel that computes in fp32 and
+    rounds once can have that much error where the bf16 reference was lucky)."""
+    if dtype not in LOW_PRECISION:
+        torch.testing.assert_close(actual.to(expected.dtype), expected, **DEFAULT_TOL[expected.dtype])
+        return
+    assert ref_lowp is not None, "low-precision comparison needs the reference run in that dtype"
+    exp = expected.float()
+    err = (actual.float() - exp).abs()
+    ref_err = (ref_lowp.float() - exp).abs().max().item()
+    excess = (err - 2 * ref_err - half_ulp(exp, dtype)).max().item()
+    assert excess <= 0, (
+        f"{dtype}: fast path error {err.max().item():.3g} exceeds 2 x reference error "
+        f"{ref_err:.3g} + half an ulp by {excess:.3g}"
+    )
+
+
+def addressed_noise(shape, seeds, t, stream, device):
+    """The addressed normals from the torch twin on the CPU, moved to `device`: feeding
+    these to the reference also checks that CPU and device draw the same noise."""
+    from fastddpm.kernels._philox import randn_torch
+
+    return randn_torch(seeds.cpu(), t.cpu(), stream, shape).to(device)
+
+
+def triton_backend(device):
+    """On CPU route to the interpreted Triton kernels; on CUDA they run anyway."""
+    import contextlib
+
+    from fastddpm import kernels as K
+
+    return K.cpu_backend("triton") if device.type == "cpu" else contextlib.nullcontext()
