@@ -93,11 +93,13 @@ def pixel_strides(x: torch.Tensor, name: str = "x"):
 
 
 def check_like(y, name: str, x: torch.Tensor, xname: str) -> None:
-    check_image(y, name)
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor like {xname}, got {type(y).__name__}")
     if y.shape != x.shape:
         raise ValueError(f"{name}: expected shape {tuple(x.shape)} (that of {xname}), got {tuple(y.shape)}")
     if y.device != x.device:
         raise ValueError(f"{name}: expected device {x.device} (that of {xname}), got {y.device}")
+    check_image(y, name)
 
 
 def check_table(table, x: torch.Tensor, ncoef: int) -> int:

@@ -35,8 +35,10 @@ def rand_image(shape, dtype, device, seed: int, channels_last: bool = False, sca
 
 def half_ulp(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Half the spacing of `dtype` numbers at |x|: the error of rounding x to dtype."""
+    fi = torch.finfo(dtype)
     _, e = torch.frexp(x.float())  # |x| = m 2**e, m in [0.5, 1)
-    return torch.ldexp(torch.full_like(x.float(), torch.finfo(dtype).eps / 4), e)
+    normal = torch.ldexp(torch.full_like(x.float(), fi.eps / 4), e)
+    return normal.clamp(min=fi.tiny * fi.eps / 2)  # subnormals are evenly spaced
 
 
 def assert_close_fp(actual, expected, dtype, ref_lowp=None):

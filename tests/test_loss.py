@@ -1,0 +1,95 @@
+"""ε-MSE loss: value and gradient against autograd on the reference, gradcheck."""
+
+import pytest
+import torch
+from helpers import DTYPES, SCHEDULE, SHAPES, addressed_noise, half_ulp, rand_image, timesteps
+
+from fastddpm import kernels as K
+from fastddpm import reference as R
+
+
+def _weights(T, device):
+    return torch.linspace(0.5, 2.0, T, dtype=torch.float32, device=device)  # min-SNR-like ramp
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_value_and_grad_match_reference_with_explicit_noise(impl, device, shape, dtype, channels_last, weighted):
+    eps_hat = rand_image(shape, dtype, device, 1, channels_last).requires_grad_()
+    noise = rand_image(shape, dtype, device, 2, channels_last)
+    t = timesteps(shape[0], SCHEDULE.T, device)
+    w = _weights(SCHEDULE.T, device) if weighted else None
+    loss = K.eps_mse_loss(eps_hat, t, noise=noise, weights=w)
+    (grad,) = torch.autograd.grad(loss, eps_hat)
+    assert loss.dtype == torch.float32 and grad.dtype == dtype and grad.stride() == eps_hat.stride()
+    # reference: fp32 arithmetic on the same stored values (the kernel computes in fp32)
+    e32 = eps_hat.detach().float().requires_grad_()
+    ref = R.eps_mse_loss(e32, noise.float(), t, w)
+    (ref_grad,) = torch.autograd.grad(ref, e32)
+    torch.testing.assert_close(loss, ref)
+    if dtype == torch.float32:
+        torch.testing.assert_close(grad, ref_grad)
+    else:  # the fp32 gradient rounded once to the storage dtype: within one ulp of it
+        assert ((grad.float() - ref_grad).abs() <= 2 * half_ulp(ref_grad, dtype)).all()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_addressed_noise_is_the_noise_q_sample_drew(impl, device, reduction, channels_last):
+    shape = (3, 3, 17, 19)
+    x0 = rand_image(shape, torch.float32, device, 3, channels_last)
+    t = timesteps(3, SCHEDULE.T, device)
+    seeds = torch.tensor([5, 6, 2**33], device=device)
+    table = SCHEDULE.table(device=device)
+    x_t = K.q_sample(x0, t, table, seeds=seeds)
+    # a "model" whose prediction depends on x_t, so the loss is not trivial
+    eps_hat = (0.5 * x_t).detach().requires_grad_()
+    w = _weights(SCHEDULE.T, device)
+    loss = K.eps_mse_loss(eps_hat, t, seeds=seeds, weights=w, reduction=reduction)
+    up = torch.linspace(0.5, 1.5, 3, device=device) if reduction == "none" else torch.tensor(1.0, device=device)
+    (grad,) = torch.autograd.grad(loss, eps_hat, grad_outputs=up)
+
+    eps = addressed_noise(shape, seeds, t, K.STREAM_NOISING, device)
+    torch.testing.assert_close(x_t, R.q_sample(x0, t, SCHEDULE, eps))  # the same ε went in
+    e_ref = eps_hat.detach().clone().requires_grad_()
+    ref = R.eps_mse_loss(e_ref, eps, t, w, reduction=reduction)
+    (ref_grad,) = torch.autograd.grad(ref, e_ref, grad_outputs=up)
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(grad, ref_grad)
+
+
+def test_loss_is_bitwise_reproducible(impl, device):
+    eps_hat = rand_image((4, 3, 32, 32), torch.float32, device, 4)
+    t = timesteps(4, SCHEDULE.T, device)
+    a = K.eps_mse_loss(eps_hat, t, seeds=1)
+    b = K.eps_mse_loss(eps_hat, t, seeds=1)
+    assert torch.equal(a, b)
+
+
+def test_noise_gradient_when_noise_requires_grad(impl, device):
+    eps_hat = rand_image((2, 3, 4, 5), torch.float32, device, 5).requires_grad_()
+    noise = rand_image((2, 3, 4, 5), torch.float32, device, 6).requires_grad_()
+    t = timesteps(2, SCHEDULE.T, device)
+    ge, gn = torch.autograd.grad(K.eps_mse_loss(eps_hat, t, noise=noise), (eps_hat, noise))
+    torch.testing.assert_close(gn, -ge)
+
+
+@pytest.mark.parametrize("source", ["seeds", "noise"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_gradcheck_float64_cpu(source, reduction):
+    # the torch twin in float64 (the interpreted Triton kernels are fp32 only)
+    g = torch.Generator().manual_seed(0)
+    eps_hat = torch.randn(2, 3, 3, 4, generator=g, dtype=torch.float64).requires_grad_()
+    noise = torch.randn(2, 3, 3, 4, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 999])
+    w = _weights(SCHEDULE.T, "cpu")
+    kw = dict(seeds=torch.tensor([3, 4])) if source == "seeds" else dict(noise=noise)
+    with K.cpu_backend("torch"):
+        assert torch.autograd.gradcheck(
+            lambda e: K.eps_mse_loss(e, t, weights=w, reduction=reduction, **kw), (eps_hat,)
+        )
+        x0 = torch.randn(2, 3, 3, 4, generator=g, dtype=torch.float64).requires_grad_()
+        table = SCHEDULE.table()
+        assert torch.autograd.gradcheck(lambda x: K.q_sample(x, t, table, seeds=torch.tensor([3, 4])), (x0,))

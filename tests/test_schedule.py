@@ -1,0 +1,70 @@
+"""Schedules: the identities of the seed notation, diffusers' tables, bad input."""
+
+import math
+
+import pytest
+import torch
+
+from fastddpm import Schedule
+from fastddpm.kernels import tables
+
+
+@pytest.mark.parametrize("sched", [Schedule.linear(), Schedule.cosine(), Schedule.linear(T=10, beta_start=0.01, beta_end=0.3)])
+def test_identities_in_seed_notation(sched):
+    for name in ("alpha", "beta", "alpha_bar", "beta_bar", "betas", "alphas", "alphas_cumprod"):
+        v = getattr(sched, name)
+        assert v.dtype == torch.float64 and v.shape == (sched.T,), name
+    one = torch.ones(sched.T, dtype=torch.float64)
+    torch.testing.assert_close(sched.alpha**2 + sched.beta**2, one)  # α_t² + β_t² = 1
+    torch.testing.assert_close(sched.alpha_bar**2 + sched.beta_bar**2, one)  # β̄_t = √(1 - ᾱ_t²)
+    torch.testing.assert_close(sched.alpha_bar, torch.cumprod(sched.alpha, 0))  # ᾱ_t = α_0 ⋯ α_t
+    torch.testing.assert_close(sched.beta**2, sched.betas)  # the notation table of DESIGN §1
+    torch.testing.assert_close(sched.alpha_bar**2, sched.alphas_cumprod)
+
+
+def test_linear_endpoints_are_variances():
+    s = Schedule.linear()
+    assert s.T == 1000
+    assert s.betas[0].item() == pytest.approx(1e-4) and s.betas[-1].item() == pytest.approx(0.02)
+    assert s.alpha_bar[-1].item() < 0.01  # x_T is almost pure noise
+    assert s.beta_bar[0].item() == pytest.approx(0.01)  # β̄_0 = √β_0
+
+
+def test_cosine_follows_nichol_dhariwal():
+    s = Schedule.cosine(T=1000)
+    f = lambda t: math.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    for t in (0, 10, 500, 900):  # ᾱ_t² = f(t+1)/f(0) with index 0 the source's t = 1
+        assert s.alphas_cumprod[t].item() == pytest.approx(f(t + 1) / f(0), rel=1e-12)
+    assert s.betas.max().item() <= 0.999
+
+
+def test_table_columns_against_the_schedule():
+    s = Schedule.linear(T=50)
+    for variance in ("large", "small", "none"):
+        tab = s.table(variance).double()
+        assert tab.dtype == torch.float64 and tab.shape == (50, tables.NCOEF)
+        t = torch.arange(1, 50)
+        close = dict(rtol=2e-7, atol=1e-7)  # float32 storage of float64 values
+        torch.testing.assert_close(tab[:, tables.SQRT_AB], s.alpha_bar, **close)
+        torch.testing.assert_close(tab[:, tables.SQRT_1M_AB], s.beta_bar, **close)
+        torch.testing.assert_close(tab[:, tables.RECIP_ALPHA], 1 / s.alpha, **close)
+        torch.testing.assert_close(tab[:, tables.EPS_COEF], s.beta**2 / (s.alpha * s.beta_bar), **close)
+        sigma = {"large": s.beta[t], "small": s.beta[t] * s.beta_bar[t - 1] / s.beta_bar[t], "none": 0 * s.beta[t]}
+        torch.testing.assert_close(tab[1:, tables.SIGMA], sigma[variance], **close)
+        assert tab[0, tables.SIGMA].item() == 0.0  # no noise at the last reverse step
+    assert s.table("small") is s.table("small")  # cached
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="T: expected a positive int"):
+        Schedule.linear(T=0)
+    with pytest.raises(ValueError, match="beta_start, beta_end"):
+        Schedule.linear(beta_start=0.02, beta_end=1e-4)
+    with pytest.raises(ValueError, match=r"betas: expected every variance in \(0, 1\)"):
+        Schedule.from_betas([0.1, 1.0])
+    with pytest.raises(ValueError, match="betas: expected a 1-D"):
+        Schedule.from_betas(torch.ones(2, 2) * 0.1)
+    with pytest.raises(ValueError, match="betas: expected a float64 CPU tensor"):
+        Schedule(torch.ones(3) * 0.1)
+    with pytest.raises(TypeError, match="betas: expected a torch.Tensor"):
+        Schedule([0.1])

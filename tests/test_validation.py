@@ -1,0 +1,135 @@
+"""Bad input gets a clear error naming the argument, never a silent wrong answer."""
+
+import pytest
+import torch
+from helpers import SCHEDULE
+
+from fastddpm import kernels as K
+
+B, SHAPE = 2, (2, 3, 8, 8)
+
+
+def _ok(device):
+    x = torch.randn(SHAPE, device=device)
+    t = torch.tensor([0, 5], device=device)
+    return x, t, SCHEDULE.table(device=device)
+
+
+def test_wrong_dtype(impl, device):
+    x, t, table = _ok(device)
+    with pytest.raises(TypeError, match="x0: expected dtype"):
+        K.q_sample(x.to(torch.int32), t, table, seeds=0)
+    with pytest.raises(TypeError, match="t: expected dtype int32 or int64"):
+        K.q_sample(x, t.float(), table, seeds=0)
+    with pytest.raises(TypeError, match="seeds: expected dtype int64"):
+        K.q_sample(x, t, table, seeds=torch.tensor([1, 2], dtype=torch.int32, device=device))
+    with pytest.raises(TypeError, match="eps_hat: expected dtype"):
+        K.reverse_step(x, x.to(torch.int64), t, table, seeds=0)
+    with pytest.raises(ValueError, match="table: expected a contiguous float32"):
+        K.q_sample(x, t, table.double(), seeds=0)
+    with pytest.raises(ValueError, match="weights: expected a contiguous 1-D float32"):
+        K.eps_mse_loss(x, t, seeds=0, weights=torch.ones(10, dtype=torch.float64, device=device))
+
+
+def test_float64_only_on_the_torch_twin():
+    x = torch.randn(SHAPE, dtype=torch.float64)
+    with K.cpu_backend("triton"):
+        with pytest.raises(TypeError, match=r"x0: expected dtype in \(float32, bfloat16, float16\)"):
+            K.q_sample(x, torch.tensor([0, 1]), SCHEDULE.table(), seeds=0)
+
+
+def test_shape_mismatch(impl, device):
+    x, t, table = _ok(device)
+    with pytest.raises(ValueError, match=r"eps_hat: expected shape \(2, 3, 8, 8\)"):
+        K.reverse_step(x, x[:, :2], t, table, seeds=0)
+    with pytest.raises(ValueError, match=r"noise: expected shape"):
+        K.q_sample(x, t, table, noise=x[:1])
+    with pytest.raises(ValueError, match=r"x0: expected a 4-D"):
+        K.q_sample(x[0], t, table, seeds=0)
+    with pytest.raises(ValueError, match=r"t: expected shape \(2,\)"):
+        K.q_sample(x, t[:1], table, seeds=0)
+    with pytest.raises(ValueError, match=r"table: expected shape \(T, 9\)"):
+        K.q_sample(x, t, table[:, :4].contiguous(), seeds=0)
+    with pytest.raises(ValueError, match=r"out_lowp: expected shape"):
+        K.reverse_step(x, x, t, table, seeds=0, out_lowp=x[:, :1])
+
+
+def test_seeds_of_the_wrong_length(impl, device):
+    x, t, table = _ok(device)
+    for fn in (
+        lambda s: K.q_sample(x, t, table, seeds=s),
+        lambda s: K.reverse_step(x, x, t, table, seeds=s),
+        lambda s: K.eps_mse_loss(x, t, seeds=s),
+    ):
+        with pytest.raises(ValueError, match=r"seeds: expected shape \(2,\)"):
+            fn(torch.arange(3, device=device))
+
+
+def test_timestep_out_of_range(impl, device):
+    x, t, table = _ok(device)
+    for bad in ([0, 1000], [-1, 3]):
+        tb = torch.tensor(bad, device=device)
+        with pytest.raises(ValueError, match=r"t: expected every timestep in \[0, 1000\)"):
+            K.q_sample(x, tb, table, seeds=0)
+        with pytest.raises(ValueError, match=r"t: expected every timestep in \[0, 1000\)"):
+            K.reverse_step(x, x, tb, table, seeds=0)
+        with pytest.raises(ValueError, match=r"t: expected every timestep in \[0, 1000\)"):
+            K.eps_mse_loss(x, tb, seeds=0, weights=torch.ones(1000, device=device))
+
+
+def test_non_dense_strides(impl, device):
+    x, t, table = _ok(device)
+    wide = torch.randn(2, 3, 8, 16, device=device)
+    for bad in (wide[..., ::2], wide[..., :8], x.transpose(2, 3), x[:1].expand(2, 3, 8, 8)):
+        with pytest.raises(ValueError, match="x0: expected a dense contiguous"):
+            K.q_sample(bad, t, table, seeds=0)
+    with pytest.raises(ValueError, match="eps_hat: expected a dense contiguous"):
+        K.eps_mse_loss(wide[..., ::2], t, seeds=0)
+    with pytest.raises(ValueError, match="out: expected a dense contiguous"):
+        K.reverse_step(x, x, t, table, seeds=0, out=wide[..., :8])
+
+
+def test_device_mismatch(impl, device):
+    x, t, table = _ok(device)
+    meta = torch.device("meta")
+    with pytest.raises(ValueError, match="t: expected device"):
+        K.q_sample(x, t.to(meta), table, seeds=0)
+    with pytest.raises(ValueError, match="table: expected device"):
+        K.q_sample(x, t, table.to(meta), seeds=0)
+    with pytest.raises(ValueError, match="seeds: expected device"):
+        K.q_sample(x, t, table, seeds=torch.tensor([1, 2], device=meta))
+    with pytest.raises(ValueError, match="noise: expected device"):
+        K.q_sample(x, t, table, noise=x.to(meta))
+    with pytest.raises(ValueError, match="x0: expected a CPU or CUDA tensor"):
+        K.q_sample(x.to(meta), t, table, seeds=0)
+
+
+def test_noise_source_and_options(impl, device):
+    x, t, table = _ok(device)
+    with pytest.raises(ValueError, match="pass exactly one of seeds= .* got neither"):
+        K.q_sample(x, t, table)
+    with pytest.raises(ValueError, match="pass exactly one of seeds= .* got both"):
+        K.reverse_step(x, x, t, table, seeds=0, noise=x)
+    with pytest.raises(TypeError, match="seeds: expected an int or an int64 tensor"):
+        K.q_sample(x, t, table, seeds=1.5)
+    with pytest.raises(ValueError, match="reduction: expected"):
+        K.eps_mse_loss(x, t, seeds=0, reduction="avg")
+    with pytest.raises(ValueError, match="stream: expected an int"):
+        K.q_sample(x, t, table, seeds=0, stream=-1)
+    with pytest.raises(ValueError, match="variance: expected one of"):
+        K.coef_table(SCHEDULE.alphas_cumprod, "fixed_large")
+
+
+def test_bad_schedule_tables():
+    with pytest.raises(ValueError, match=r"alphas_cumprod: expected every value in \(0, 1\)"):
+        K.coef_table(torch.tensor([1.0, 0.5]))
+    with pytest.raises(ValueError, match="alphas_cumprod: expected a non-increasing"):
+        K.coef_table(torch.tensor([0.5, 0.9]))
+    with pytest.raises(ValueError, match="alphas_cumprod: expected a 1-D"):
+        K.coef_table(torch.ones(2, 2) * 0.5)
+
+
+def test_cpu_backend_names():
+    with pytest.raises(ValueError, match="cpu_backend: expected 'torch' or 'triton'"):
+        with K.cpu_backend("cuda"):
+            pass
