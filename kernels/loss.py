@@ -23,8 +23,8 @@ from .noise import launch_config
 
 
 @triton.jit
-def _sq_lane(e_ptr, n_ptr, c, p, pm, C, sec, sep, snc, snp, n, HAS_NOISE: tl.constexpr):
-    m = pm & (c < C)
+def _sq_lane(e_ptr, n_ptr, c, p, HW, C, sec, sep, snc, snp, n, HAS_NOISE: tl.constexpr):
+    m = p < tl.where(c < C, HW, 0)  # pixel in the image and channel c exists
     e = tl.load(e_ptr + c * sec + p * sep, mask=m).to(tl.float32)
     if HAS_NOISE:
         n = tl.load(n_ptr + c * snc + p * snp, mask=m).to(tl.float32)
@@ -33,8 +33,8 @@ def _sq_lane(e_ptr, n_ptr, c, p, pm, C, sec, sep, snc, snp, n, HAS_NOISE: tl.con
 
 
 @triton.jit
-def _grad_lane(e_ptr, n_ptr, g_ptr, c, p, pm, C, sec, sep, snc, snp, sgc, sgp, k, n, HAS_NOISE: tl.constexpr):
-    m = pm & (c < C)
+def _grad_lane(e_ptr, n_ptr, g_ptr, c, p, HW, C, sec, sep, snc, snp, sgc, sgp, k, n, HAS_NOISE: tl.constexpr):
+    m = p < tl.where(c < C, HW, 0)  # pixel in the image and channel c exists
     e = tl.load(e_ptr + c * sec + p * sep, mask=m).to(tl.float32)
     if HAS_NOISE:
         n = tl.load(n_ptr + c * snc + p * snp, mask=m).to(tl.float32)
@@ -58,7 +58,6 @@ def _loss_kernel(
     b = pid // (G * TILES)
     g = (pid // TILES) % G
     p = (pid % TILES) * BLOCK + tl.arange(0, BLOCK)
-    pm = p < HW
     t = tl.load(t_ptr + b)
     if HAS_W:
         ok = (t >= 0) & (t < T)  # out of range answers NaN
@@ -79,15 +78,15 @@ def _loss_kernel(
     if BACKWARD:
         g_ptr += bl * sgb
         k = 2.0 * w * inv_n * tl.load(part_ptr + b)
-        _grad_lane(e_ptr, n_ptr, g_ptr, c, p, pm, C, sec, sep, snc, snp, sgc, sgp, k, n0, HAS_NOISE)
-        _grad_lane(e_ptr, n_ptr, g_ptr, c + 1, p, pm, C, sec, sep, snc, snp, sgc, sgp, k, n1, HAS_NOISE)
-        _grad_lane(e_ptr, n_ptr, g_ptr, c + 2, p, pm, C, sec, sep, snc, snp, sgc, sgp, k, n2, HAS_NOISE)
-        _grad_lane(e_ptr, n_ptr, g_ptr, c + 3, p, pm, C, sec, sep, snc, snp, sgc, sgp, k, n3, HAS_NOISE)
+        _grad_lane(e_ptr, n_ptr, g_ptr, c, p, HW, C, sec, sep, snc, snp, sgc, sgp, k, n0, HAS_NOISE)
+        _grad_lane(e_ptr, n_ptr, g_ptr, c + 1, p, HW, C, sec, sep, snc, snp, sgc, sgp, k, n1, HAS_NOISE)
+        _grad_lane(e_ptr, n_ptr, g_ptr, c + 2, p, HW, C, sec, sep, snc, snp, sgc, sgp, k, n2, HAS_NOISE)
+        _grad_lane(e_ptr, n_ptr, g_ptr, c + 3, p, HW, C, sec, sep, snc, snp, sgc, sgp, k, n3, HAS_NOISE)
     else:
-        acc = _sq_lane(e_ptr, n_ptr, c, p, pm, C, sec, sep, snc, snp, n0, HAS_NOISE)
-        acc += _sq_lane(e_ptr, n_ptr, c + 1, p, pm, C, sec, sep, snc, snp, n1, HAS_NOISE)
-        acc += _sq_lane(e_ptr, n_ptr, c + 2, p, pm, C, sec, sep, snc, snp, n2, HAS_NOISE)
-        acc += _sq_lane(e_ptr, n_ptr, c + 3, p, pm, C, sec, sep, snc, snp, n3, HAS_NOISE)
+        acc = _sq_lane(e_ptr, n_ptr, c, p, HW, C, sec, sep, snc, snp, n0, HAS_NOISE)
+        acc += _sq_lane(e_ptr, n_ptr, c + 1, p, HW, C, sec, sep, snc, snp, n1, HAS_NOISE)
+        acc += _sq_lane(e_ptr, n_ptr, c + 2, p, HW, C, sec, sep, snc, snp, n2, HAS_NOISE)
+        acc += _sq_lane(e_ptr, n_ptr, c + 3, p, HW, C, sec, sep, snc, snp, n3, HAS_NOISE)
         tl.store(part_ptr + pid, acc * w * inv_n)
 
 

@@ -30,17 +30,16 @@ def _randn_kernel(
     b = pid // (G * TILES)
     g = (pid // TILES) % G
     p = (pid % TILES) * BLOCK + tl.arange(0, BLOCK)
-    pm = p < HW
     seed = tl.load(seed_ptr + b)
     t = tl.load(t_ptr + b)
     n0, n1, n2, n3 = randn4(seed, p, g, t, stream)
     base = out_ptr + b.to(tl.int64) * s_b + p * s_p
     ty = out_ptr.dtype.element_ty
     c = 4 * g
-    tl.store(base + c * s_c, to_storage(n0, ty), mask=pm & (c < C))  # writes N, reads 0
-    tl.store(base + (c + 1) * s_c, to_storage(n1, ty), mask=pm & (c + 1 < C))
-    tl.store(base + (c + 2) * s_c, to_storage(n2, ty), mask=pm & (c + 2 < C))
-    tl.store(base + (c + 3) * s_c, to_storage(n3, ty), mask=pm & (c + 3 < C))
+    tl.store(base + c * s_c, to_storage(n0, ty), mask=p < tl.where(c < C, HW, 0))  # writes N, reads 0
+    tl.store(base + (c + 1) * s_c, to_storage(n1, ty), mask=p < tl.where(c + 1 < C, HW, 0))
+    tl.store(base + (c + 2) * s_c, to_storage(n2, ty), mask=p < tl.where(c + 2 < C, HW, 0))
+    tl.store(base + (c + 3) * s_c, to_storage(n3, ty), mask=p < tl.where(c + 3 < C, HW, 0))
 
 
 @triton.jit

@@ -18,9 +18,9 @@ from .noise import launch_config
 
 
 @triton.jit
-def _q_lane(x0_ptr, n_ptr, o_ptr, c, p, pm, C, s0c, s0p, snc, snp, soc, sop, a, s, n, HAS_NOISE: tl.constexpr):
+def _q_lane(x0_ptr, n_ptr, o_ptr, c, p, HW, C, s0c, s0p, snc, snp, soc, sop, a, s, n, HAS_NOISE: tl.constexpr):
     # one channel c of a pixel block: x_t = a x_0 + s ε
-    m = pm & (c < C)
+    m = p < tl.where(c < C, HW, 0)  # pixel in the image and channel c exists
     x0 = tl.load(x0_ptr + c * s0c + p * s0p, mask=m).to(tl.float32)
     if HAS_NOISE:
         n = tl.load(n_ptr + c * snc + p * snp, mask=m).to(tl.float32)
@@ -43,7 +43,6 @@ def _q_sample_kernel(
     b = pid // (G * TILES)
     g = (pid // TILES) % G
     p = (pid % TILES) * BLOCK + tl.arange(0, BLOCK)
-    pm = p < HW
     t = tl.load(t_ptr + b)
     ok = (t >= 0) & (t < T)  # out of range reads row 0 and answers NaN
     row = tab_ptr + tl.where(ok, t, 0) * NC
@@ -62,10 +61,10 @@ def _q_sample_kernel(
     n_ptr += bl * snb
     o_ptr += bl * sob
     c = 4 * g
-    _q_lane(x0_ptr, n_ptr, o_ptr, c, p, pm, C, s0c, s0p, snc, snp, soc, sop, a, s, n0, HAS_NOISE)
-    _q_lane(x0_ptr, n_ptr, o_ptr, c + 1, p, pm, C, s0c, s0p, snc, snp, soc, sop, a, s, n1, HAS_NOISE)
-    _q_lane(x0_ptr, n_ptr, o_ptr, c + 2, p, pm, C, s0c, s0p, snc, snp, soc, sop, a, s, n2, HAS_NOISE)
-    _q_lane(x0_ptr, n_ptr, o_ptr, c + 3, p, pm, C, s0c, s0p, snc, snp, soc, sop, a, s, n3, HAS_NOISE)
+    _q_lane(x0_ptr, n_ptr, o_ptr, c, p, HW, C, s0c, s0p, snc, snp, soc, sop, a, s, n0, HAS_NOISE)
+    _q_lane(x0_ptr, n_ptr, o_ptr, c + 1, p, HW, C, s0c, s0p, snc, snp, soc, sop, a, s, n1, HAS_NOISE)
+    _q_lane(x0_ptr, n_ptr, o_ptr, c + 2, p, HW, C, s0c, s0p, snc, snp, soc, sop, a, s, n2, HAS_NOISE)
+    _q_lane(x0_ptr, n_ptr, o_ptr, c + 3, p, HW, C, s0c, s0p, snc, snp, soc, sop, a, s, n3, HAS_NOISE)
 
 
 def _q_sample_launch(x0, t, table, seeds, noise, stream, out):

@@ -23,12 +23,12 @@ from .noise import launch_config
 
 @triton.jit
 def _step_lane(
-    x_ptr, e_ptr, z_ptr, o_ptr, l_ptr, c, p, pm, C,
+    x_ptr, e_ptr, z_ptr, o_ptr, l_ptr, c, p, HW, C,
     sxc, sxp, sec, sep, szc, szp, soc, sop, slc, slp,
     r_alpha, eps_c, sigma, r_sab, x0_e, post_x0, post_xt, z,
     CLIP: tl.constexpr, HAS_NOISE: tl.constexpr, HAS_LOWP: tl.constexpr,
 ):
-    m = pm & (c < C)
+    m = p < tl.where(c < C, HW, 0)  # pixel in the image and channel c exists
     x = tl.load(x_ptr + c * sxc + p * sxp, mask=m).to(tl.float32)
     e = tl.load(e_ptr + c * sec + p * sep, mask=m).to(tl.float32)
     if HAS_NOISE:
@@ -63,7 +63,6 @@ def _step_kernel(
     b = pid // (G * TILES)
     g = (pid // TILES) % G
     p = (pid % TILES) * BLOCK + tl.arange(0, BLOCK)
-    pm = p < HW
     t = tl.load(t_ptr + b)
     ok = (t >= 0) & (t < T)  # out of range reads row 0 and answers NaN
     row = tab_ptr + tl.where(ok, t, 0) * NC
@@ -89,13 +88,13 @@ def _step_kernel(
     o_ptr += bl * sob
     l_ptr += bl * slb
     c = 4 * g
-    _step_lane(x_ptr, e_ptr, z_ptr, o_ptr, l_ptr, c, p, pm, C, sxc, sxp, sec, sep, szc, szp, soc, sop, slc, slp,
+    _step_lane(x_ptr, e_ptr, z_ptr, o_ptr, l_ptr, c, p, HW, C, sxc, sxp, sec, sep, szc, szp, soc, sop, slc, slp,
                r_alpha, eps_c, sigma, r_sab, x0_e, post_x0, post_xt, z0, CLIP, HAS_NOISE, HAS_LOWP)
-    _step_lane(x_ptr, e_ptr, z_ptr, o_ptr, l_ptr, c + 1, p, pm, C, sxc, sxp, sec, sep, szc, szp, soc, sop, slc, slp,
+    _step_lane(x_ptr, e_ptr, z_ptr, o_ptr, l_ptr, c + 1, p, HW, C, sxc, sxp, sec, sep, szc, szp, soc, sop, slc, slp,
                r_alpha, eps_c, sigma, r_sab, x0_e, post_x0, post_xt, z1, CLIP, HAS_NOISE, HAS_LOWP)
-    _step_lane(x_ptr, e_ptr, z_ptr, o_ptr, l_ptr, c + 2, p, pm, C, sxc, sxp, sec, sep, szc, szp, soc, sop, slc, slp,
+    _step_lane(x_ptr, e_ptr, z_ptr, o_ptr, l_ptr, c + 2, p, HW, C, sxc, sxp, sec, sep, szc, szp, soc, sop, slc, slp,
                r_alpha, eps_c, sigma, r_sab, x0_e, post_x0, post_xt, z2, CLIP, HAS_NOISE, HAS_LOWP)
-    _step_lane(x_ptr, e_ptr, z_ptr, o_ptr, l_ptr, c + 3, p, pm, C, sxc, sxp, sec, sep, szc, szp, soc, sop, slc, slp,
+    _step_lane(x_ptr, e_ptr, z_ptr, o_ptr, l_ptr, c + 3, p, HW, C, sxc, sxp, sec, sep, szc, szp, soc, sop, slc, slp,
                r_alpha, eps_c, sigma, r_sab, x0_e, post_x0, post_xt, z3, CLIP, HAS_NOISE, HAS_LOWP)
 
 
