@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The one GPU job: the test suite on CUDA (compiled Triton kernels, no interpreter),
+# then the benchmark when it exists. Writes under benchmarks/results/<date>-<gpu>/ and,
+# when $OUT is set (the device tool), copies the same files there. Target: < 8 minutes.
+#
+# On a machine whose python3 already has torch and triton and reaches no registry:
+#     bash benchmarks/gpu_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+
+if ! python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "gpu_check: torch sees no CUDA device; nothing to do" >&2
+    exit 2
+fi
+python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null || exit 1
+
+gpu=$(python3 -c "import torch; print(torch.cuda.get_device_name().replace(' ', '-'))")
+dir="benchmarks/results/$(date -u +%Y-%m-%d)-${gpu}"
+mkdir -p "$dir"
+python3 - > "$dir/env.json" <<'PY'
+import json, platform, subprocess, torch, triton
+commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+print(json.dumps({
+    "gpu": torch.cuda.get_device_name(), "capability": torch.cuda.get_device_capability(),
+    "torch": torch.__version__, "cuda": torch.version.cuda, "triton": triton.__version__,
+    "python": platform.python_version(), "commit": commit,
+}, indent=1))
+PY
+
+status=0
+FASTDDPM_TEST_DEVICE=cuda timeout 360 python3 -m pytest -q -p no:cacheprovider tests 2>&1 | tee "$dir/tests.txt"
+status=${PIPESTATUS[0]}
+
+if python3 -c "import fastddpm.bench" 2>/dev/null; then
+    timeout 300 python3 -m fastddpm.bench --json "$dir/bench.json" 2>&1 | tee "$dir/bench.txt" || status=1
+fi
+
+if [ -n "${OUT:-}" ]; then cp "$dir"/* "$OUT"/; fi
+echo "gpu_check: results in $dir (tests exit $status)"
+exit "$status"
