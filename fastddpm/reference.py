@@ -84,3 +84,35 @@ def eps_mse_loss(
     if reduction == "none":
         return per_sample
     raise ValueError(f"reduction: expected 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+@torch.no_grad()
+def sample(
+    model,
+    schedule: Schedule,
+    seeds: torch.Tensor,
+    shape: tuple,
+    variance: str = "large",
+    clip: bool = False,
+    steps: int = None,
+) -> torch.Tensor:
+    """Ancestral sampling, eager fp32, one reference step at a time (Ho et al. Algorithm 2).
+
+    Same seeds contract as fastddpm.Sampler: image k starts from the prior addressed by
+    (seeds[k], STREAM_PRIOR, 0) and step t adds z addressed by (seeds[k], STREAM_REVERSE, t),
+    both materialised here by fastddpm.kernels.randn. steps: only the first `steps`
+    reverse steps (default all T), returning x_{T-steps}.
+    """
+    from . import kernels as K
+    from .sampler import model_output
+
+    B, T = seeds.numel(), schedule.T
+    dev = seeds.device
+    zeros = torch.zeros(B, dtype=torch.int64, device=dev)
+    x = K.randn((B, *shape), seeds, zeros, K.STREAM_PRIOR)  # x_T ~ N(0, I)
+    for i in range(T - 1, T - 1 - (T if steps is None else steps), -1):
+        t = torch.full((B,), i, dtype=torch.int64, device=dev)
+        eps_hat = model_output(model(x, t)).float()
+        z = K.randn((B, *shape), seeds, t, K.STREAM_REVERSE)
+        x = reverse_step(x, eps_hat, t, schedule, z, variance, clip)
+    return x

@@ -1,0 +1,298 @@
+"""The DDPM U-Net of Ho et al. (2020), in diffusers' UNet2DModel layout.
+
+Residual blocks (GroupNorm, SiLU, 3x3 convs, a projected timestep embedding), self-
+attention at chosen resolutions through F.scaled_dot_product_attention, strided-conv
+down-sampling, nearest + conv up-sampling, skip connections. Module names follow
+diffusers' state dict key for key, so `UNet.from_diffusers` is a config translation
+plus a strict `load_state_dict`: a model trained with diffusers runs here unchanged.
+"""
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Ho et al.'s hyper-parameters; defaults are the CIFAR-10 model (35,746,307 params)."""
+
+    in_channels: int = 3
+    out_channels: int = 3
+    sample_size: int = 32
+    base_channels: int = 128
+    channel_mult: tuple = (1, 2, 2, 2)
+    layers_per_block: int = 2  # residual blocks per level on the way down (+1 on the way up)
+    attn_resolutions: tuple = (16,)  # feature-map sizes with self-attention after each block
+    norm_groups: int = 32
+    norm_eps: float = 1e-6
+    dropout: float = 0.0  # Ho et al. trained CIFAR-10 with 0.1
+    attention_head_dim: Optional[int] = None  # None: one head as wide as the level
+    downsample_padding: int = 0  # 0: pad right/bottom by 1, then a stride-2 3x3 conv
+    flip_sin_to_cos: bool = False
+    freq_shift: int = 1
+
+    @classmethod
+    def cifar10(cls) -> "UNetConfig":
+        return cls()
+
+    @property
+    def block_out_channels(self) -> tuple:
+        return tuple(self.base_channels * m for m in self.channel_mult)
+
+    def attention_at(self, level: int) -> bool:
+        return (self.sample_size >> level) in self.attn_resolutions
+
+    def validate(self) -> None:
+        for c in self.block_out_channels:
+            if c % self.norm_groups:
+                raise ValueError(f"channel_mult: every level's width must be a multiple of norm_groups={self.norm_groups}, got {c}")
+        if self.sample_size % (1 << (len(self.channel_mult) - 1)):
+            raise ValueError(f"sample_size: {self.sample_size} must divide by 2**{len(self.channel_mult) - 1} (one halving per level)")
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, flip_sin_to_cos: bool, freq_shift: int) -> torch.Tensor:
+    """Sinusoidal embedding of (B,) timesteps -> (B, dim) fp32, computed on t's device
+    (Vaswani et al.; the frequencies of diffusers' get_timestep_embedding)."""
+    half = dim // 2
+    exponent = -math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / (half - freq_shift)
+    arg = t.float()[:, None] * torch.exp(exponent)[None, :]
+    emb = torch.cat([torch.cos(arg), torch.sin(arg)] if flip_sin_to_cos else [torch.sin(arg), torch.cos(arg)], dim=-1)
+    return F.pad(emb, (0, 1)) if dim % 2 else emb
+
+
+class TimestepEmbedding(nn.Module):
+    def __init__(self, dim: int, out: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(dim, out)
+        self.linear_2 = nn.Linear(out, out)
+
+    def forward(self, x):
+        return self.linear_2(F.silu(self.linear_1(x)))
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, temb: int, cfg: UNetConfig):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(cfg.norm_groups, cin, eps=cfg.norm_eps)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.time_emb_proj = nn.Linear(temb, cout)
+        self.norm2 = nn.GroupNorm(cfg.norm_groups, cout, eps=cfg.norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.conv_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
+
+    def forward(self, x, temb):  # x (B, Cin, H, W), temb (B, 4*base) -> (B, Cout, H, W)
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return (x if self.conv_shortcut is None else self.conv_shortcut(x)) + h
+
+
+class Attention(nn.Module):
+    """Spatial self-attention with a residual, over the H*W positions."""
+
+    def __init__(self, c: int, cfg: UNetConfig):
+        super().__init__()
+        head_dim = cfg.attention_head_dim or c
+        if c % head_dim:
+            raise ValueError(f"attention_head_dim: {head_dim} must divide the width {c}")
+        self.heads = c // head_dim
+        self.group_norm = nn.GroupNorm(cfg.norm_groups, c, eps=cfg.norm_eps)
+        self.to_q = nn.Linear(c, c)
+        self.to_k = nn.Linear(c, c)
+        self.to_v = nn.Linear(c, c)
+        self.to_out = nn.ModuleList([nn.Linear(c, c), nn.Dropout(0.0)])
+
+    def forward(self, x):  # (B, C, H, W)
+        B, C, H, W = x.shape
+        h = self.group_norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+        q, k, v = (proj(h).view(B, H * W, self.heads, -1).transpose(1, 2) for proj in (self.to_q, self.to_k, self.to_v))
+        o = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, d)
+        o = self.to_out[0](o.transpose(1, 2).reshape(B, H * W, C))
+        return x + o.transpose(1, 2).reshape(B, C, H, W)
+
+
+class Downsample(nn.Module):
+    def __init__(self, c: int, padding: int):
+        super().__init__()
+        self.padding = padding
+        self.conv = nn.Conv2d(c, c, 3, stride=2, padding=padding)
+
+    def forward(self, x):
+        return self.conv(F.pad(x, (0, 1, 0, 1)) if self.padding == 0 else x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class DownBlock(nn.Module):
+    def __init__(self, cin, cout, temb, cfg, attention: bool, downsample: bool):
+        super().__init__()
+        n = cfg.layers_per_block
+        self.resnets = nn.ModuleList([ResnetBlock(cin if i == 0 else cout, cout, temb, cfg) for i in range(n)])
+        self.attentions = nn.ModuleList([Attention(cout, cfg) for _ in range(n)]) if attention else None
+        self.downsamplers = nn.ModuleList([Downsample(cout, cfg.downsample_padding)]) if downsample else None
+
+    def forward(self, x, temb):
+        skips = []
+        for i, resnet in enumerate(self.resnets):
+            x = resnet(x, temb)
+            if self.attentions is not None:
+                x = self.attentions[i](x)
+            skips.append(x)
+        if self.downsamplers is not None:
+            x = self.downsamplers[0](x)
+            skips.append(x)
+        return x, skips
+
+
+class UpBlock(nn.Module):
+    def __init__(self, cin, cout, cprev, temb, cfg, attention: bool, upsample: bool):
+        super().__init__()
+        n = cfg.layers_per_block + 1
+        self.resnets = nn.ModuleList(
+            [ResnetBlock((cprev if i == 0 else cout) + (cin if i == n - 1 else cout), cout, temb, cfg) for i in range(n)]
+        )
+        self.attentions = nn.ModuleList([Attention(cout, cfg) for _ in range(n)]) if attention else None
+        self.upsamplers = nn.ModuleList([Upsample(cout)]) if upsample else None
+
+    def forward(self, x, skips, temb):
+        for i, resnet in enumerate(self.resnets):
+            x = resnet(torch.cat([x, skips.pop()], dim=1), temb)
+            if self.attentions is not None:
+                x = self.attentions[i](x)
+        if self.upsamplers is not None:
+            x = self.upsamplers[0](x)
+        return x
+
+
+class MidBlock(nn.Module):
+    def __init__(self, c, temb, cfg):
+        super().__init__()
+        self.resnets = nn.ModuleList([ResnetBlock(c, c, temb, cfg), ResnetBlock(c, c, temb, cfg)])
+        self.attentions = nn.ModuleList([Attention(c, cfg)])
+
+    def forward(self, x, temb):
+        return self.resnets[1](self.attentions[0](self.resnets[0](x, temb)), temb)
+
+
+class UNet(nn.Module):
+    """ε_θ(x_t, t): (B, C, H, W) images and (B,) integer timesteps -> predicted noise."""
+
+    def __init__(self, config: UNetConfig = UNetConfig()):
+        super().__init__()
+        config.validate()
+        self.config = config
+        ch = config.block_out_channels
+        temb = 4 * ch[0]
+        self.time_embedding = TimestepEmbedding(ch[0], temb)
+        self.conv_in = nn.Conv2d(config.in_channels, ch[0], 3, padding=1)
+        levels = len(ch)
+        self.down_blocks = nn.ModuleList(
+            [DownBlock(ch[max(i - 1, 0)], ch[i], temb, config, config.attention_at(i), i < levels - 1) for i in range(levels)]
+        )
+        self.mid_block = MidBlock(ch[-1], temb, config)
+        self.up_blocks = nn.ModuleList()
+        for j in range(levels):
+            i = levels - 1 - j  # the level this up block restores
+            cprev = ch[min(i + 1, levels - 1)]
+            self.up_blocks.append(UpBlock(ch[max(i - 1, 0)], ch[i], cprev, temb, config, config.attention_at(i), i > 0))
+        self.conv_norm_out = nn.GroupNorm(config.norm_groups, ch[0], eps=config.norm_eps)
+        self.conv_out = nn.Conv2d(ch[0], config.out_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if not isinstance(t, torch.Tensor):
+            t = torch.tensor(t, device=x.device)
+        t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t  # a scalar t for the whole batch
+        cfg = self.config
+        emb = timestep_embedding(t, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
+        temb = self.time_embedding(emb.to(self.conv_in.weight.dtype))  # (B, 4*base)
+        h = self.conv_in(x)
+        skips = [h]
+        for block in self.down_blocks:
+            h, s = block(h, temb)
+            skips.extend(s)
+        h = self.mid_block(h, temb)
+        for block in self.up_blocks:
+            h = block(h, skips, temb)
+        return self.conv_out(F.silu(self.conv_norm_out(h)))
+
+    @classmethod
+    def from_diffusers(cls, model) -> "UNet":
+        """The equivalent fastddpm U-Net of a diffusers UNet2DModel (DownBlock2D /
+        AttnDownBlock2D / UpBlock2D / AttnUpBlock2D), with its weights copied."""
+        cfg = config_from_diffusers(model.config)
+        net = cls(cfg).to(device=model.device, dtype=model.dtype)
+        theirs = {k: v for k, v in model.state_dict().items() if not k.startswith("time_proj.")}
+        net.load_state_dict(theirs, strict=True)
+        return net
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def config_dict(self) -> dict:
+        return asdict(self.config)
+
+
+_SUPPORTED = {
+    "time_embedding_type": "positional",
+    "act_fn": "silu",
+    "mid_block_type": "UNetMidBlock2D",
+    "downsample_type": "conv",
+    "upsample_type": "conv",
+    "resnet_time_scale_shift": "default",
+    "add_attention": True,
+    "class_embed_type": None,
+    "attn_norm_num_groups": None,
+    "center_input_sample": False,
+    "time_embedding_dim": None,
+    "mid_block_scale_factor": 1,
+}
+
+
+def config_from_diffusers(dc) -> UNetConfig:
+    """Translate a UNet2DModel config; anything this U-Net does not implement is an error."""
+    get = dc.get if isinstance(dc, dict) else (lambda k, d=None: getattr(dc, k, d))
+    for key, want in _SUPPORTED.items():
+        got = get(key, want)
+        if got != want:
+            raise ValueError(f"from_diffusers: config {key}={got!r} is not supported (only {want!r})")
+    down, up = list(get("down_block_types")), list(get("up_block_types"))
+    if any(b not in ("DownBlock2D", "AttnDownBlock2D") for b in down) or any(b not in ("UpBlock2D", "AttnUpBlock2D") for b in up):
+        raise ValueError(f"from_diffusers: only DownBlock2D/AttnDownBlock2D/UpBlock2D/AttnUpBlock2D, got {down} / {up}")
+    attn = [b == "AttnDownBlock2D" for b in down]
+    if attn != [b == "AttnUpBlock2D" for b in reversed(up)]:
+        raise ValueError(f"from_diffusers: attention must sit at the same levels down and up, got {down} / {up}")
+    boc = list(get("block_out_channels"))
+    if any(c % boc[0] for c in boc):
+        raise ValueError(f"from_diffusers: block_out_channels {boc} must be multiples of the first")
+    size = get("sample_size")
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    if size is None:
+        raise ValueError("from_diffusers: the model's config has no sample_size")
+    return UNetConfig(
+        in_channels=get("in_channels"),
+        out_channels=get("out_channels"),
+        sample_size=size,
+        base_channels=boc[0],
+        channel_mult=tuple(c // boc[0] for c in boc),
+        layers_per_block=get("layers_per_block"),
+        attn_resolutions=tuple(size >> i for i, a in enumerate(attn) if a),
+        norm_groups=get("norm_num_groups"),
+        norm_eps=get("norm_eps"),
+        dropout=get("dropout", 0.0),
+        attention_head_dim=get("attention_head_dim"),
+        downsample_padding=get("downsample_padding"),
+        flip_sin_to_cos=get("flip_sin_to_cos"),
+        freq_shift=get("freq_shift"),
+    )

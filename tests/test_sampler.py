@@ -1,0 +1,120 @@
+"""The Sampler against the reference sampler, its seed contract, compile, bad input."""
+
+import math
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from fastddpm import Sampler, Schedule, UNet, UNetConfig, reference, save_grid
+
+SHAPE = (3, 8, 8)
+SHORT = Schedule.linear(T=12, beta_start=1e-3, beta_end=0.2)  # a whole schedule, quickly
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    cfg = UNetConfig(in_channels=3, out_channels=3, sample_size=8, base_channels=16, channel_mult=(1, 2),
+                     layers_per_block=1, attn_resolutions=(4,), norm_groups=8)
+    return UNet(cfg).eval()
+
+
+def _sampler(net, schedule=SHORT, **kw):
+    kw.setdefault("compile", False)
+    return Sampler(net, schedule, progress=False, **kw)
+
+
+@pytest.mark.parametrize("variance", ["large", "small", "none"])
+@pytest.mark.parametrize("clip", [False, True])
+def test_full_short_schedule_matches_reference(net, variance, clip):
+    got = _sampler(net, variance=variance, clip=clip).run(batch=3, seed=11)
+    ref = reference.sample(net, SHORT, torch.arange(11, 14), SHAPE, variance, clip)
+    torch.testing.assert_close(got, ref)
+    if clip:  # the clipped sampler's x̂_0 lies in [-1, 1], and the last step returns it
+        assert got.abs().max() <= 1.0 + 1e-6
+
+
+@pytest.mark.parametrize("variance", ["large", "small"])
+def test_first_steps_of_t1000_match_reference(net, variance):
+    sched = Schedule.linear()
+    got = _sampler(net, sched, variance=variance).run(batch=2, seed=5, steps=4)
+    ref = reference.sample(net, sched, torch.tensor([5, 6]), SHAPE, variance, steps=4)
+    torch.testing.assert_close(got, ref)
+
+
+def test_seed_contract(net):
+    s = _sampler(net)
+    a = s.run(batch=8, seed=0)
+    torch.testing.assert_close(s.run(batch=8, seed=0), a, rtol=0, atol=0)  # deterministic
+    torch.testing.assert_close(s.run(batch=4, seed=4), a[4:])  # batch invariant
+    torch.testing.assert_close(s.run(batch=8, seed=0, max_batch=3), a)  # micro-batches of 3, 3, 2
+    torch.testing.assert_close(s.run(seeds=torch.tensor([6, 1])), a[[6, 1]])  # explicit seeds
+    assert not torch.allclose(a[0], a[1])  # and different seeds give different images
+
+
+def test_micro_batches_are_balanced(net):
+    s = _sampler(net)
+    s.run(batch=5, seed=0, max_batch=4)
+    assert s.stats["chunks"] == 2 and s.stats["micro_batch"] == 3  # 3 + 2, not 4 + 1
+
+
+def test_channels_last_and_diffusers_style_output(net):
+    class Wrapped(torch.nn.Module):  # returns an object with .sample, like diffusers
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x, t):
+            return type("Out", (), {"sample": self.net(x, t)})()
+
+    a = _sampler(net, channels_last=False).run(batch=2, seed=3)
+    b = _sampler(Wrapped(), channels_last=True, shape=SHAPE).run(batch=2, seed=3)
+    torch.testing.assert_close(a, b)
+
+
+@pytest.mark.slow
+def test_compiled_step_is_one_graph_for_all_timesteps(net):
+    torch._dynamo.reset()
+    counters.clear()
+    s = _sampler(net, compile=True)
+    got = s.run(batch=2, seed=1)
+    assert counters["stats"]["unique_graphs"] == 1  # fullgraph, and no recompile across t
+    torch.testing.assert_close(got, reference.sample(net, SHORT, torch.tensor([1, 2]), SHAPE))
+    s.run(batch=2, seed=9)
+    assert counters["stats"]["unique_graphs"] == 1  # reused across runs
+
+
+def test_bad_input(net):
+    with pytest.raises(ValueError, match="variance: expected one of"):
+        Sampler(net, variance="fixed_large")
+    s = _sampler(net)
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match="batch: expected a positive int"):
+            s.run(batch=bad)
+    with pytest.raises(ValueError, match="steps: expected an int in"):
+        s.run(batch=1, steps=13)
+    with pytest.raises(ValueError, match="shape: the model has no config"):
+        Sampler(lambda x, t: x)
+    with pytest.raises(ValueError, match=r"model: returned shape \(2, 1, 8, 8\), expected \(2, 3, 8, 8\)"):
+        _sampler(lambda x, t: x[:, :1], shape=SHAPE).run(batch=2)
+    with pytest.raises(TypeError, match="model: returned dtype torch.int64"):
+        _sampler(lambda x, t: x.long(), shape=SHAPE).run(batch=2)
+
+
+def test_non_finite_output_names_the_step(net):
+    def blows_up(x, t):  # NaN once t reaches 7: step 5 of 12
+        return torch.where((t < 8).view(-1, 1, 1, 1), torch.full_like(x, math.nan), x * 0)
+
+    with pytest.raises(FloatingPointError, match=r"first appeared at timestep t=7 \(step 5 of 12\)") as e:
+        _sampler(blows_up, shape=SHAPE).run(batch=2)
+    assert e.value.images.shape == (2, *SHAPE)
+
+
+def test_grid_png(tmp_path, net):
+    images = _sampler(net, clip=True).run(batch=6, seed=0)
+    path = save_grid(images, tmp_path / "grid.png", nrow=3)
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    w, h = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (w, h) == (3 * 10 + 2, 2 * 10 + 2)
