@@ -14,14 +14,14 @@ from .schedule import Schedule
 VARIANCES = ("large", "small", "none")
 
 
-def _per_sample(table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    # (T,) float64 table -> (B, 1, 1, 1) in like's dtype and device
-    return table.to(like.device)[t.to(like.device).long()].to(like.dtype).view(-1, 1, 1, 1)
+def _per_sample(schedule: Schedule, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    # the (T,) float64 table `name` at each sample's t -> (B, 1, 1, 1) in like's dtype
+    return schedule.on(name, like.device)[t.to(like.device).long()].to(like.dtype).view(-1, 1, 1, 1)
 
 
 def q_sample(x0: torch.Tensor, t: torch.Tensor, schedule: Schedule, noise: torch.Tensor) -> torch.Tensor:
     """x_t = ᾱ_t x_0 + β̄_t ε                                   (Ho et al. eq. 4)."""
-    return _per_sample(schedule.alpha_bar, t, x0) * x0 + _per_sample(schedule.beta_bar, t, x0) * noise
+    return _per_sample(schedule, "alpha_bar", t, x0) * x0 + _per_sample(schedule, "beta_bar", t, x0) * noise
 
 
 def reverse_step(
@@ -40,12 +40,12 @@ def reverse_step(
     tp = (t - 1).clamp(min=0)
     first = (t == 0).view(-1, 1, 1, 1)
     # 1. coefficients of step t, and of t-1 with ᾱ_{-1} = 1, β̄_{-1} = 0
-    alpha = _per_sample(schedule.alpha, t, x)
-    beta = _per_sample(schedule.beta, t, x)
-    abar = _per_sample(schedule.alpha_bar, t, x)
-    bbar = _per_sample(schedule.beta_bar, t, x)
-    abar_prev = torch.where(first, torch.ones_like(abar), _per_sample(schedule.alpha_bar, tp, x))
-    bbar_prev = torch.where(first, torch.zeros_like(bbar), _per_sample(schedule.beta_bar, tp, x))
+    alpha = _per_sample(schedule, "alpha", t, x)
+    beta = _per_sample(schedule, "beta", t, x)
+    abar = _per_sample(schedule, "alpha_bar", t, x)
+    bbar = _per_sample(schedule, "beta_bar", t, x)
+    abar_prev = torch.where(first, torch.ones_like(abar), _per_sample(schedule, "alpha_bar", tp, x))
+    bbar_prev = torch.where(first, torch.zeros_like(bbar), _per_sample(schedule, "beta_bar", tp, x))
     if clip:
         # 2a. predicted x_0, clipped                           (Ho et al. eq. 15)
         x0 = ((x - bbar * eps_hat) / abar).clamp(-1.0, 1.0)

@@ -28,7 +28,7 @@ class Schedule:
     """
 
     betas: torch.Tensor  # (T,) float64: diffusers' β_t, the variance added at step t
-    _tables: dict = field(default_factory=dict, init=False, repr=False)
+    _cache: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self):
         b = self.betas
@@ -97,12 +97,20 @@ class Schedule:
         """β̄_t = √(1 - ᾱ_t²)."""
         return (1.0 - self.alphas_cumprod).sqrt()
 
+    def on(self, name: str, device) -> torch.Tensor:
+        """A float64 table (e.g. "alpha_bar") on `device`, cached, so the eager
+        reference path indexes it without a host-to-device copy per call."""
+        key = (name, str(torch.device(device)))
+        if key not in self._cache:
+            self._cache[key] = getattr(self, name).to(device)
+        return self._cache[key]
+
     def table(self, variance: str = "large", device=None) -> torch.Tensor:
         """The (T, NCOEF) float32 coefficient table the kernels read (cached)."""
         key = (variance, str(torch.device(device) if device is not None else torch.device("cpu")))
-        if key not in self._tables:
-            self._tables[key] = coef_table(self.alphas_cumprod, variance, device=device)
-        return self._tables[key]
+        if key not in self._cache:
+            self._cache[key] = coef_table(self.alphas_cumprod, variance, device=device)
+        return self._cache[key]
 
 
 def _check_T(T) -> None:
