@@ -15,9 +15,11 @@ setup(
         "torch>=2.11",
         "triton>=3.6,<3.10; platform_system == 'Linux'",
         "numpy",
+        "safetensors",
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "scipy", "diffusers>=0.30", "nvidia-ml-py"],
-        "bench": ["nvidia-ml-py", "pytest-benchmark"],
+        "test": ["pytest", "pytest-benchmark", "scipy", "diffusers>=0.30", "nvidia-ml-py", "scikit-learn"],
+        "bench": ["nvidia-ml-py", "pytest-benchmark", "matplotlib", "diffusers>=0.30"],
+        "digits": ["scikit-learn"],
     },
 )

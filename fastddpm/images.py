@@ -12,9 +12,12 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
 
-def grid(x: torch.Tensor, nrow: int = None, pad: int = 2) -> torch.Tensor:
-    """Tile (B, C, H, W) images into one (C, rows*(H+pad)+pad, nrow*(W+pad)+pad) uint8 picture."""
+def grid(x: torch.Tensor, nrow: int = None, pad: int = 2, scale: int = 1) -> torch.Tensor:
+    """Tile (B, C, H, W) images, each enlarged `scale` times (nearest), into one uint8
+    picture (C, rows*(sH+pad)+pad, nrow*(sW+pad)+pad)."""
     img = to_uint8(x)
+    if scale > 1:
+        img = img.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
     B, C, H, W = img.shape
     nrow = nrow or max(1, int(round(B**0.5)))
     rows = (B + nrow - 1) // nrow
@@ -42,6 +45,6 @@ def write_png(img: torch.Tensor, path) -> Path:
     return path
 
 
-def save_grid(x: torch.Tensor, path, nrow: int = None) -> Path:
+def save_grid(x: torch.Tensor, path, nrow: int = None, scale: int = 1) -> Path:
     """Samples (B, C, H, W) in [-1, 1] -> a PNG grid at `path`."""
-    return write_png(grid(x, nrow), path)
+    return write_png(grid(x, nrow, scale=scale), path)

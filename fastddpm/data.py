@@ -1,0 +1,86 @@
+"""Offline image datasets in [-1, 1], and the checks every training set must pass.
+
+Nothing here downloads: Fashion-MNIST comes from Debian's `dataset-fashion-mnist`
+package (IDX files under /usr/share/datasets/fashion-mnist), the 8x8 digits from
+scikit-learn's bundled `load_digits`.
+"""
+
+import gzip
+import struct
+import warnings
+from pathlib import Path
+
+import torch
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def read_idx(path) -> torch.Tensor:
+    """An IDX file (optionally gzipped) as a uint8 tensor of its stated shape."""
+    path = Path(path)
+    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {raw[:4].hex()})")
+    ndim = raw[3]
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    data = raw[4 + 4 * ndim :]
+    n = 1
+    for d in dims:
+        n *= d
+    if len(data) != n:
+        raise ValueError(f"{path}: header says {dims} ({n} bytes) but holds {len(data)} bytes")
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(*dims)
+
+
+def fashion_mnist(split: str = "train", root=FASHION_MNIST_DIR) -> torch.Tensor:
+    """Fashion-MNIST images, (N, 1, 28, 28) float32 in [-1, 1]."""
+    if split not in ("train", "t10k"):
+        raise ValueError(f"split: expected 'train' or 't10k', got {split!r}")
+    root = Path(root)
+    candidates = [root / f"{split}-images-idx3-ubyte.gz", root / f"{split}-images-idx3-ubyte"]
+    path = next((p for p in candidates if p.exists()), None)
+    if path is None:
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found under {root}: install Debian's package with "
+            "`apt-get install dataset-fashion-mnist` (it ships the IDX files offline)"
+        )
+    return read_idx(path).unsqueeze(1).float().div_(127.5).sub_(1.0)
+
+
+def digits() -> torch.Tensor:
+    """scikit-learn's 8x8 digits (1,797 images, pixel values 0..16), (N, 1, 8, 8) in [-1, 1]."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:
+        raise ImportError("--data digits needs scikit-learn: pip install 'fastddpm[digits]'") from e
+    images = torch.from_numpy(load_digits().images).float()
+    return images.unsqueeze(1).div_(8.0).sub_(1.0)
+
+
+DATASETS = {"digits": digits, "fashion-mnist": fashion_mnist}
+
+
+def load(name: str) -> torch.Tensor:
+    if name not in DATASETS:
+        raise ValueError(f"data: expected one of {sorted(DATASETS)}, got {name!r}")
+    return DATASETS[name]()
+
+
+def check_images(x: torch.Tensor, in_channels: int, what: str = "data") -> None:
+    """Training images must be (N, C, H, W) floats in [-1, 1] with the model's C.
+
+    Far outside [-1, 1] (beyond ±1.5: 0..255 pixels, unnormalised features) is an
+    error; all of it inside [0, 1] draws a warning, since DDPM expects [-1, 1] and a
+    [0, 1] set trains a model whose samples come out washed grey.
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"{what}: expected images (N, C, H, W), got {getattr(x, 'shape', type(x).__name__)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{what}: expected floating-point images in [-1, 1], got {x.dtype}")
+    if x.shape[1] != in_channels:
+        raise ValueError(f"{what}: images have {x.shape[1]} channels, the model expects in_channels={in_channels}")
+    lo, hi = float(x.min()), float(x.max())
+    if not (lo == lo and hi == hi) or lo < -1.5 or hi > 1.5:
+        raise ValueError(f"{what}: expected images in [-1, 1], got values in [{lo:.3g}, {hi:.3g}]; scale them (e.g. x / 127.5 - 1)")
+    if lo >= 0.0:
+        warnings.warn(f"{what}: every value lies in [0, {hi:.3g}]; DDPM expects [-1, 1] (x * 2 - 1)", stacklevel=3)

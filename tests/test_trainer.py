@@ -1,0 +1,185 @@
+"""The Trainer: convergence against the reference path, exact resume, crash-safe
+checkpoints, bad input, DDP, and the diffusers drop-in."""
+
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from fastddpm import UNet, UNetConfig
+from fastddpm import checkpoint as ckpt
+from fastddpm import kernels as K
+from fastddpm.data import digits
+from fastddpm.trainer import TrainConfig, Trainer
+
+TINY = UNetConfig(in_channels=1, out_channels=1, sample_size=8, base_channels=16, channel_mult=(1, 2),
+                  layers_per_block=1, attn_resolutions=(4,), norm_groups=8)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return digits()
+
+
+def _trainer(data, out_dir=None, resume=False, model_cls=UNet, **kw):
+    torch.manual_seed(0)
+    cfg = dict(steps=20, batch_size=16, lr=1e-3, warmup=5, log_every=5, checkpoint_every=10, sample_every=0)
+    return Trainer(model_cls(TINY), data, TrainConfig(**{**cfg, **kw}), out_dir=out_dir, device="cpu",
+                   resume=resume, progress=False)
+
+
+@pytest.mark.slow
+def test_convergence_fused_against_reference(data):
+    # Liger-style: the same tiny U-Net, the same seeds, fused kernels vs the reference
+    # path fed the materialised noise. Only rounding separates them, so the curves agree
+    # step by step to 1e-3 (relative); and the loss falls.
+    curves = {}
+    for fused in (True, False):
+        tr = _trainer(data, steps=300, batch_size=32, fused=fused, log_every=50)
+        curves[fused] = torch.tensor([v for _, v in tr.fit()])
+    fused, ref = curves[True], curves[False]
+    assert len(fused) == 300
+    torch.testing.assert_close(fused, ref, rtol=1e-3, atol=1e-4)
+    assert fused[-30:].mean() < 0.35 * fused[:30].mean()
+
+
+def test_resume_is_exact(data, tmp_path):
+    straight = _trainer(data)
+    straight.fit(20)
+    first = _trainer(data, out_dir=tmp_path)
+    first.fit(10)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")] == ["step-000000010.safetensors"]
+    resumed = _trainer(data, out_dir=tmp_path, resume=True)
+    assert resumed.step == 10
+    resumed.fit(20)
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(straight.ema.parameters(), resumed.ema.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")] == [
+        "step-000000010.safetensors", "step-000000020.safetensors"]  # the newest two kept
+
+
+def test_interrupted_write_leaves_the_previous_checkpoint(data, tmp_path, monkeypatch):
+    tr = _trainer(data, out_dir=tmp_path, checkpoint_every=5)
+    tr.fit(5)
+
+    def crash(src, dst):
+        raise OSError("power cut")
+
+    monkeypatch.setattr(ckpt.os, "replace", crash)
+    with pytest.raises(OSError, match="power cut"):
+        tr.fit(10)
+    monkeypatch.undo()
+    folder = tmp_path / "checkpoints"
+    (folder / ".step-000000010.safetensors.tmp-999").write_bytes(b"half a file")  # a killed writer's leftovers
+    assert ckpt.latest(folder).name == "step-000000005.safetensors"
+    assert _trainer(data, out_dir=tmp_path, resume=True).step == 5
+
+
+def test_damaged_or_mismatched_checkpoint_is_a_clear_error(data, tmp_path):
+    tr = _trainer(data, out_dir=tmp_path)
+    tr.fit(10)
+    path = ckpt.latest(tmp_path / "checkpoints")
+    other = tmp_path / "other"
+    torch.manual_seed(0)
+    wider = Trainer(UNet(UNetConfig(**{**TINY.__dict__, "base_channels": 24})), data,
+                    TrainConfig(steps=1, batch_size=4, sample_every=0), out_dir=other, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="is for another model: its config differs in .*base_channels"):
+        wider.load(path)
+    path.write_bytes(path.read_bytes()[:1000])  # truncated
+    with pytest.raises(ValueError, match="is damaged or not a fastddpm checkpoint"):
+        _trainer(data, out_dir=tmp_path, resume=True)
+
+
+class Poisonable(UNet):
+    poison = False
+
+    def forward(self, x, t):
+        out = super().forward(x, t)
+        return out * float("nan") if self.poison else out
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(data, tmp_path):
+    tr = _trainer(data, out_dir=tmp_path, model_cls=Poisonable)
+    tr.fit(10)
+    tr.model.poison = True
+    with pytest.raises(FloatingPointError, match=r"non-finite \(nan\) at step 11; stopped, the last good checkpoint is .*step-000000010"):
+        tr.fit(20)
+    assert ckpt.latest(tmp_path / "checkpoints").name == "step-000000010.safetensors"
+    assert _trainer(data, out_dir=tmp_path, resume=True).step == 10
+
+
+def test_bad_images(data):
+    with pytest.raises(ValueError, match=r"expected images in \[-1, 1\], got values in \[0, 255\]"):
+        _trainer((data + 1) * 127.5)
+    with pytest.raises(ValueError, match="images have 3 channels, the model expects in_channels=1"):
+        _trainer(data.repeat(1, 3, 1, 1))
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        _trainer((data + 1) / 2)
+    assert any("DDPM expects [-1, 1]" in str(x.message) for x in w)
+
+
+@pytest.mark.slow
+def test_ddp_two_ranks_equal_one_process_with_twice_the_batch(tmp_path):
+    # Each rank draws its own slice of the sample counter (data, seeds, t), so two ranks of
+    # batch 8 see exactly the samples of one process with batch 16, and DDP's averaged
+    # gradient must equal that process's. lr = 0 keeps the parameters fixed so Adam's
+    # first moment in the checkpoint, 0.1 g2 + 0.09 g1, is a pure gradient comparison
+    # (after a real update Adam's g/|g| would amplify rounding in near-zero gradients).
+    common = ["--data", "digits", "--steps", "2", "--lr", "0", "--log-every", "1", "--checkpoint-every", "2",
+              "--sample-every", "0", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+                          "-m", "fastddpm.train", *common, "--batch-size", "8", "--out", str(tmp_path / "ddp")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    from fastddpm.train import main
+
+    main([*common, "--batch-size", "16", "--out", str(tmp_path / "one")])
+    two, meta = ckpt.read(ckpt.latest(tmp_path / "ddp" / "checkpoints"))
+    one, _ = ckpt.read(ckpt.latest(tmp_path / "one" / "checkpoints"))
+    assert meta["world"] == 2 and meta["step"] == 2
+    moments = [k for k in one if k.endswith(".exp_avg")]
+    assert len(moments) == sum(1 for k in one if k.startswith("model."))
+    for k in moments:
+        assert one[k].abs().max() > 0
+        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-7)
+
+
+def test_diffusers_training_step_drop_in():
+    diffusers = pytest.importorskip("diffusers")
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(16, 32),
+                                 down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                                 norm_num_groups=8)
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000)
+    clean = torch.rand(4, 1, 8, 8) * 2 - 1
+    timesteps = torch.tensor([0, 10, 500, 999])
+    seeds = torch.arange(4)
+    noise = K.randn(clean.shape, seeds, timesteps, K.STREAM_NOISING)  # the noise the kernels would draw
+
+    def grads(loss):
+        unet.zero_grad()
+        loss.backward()
+        return [p.grad.clone() for p in unet.parameters()]
+
+    # diffusers' step
+    noisy = scheduler.add_noise(clean, noise, timesteps)
+    loss_a = F.mse_loss(unet(noisy, timesteps).sample, noise)
+    ga = grads(loss_a)
+    # the two lines replaced
+    table = K.coef_table(scheduler.alphas_cumprod)
+    noisy = K.q_sample(clean, timesteps, table, seeds=seeds)
+    loss_b = K.eps_mse_loss(unet(noisy, timesteps).sample, timesteps, seeds=seeds)
+    gb = grads(loss_b)
+    # diffusers takes √ᾱ of float32 alphas_cumprod, the table float64: float32-level agreement
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=1e-6)
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
