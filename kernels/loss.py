@@ -18,7 +18,8 @@ import triton.language as tl
 
 from . import _checks
 from ._cast import to_storage
-from ._philox import STREAM_NOISING, randn4, randn_torch
+from ._philox import STREAM_NOISING, randn_torch
+from ._tile import noise4, table_row, tile
 from .noise import launch_config
 
 
@@ -54,23 +55,14 @@ def _loss_kernel(
     seb, sec, sep, snb, snc, snp, sgb, sgc, sgp,
     HAS_NOISE: tl.constexpr, HAS_W: tl.constexpr, BACKWARD: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    b = pid // (G * TILES)
-    g = (pid // TILES) % G
-    p = (pid % TILES) * BLOCK + tl.arange(0, BLOCK)
+    pid, b, g, p = tile(G, TILES, BLOCK)
     t = tl.load(t_ptr + b)
     if HAS_W:
-        ok = (t >= 0) & (t < T)  # out of range answers NaN
-        w = tl.load(w_ptr + tl.where(ok, t, 0)) + tl.where(ok, 0.0, float("nan"))
+        row, bad = table_row(w_ptr, t, T, 1)
+        w = tl.load(row) + bad  # the weight of this sample's timestep
     else:
         w = 1.0
-    if HAS_NOISE:
-        n0 = tl.zeros([BLOCK], tl.float32)
-        n1 = n0
-        n2 = n0
-        n3 = n0
-    else:
-        n0, n1, n2, n3 = randn4(tl.load(seed_ptr + b), p, g, t, stream)
+    n0, n1, n2, n3 = noise4(seed_ptr, b, p, g, t, stream, HAS_NOISE, BLOCK)
     bl = b.to(tl.int64)
     e_ptr += bl * seb
     n_ptr += bl * snb

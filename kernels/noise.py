@@ -14,6 +14,7 @@ import triton.language as tl
 from . import _checks
 from ._cast import to_storage
 from ._philox import philox_words_torch, randn4, randn_torch
+from ._tile import tile
 
 
 @triton.jit
@@ -26,13 +27,9 @@ def _randn_kernel(
     s_b, s_c, s_p,  # element strides of out: batch, channel, pixel
     BLOCK: tl.constexpr,  # pixels per program
 ):
-    pid = tl.program_id(0)
-    b = pid // (G * TILES)
-    g = (pid // TILES) % G
-    p = (pid % TILES) * BLOCK + tl.arange(0, BLOCK)
-    seed = tl.load(seed_ptr + b)
+    pid, b, g, p = tile(G, TILES, BLOCK)
     t = tl.load(t_ptr + b)
-    n0, n1, n2, n3 = randn4(seed, p, g, t, stream)
+    n0, n1, n2, n3 = randn4(tl.load(seed_ptr + b), p, g, t, stream)
     base = out_ptr + b.to(tl.int64) * s_b + p * s_p
     ty = out_ptr.dtype.element_ty
     c = 4 * g
@@ -48,10 +45,7 @@ def _words_kernel(
     seed_ptr, t_ptr, stream, HW, G, TILES,
     BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    b = pid // (G * TILES)
-    g = (pid // TILES) % G
-    p = (pid % TILES) * BLOCK + tl.arange(0, BLOCK)
+    pid, b, g, p = tile(G, TILES, BLOCK)
     pm = p < HW
     seed = tl.load(seed_ptr + b)
     t = tl.load(t_ptr + b)

@@ -13,7 +13,8 @@ import triton.language as tl
 
 from . import _checks, tables
 from ._cast import to_storage
-from ._philox import STREAM_NOISING, randn4, randn_torch
+from ._philox import STREAM_NOISING, randn_torch
+from ._tile import noise4, table_row, tile
 from .noise import launch_config
 
 
@@ -39,23 +40,12 @@ def _q_sample_kernel(
     s0b, s0c, s0p, snb, snc, snp, sob, soc, sop,  # element strides: batch, channel, pixel
     NC: tl.constexpr, HAS_NOISE: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    b = pid // (G * TILES)
-    g = (pid // TILES) % G
-    p = (pid % TILES) * BLOCK + tl.arange(0, BLOCK)
+    pid, b, g, p = tile(G, TILES, BLOCK)
     t = tl.load(t_ptr + b)
-    ok = (t >= 0) & (t < T)  # out of range reads row 0 and answers NaN
-    row = tab_ptr + tl.where(ok, t, 0) * NC
-    bad = tl.where(ok, 0.0, float("nan"))
+    row, bad = table_row(tab_ptr, t, T, NC)
     a = tl.load(row + 0) + bad  # ᾱ_t   (tables.SQRT_AB)
     s = tl.load(row + 1) + bad  # β̄_t   (tables.SQRT_1M_AB)
-    if HAS_NOISE:
-        n0 = tl.zeros([BLOCK], tl.float32)
-        n1 = n0
-        n2 = n0
-        n3 = n0
-    else:
-        n0, n1, n2, n3 = randn4(tl.load(seed_ptr + b), p, g, t, stream)
+    n0, n1, n2, n3 = noise4(seed_ptr, b, p, g, t, stream, HAS_NOISE, BLOCK)
     bl = b.to(tl.int64)
     x0_ptr += bl * s0b
     n_ptr += bl * snb

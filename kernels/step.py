@@ -17,7 +17,8 @@ import triton.language as tl
 
 from . import _checks, tables
 from ._cast import to_storage
-from ._philox import STREAM_REVERSE, randn4, randn_torch
+from ._philox import STREAM_REVERSE, randn_torch
+from ._tile import noise4, table_row, tile
 from .noise import launch_config
 
 
@@ -59,14 +60,9 @@ def _step_kernel(
     NC: tl.constexpr, CLIP: tl.constexpr, HAS_NOISE: tl.constexpr, HAS_LOWP: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    b = pid // (G * TILES)
-    g = (pid // TILES) % G
-    p = (pid % TILES) * BLOCK + tl.arange(0, BLOCK)
+    pid, b, g, p = tile(G, TILES, BLOCK)
     t = tl.load(t_ptr + b)
-    ok = (t >= 0) & (t < T)  # out of range reads row 0 and answers NaN
-    row = tab_ptr + tl.where(ok, t, 0) * NC
-    bad = tl.where(ok, 0.0, float("nan"))
+    row, bad = table_row(tab_ptr, t, T, NC)
     r_alpha = tl.load(row + 2) + bad  # 1/α_t            (tables.RECIP_ALPHA)
     eps_c = tl.load(row + 3) + bad  # β_t²/(α_t β̄_t)     (tables.EPS_COEF)
     sigma = tl.load(row + 4) + bad  # σ_t                (tables.SIGMA)
@@ -74,13 +70,7 @@ def _step_kernel(
     x0_e = tl.load(row + 6) + bad  # β̄_t/ᾱ_t             (tables.X0_EPS)
     post_x0 = tl.load(row + 7) + bad  # ᾱ_{t-1}β_t²/β̄_t²  (tables.POST_X0)
     post_xt = tl.load(row + 8) + bad  # α_t β̄_{t-1}²/β̄_t² (tables.POST_XT)
-    if HAS_NOISE:
-        z0 = tl.zeros([BLOCK], tl.float32)
-        z1 = z0
-        z2 = z0
-        z3 = z0
-    else:
-        z0, z1, z2, z3 = randn4(tl.load(seed_ptr + b), p, g, t, stream)
+    z0, z1, z2, z3 = noise4(seed_ptr, b, p, g, t, stream, HAS_NOISE, BLOCK)
     bl = b.to(tl.int64)
     x_ptr += bl * sxb
     e_ptr += bl * seb
