@@ -320,11 +320,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", default=None, help="write every figure and the environment here")
     ap.add_argument("--plot", default=None, help="PNG of throughput against batch (default: beside --json)")
     ap.add_argument("--quick", action="store_true", help="fewer sizes and repetitions")
+    ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
     args = ap.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     if any(s not in SECTIONS for s in only):
         ap.error(f"--only: expected a comma list of {SECTIONS}, got {args.only!r}")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     p = plan(device, args.quick)
     if args.batch:
         p["batches"] = [int(b) for b in args.batch.split(",")]

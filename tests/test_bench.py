@@ -33,7 +33,7 @@ def test_flop_count_hand_count():
 @pytest.mark.slow
 def test_cpu_run_end_to_end_writes_valid_json(tmp_path):
     path = tmp_path / "bench.json"
-    rep = bench.main(["--quick", "--json", str(path)])
+    rep = bench.main(["--quick", "--device", "cpu", "--json", str(path)])
     data = json.loads(path.read_text())
     assert data["schema"] == bench.SCHEMA and data == json.loads(json.dumps(rep, default=str))
     assert set(data) >= {"env", "device", "kernels", "sampler", "train", "notes"}

@@ -4,6 +4,7 @@ checked in turn against the Random123 known-answer vectors."""
 import numpy as np
 import pytest
 import torch
+from helpers import triton_backend
 
 from fastddpm import kernels as K
 from fastddpm.kernels._philox import philox_torch, uniform_torch
@@ -80,12 +81,14 @@ def test_uniforms_are_exact_and_inside_the_open_interval():
 
 
 @pytest.mark.parametrize("shape", [(3, 3, 17, 19), (2, 5, 7, 9), (2, 1, 32, 32)])
-def test_interpreter_and_torch_twin_draw_the_same_normals(shape):
-    # The uniforms agree bit for bit; the normals up to the rounding of log/sqrt/cos/sin.
+def test_triton_and_torch_twin_draw_the_same_normals(device, shape):
+    # The Triton kernel (interpreted on CPU, compiled on CUDA) against the torch twin on
+    # the CPU: the uniforms agree bit for bit, the normals up to the rounding of
+    # log/sqrt/cos/sin.
     seeds = torch.arange(shape[0]) * 1000003 - 17
     t = torch.arange(shape[0]) * 333
     with K.cpu_backend("torch"):
         a = K.randn(shape, seeds, t, K.STREAM_REVERSE)
-    with K.cpu_backend("triton"):
-        b = K.randn(shape, seeds, t, K.STREAM_REVERSE)
-    torch.testing.assert_close(a, b, rtol=1e-6, atol=2e-6)
+    with triton_backend(device):
+        b = K.randn(shape, seeds.to(device), t.to(device), K.STREAM_REVERSE)
+    torch.testing.assert_close(a, b.cpu(), rtol=1e-6, atol=2e-6)

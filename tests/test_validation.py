@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import SCHEDULE
+from helpers import SCHEDULE, triton_backend
 
 from fastddpm import kernels as K
 
@@ -31,11 +31,11 @@ def test_wrong_dtype(impl, device):
         K.eps_mse_loss(x, t, seeds=0, weights=torch.ones(10, dtype=torch.float64, device=device))
 
 
-def test_float64_only_on_the_torch_twin():
-    x = torch.randn(SHAPE, dtype=torch.float64)
-    with K.cpu_backend("triton"):
+def test_float64_only_on_the_torch_twin(device):
+    x = torch.randn(SHAPE, dtype=torch.float64, device=device)
+    with triton_backend(device):
         with pytest.raises(TypeError, match=r"x0: expected dtype in \(float32, bfloat16, float16\)"):
-            K.q_sample(x, torch.tensor([0, 1]), SCHEDULE.table(), seeds=0)
+            K.q_sample(x, torch.tensor([0, 1], device=device), SCHEDULE.table(device=device), seeds=0)
 
 
 def test_shape_mismatch(impl, device):
