@@ -66,6 +66,23 @@ def load(name: str) -> torch.Tensor:
     return DATASETS[name]()
 
 
+def as_images(data) -> torch.Tensor:
+    """One (N, C, H, W) tensor from a tensor, a TensorDataset, or any dataset/DataLoader
+    yielding image batches (or (images, labels) pairs). The set is held in memory."""
+    if isinstance(data, torch.Tensor):
+        return data
+    if isinstance(data, torch.utils.data.TensorDataset):
+        return data.tensors[0]
+    try:
+        items = iter(data)
+    except TypeError:
+        raise TypeError(f"data: expected a tensor, a TensorDataset or an iterable of image batches, got {type(data).__name__}") from None
+    batches = [b[0] if isinstance(b, (tuple, list)) else b for b in items]
+    if not batches or not all(isinstance(b, torch.Tensor) for b in batches):
+        raise TypeError("data: expected it to yield image tensors (or (images, labels) pairs)")
+    return torch.cat([b if b.dim() == 4 else b.unsqueeze(0) for b in batches])
+
+
 def check_images(x: torch.Tensor, in_channels: int, what: str = "data") -> None:
     """Training images must be (N, C, H, W) floats in [-1, 1] with the model's C.
 

@@ -193,13 +193,13 @@ class Sampler:
         self._buffers[m] = b
         return b
 
-    def _reset(self, b: _Buffers, steps_from: Optional[int] = None) -> None:
+    def _reset(self, b: _Buffers) -> None:
         """Prior x_T ~ N(0, I) addressed by (seed, STREAM_PRIOR, 0), t = T - 1."""
         zeros = torch.zeros_like(b.t)
         K.randn_(b.x, b.seeds, zeros, K.STREAM_PRIOR)
         if b.x_in is not b.x:
             b.x_in.copy_(b.x)
-        b.t.fill_(self.schedule.T - 1 if steps_from is None else steps_from)
+        b.t.fill_(self.schedule.T - 1)
         b.first_bad.fill_(-1)
 
     # ------------------------------------------------------------------ the run

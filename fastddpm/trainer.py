@@ -24,7 +24,7 @@ from torch import nn
 from . import checkpoint as ckpt
 from . import kernels as K
 from . import reference as R
-from .data import check_images
+from .data import as_images, check_images
 from .images import save_grid
 from .kernels._philox import philox_torch
 from .sampler import Sampler
@@ -61,9 +61,10 @@ class TrainConfig:
 
 
 class Trainer:
-    """Trains `model` (a fastddpm UNet or any module with .config) on `data`, images
-    (N, C, H, W) in [-1, 1] held as one tensor. Checkpoints and sample grids go to
-    out_dir; resume=True continues from the newest checkpoint there."""
+    """Trains `model` (a fastddpm UNet, or any module with a .config dataclass) on `data`:
+    images (N, C, H, W) in [-1, 1] as a tensor, a TensorDataset or a DataLoader, held on
+    the device as one tensor. Checkpoints and sample grids go to out_dir; resume=True
+    continues from the newest checkpoint there."""
 
     def __init__(self, model: nn.Module, data: torch.Tensor, config: TrainConfig = TrainConfig(), *,
                  out_dir=None, device=None, resume: bool = False, progress: bool = True):
@@ -77,6 +78,7 @@ class Trainer:
         self.schedule = config.schedule_obj()
         self.table = self.schedule.table(device=self.device)
 
+        data = as_images(data)
         cfg_in = getattr(getattr(model, "config", None), "in_channels", None)
         check_images(data, cfg_in if cfg_in is not None else getattr(data, "shape", (0, 0))[1])
         fmt = torch.channels_last if self.cuda else torch.contiguous_format
@@ -112,11 +114,13 @@ class Trainer:
         for e in epochs.unique().tolist():  # a batch spans at most two epochs
             sel = epochs == e
             idx[sel] = self._perm(e)[k[sel] % N]
-        x0 = self.data[idx.to(self.device)]
         words = philox_torch(torch.tensor(self.cfg.seed), k & 0xFFFFFFFF, k >> 32, torch.zeros_like(k), torch.full_like(k, STREAM_T))
-        t = ((words[0] * self.schedule.T) >> 32).to(self.device)  # uniform on [0, T)
-        seeds = (k + (self.cfg.seed << 40)).to(self.device)
-        return x0, t, seeds
+        t = (words[0] * self.schedule.T) >> 32  # uniform on [0, T)
+        host = torch.stack([idx, t, k + (self.cfg.seed << 40)])  # (3, B): data index, t, noise seed
+        if self.cuda:  # pinned + non_blocking: one copy that never waits for the GPU
+            host = host.pin_memory()
+        idx, t, seeds = host.to(self.device, non_blocking=True)
+        return self.data[idx], t, seeds
 
     def _perm(self, epoch: int) -> torch.Tensor:
         if epoch not in self._perms:
@@ -137,7 +141,8 @@ class Trainer:
     def train_step(self) -> None:
         cfg = self.cfg
         x0, t, seeds = self._batch(self.step)
-        loss = self.forward_loss(x0, t, seeds)
+        with K.value_checks(False):  # t is drawn in range by construction: no wait for the GPU
+            loss = self.forward_loss(x0, t, seeds)
         loss.backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip, foreach=True)

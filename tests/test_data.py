@@ -51,3 +51,13 @@ def test_digits():
     assert x.shape == (1797, 1, 8, 8) and x.min() == -1.0 and x.max() == 1.0
     with pytest.raises(ValueError, match="data: expected one of"):
         data.load("cifar10")
+
+
+def test_as_images_accepts_tensors_datasets_and_loaders():
+    x = torch.rand(10, 1, 4, 4) * 2 - 1
+    ds = torch.utils.data.TensorDataset(x, torch.arange(10))
+    assert data.as_images(x) is x
+    assert torch.equal(data.as_images(ds), x)
+    assert torch.equal(data.as_images(torch.utils.data.DataLoader(ds, batch_size=3)), x)
+    with pytest.raises(TypeError, match="data: expected a tensor, a TensorDataset or an iterable"):
+        data.as_images(42)
