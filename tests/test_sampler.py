@@ -118,3 +118,17 @@ def test_grid_png(tmp_path, net):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     w, h = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     assert (w, h) == (3 * 10 + 2, 2 * 10 + 2)
+
+
+def test_bf16_model_reads_the_fused_second_output(net):
+    # dtype=bf16 gives the model its own bf16 channels-last input, written by the fused
+    # step alongside the fp32 state (the CUDA default, here on the CPU)
+    sched = Schedule.linear()
+    lowp = _sampler(net, sched, dtype=torch.bfloat16)
+    got = lowp.run(batch=2, seed=0, steps=3)
+    b = lowp._buffers[2]
+    assert b.x.dtype == torch.float32 and b.x_in.dtype == torch.bfloat16
+    assert b.x_in.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(b.x_in, b.x.to(torch.bfloat16), rtol=0, atol=0)
+    assert next(net.parameters()).dtype == torch.float32  # the caller's model untouched
+    torch.testing.assert_close(got, _sampler(net, sched).run(batch=2, seed=0, steps=3), rtol=0, atol=2e-2)
