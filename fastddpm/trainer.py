@@ -236,10 +236,10 @@ class Trainer:
 
     def load(self, path) -> None:
         tensors, meta = ckpt.read(path)
-        mine = _config_dict(self.model)
-        if meta.get("model_config") != mine:
-            diff = {k: (meta.get("model_config", {}) or {}).get(k) for k in (mine or {}) if (meta.get("model_config") or {}).get(k) != mine.get(k)}
-            raise ValueError(f"checkpoint {path} is for another model: its config differs in {diff} (here: { {k: mine[k] for k in diff} })")
+        theirs, mine = meta.get("model_config") or {}, _config_dict(self.model) or {}
+        if theirs != mine:
+            diff = {k: (theirs.get(k), mine.get(k)) for k in sorted(set(theirs) | set(mine)) if theirs.get(k) != mine.get(k)}
+            raise ValueError(f"checkpoint {path} is for another model: its config differs in {diff} (checkpoint, this model)")
         model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         want = self.model.state_dict()
         bad = sorted(set(want) ^ set(model_sd)) + [k for k in want if k in model_sd and want[k].shape != model_sd[k].shape]

@@ -57,6 +57,11 @@ def value_checks(enabled: bool):
         _state["value_checks"] = old
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The torch twins compute in float64 for float64 input (gradcheck), else in float32."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 def check_image(x, name: str, *, allow_f64: bool = True) -> None:
     """x must be a dense 4-D (B, C, H, W) float tensor, contiguous or channels-last."""
     if not isinstance(x, torch.Tensor):

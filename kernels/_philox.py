@@ -122,6 +122,11 @@ def uniform_torch(words: torch.Tensor) -> torch.Tensor:
     return ((words >> 9).to(torch.float32) + 0.5) * _U_SCALE
 
 
+def noise_torch(noise, seeds, t, stream: int, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The torch twins' ε or z: the explicit `noise`, else the addressed draw, in `dtype`."""
+    return (randn_torch(seeds, t, stream, like.shape) if noise is None else noise).to(dtype)
+
+
 def randn_torch(seeds: torch.Tensor, t: torch.Tensor, stream: int, shape) -> torch.Tensor:
     """The addressed normals of a (B, C, H, W) batch, fp32, contiguous."""
     B, C, H, W = shape

@@ -18,7 +18,7 @@ import triton.language as tl
 
 from . import _checks
 from ._cast import to_storage
-from ._philox import STREAM_NOISING, randn_torch
+from ._philox import STREAM_NOISING, noise_torch
 from ._tile import noise4, table_row, tile
 from .noise import launch_config
 
@@ -102,28 +102,20 @@ def _loss_launch(eps_hat, t, seeds, noise, weights, stream, grad_in=None, grad_o
     return None if backward else part.view(B, G * tiles).sum(dim=1)
 
 
-def _loss_dtype(eps_hat):
-    return torch.float64 if eps_hat.dtype == torch.float64 else torch.float32
-
-
-def _noise_f(eps_hat, t, seeds, noise, stream, f):
-    return (randn_torch(seeds, t, stream, eps_hat.shape) if noise is None else noise).to(f)
-
-
 def _loss_torch(eps_hat, t, seeds, noise, weights, stream):
-    f = _loss_dtype(eps_hat)
-    d = eps_hat.to(f) - _noise_f(eps_hat, t, seeds, noise, stream, f)
+    f = _checks.compute_dtype(eps_hat)
+    d = eps_hat.to(f) - noise_torch(noise, seeds, t, stream, eps_hat, f)
     loss = (d * d).mean(dim=(1, 2, 3))
     return loss * weights[t].to(f) if weights is not None else loss
 
 
 def _loss_backward_torch(grad_in, eps_hat, t, seeds, noise, weights, stream, grad_out):
-    f = _loss_dtype(eps_hat)
+    f = _checks.compute_dtype(eps_hat)
     B, C, H, W = eps_hat.shape
     k = grad_in.to(f) * (2.0 / (C * H * W))
     if weights is not None:
         k = k * weights[t].to(f)
-    grad_out.copy_(k.view(-1, 1, 1, 1) * (eps_hat.to(f) - _noise_f(eps_hat, t, seeds, noise, stream, f)))
+    grad_out.copy_(k.view(-1, 1, 1, 1) * (eps_hat.to(f) - noise_torch(noise, seeds, t, stream, eps_hat, f)))
 
 
 @torch.library.custom_op("fastddpm::eps_mse_loss", mutates_args=())
@@ -138,7 +130,7 @@ def _loss_op(
 
 @_loss_op.register_fake
 def _(eps_hat, t, seeds, noise, weights, stream):
-    return eps_hat.new_empty(eps_hat.shape[0], dtype=_loss_dtype(eps_hat))
+    return eps_hat.new_empty(eps_hat.shape[0], dtype=_checks.compute_dtype(eps_hat))
 
 
 @torch.library.custom_op("fastddpm::eps_mse_loss_backward", mutates_args=())

@@ -13,7 +13,7 @@ import triton.language as tl
 
 from . import _checks, tables
 from ._cast import to_storage
-from ._philox import STREAM_NOISING, randn_torch
+from ._philox import STREAM_NOISING, noise_torch
 from ._tile import noise4, table_row, tile
 from .noise import launch_config
 
@@ -72,13 +72,12 @@ def _q_sample_launch(x0, t, table, seeds, noise, stream, out):
 
 
 def _q_sample_torch(x0, t, table, seeds, noise, stream, out):
-    f = torch.float64 if x0.dtype == torch.float64 else torch.float32
-    if noise is None:
-        noise = randn_torch(seeds, t, stream, x0.shape)
+    f = _checks.compute_dtype(x0)
+    noise = noise_torch(noise, seeds, t, stream, x0, f)
     coef = table[t].to(f)  # (B, NCOEF); t was range-checked on the host
     a = coef[:, tables.SQRT_AB].view(-1, 1, 1, 1)
     s = coef[:, tables.SQRT_1M_AB].view(-1, 1, 1, 1)
-    out.copy_(a * x0.to(f) + s * noise.to(f))
+    out.copy_(a * x0.to(f) + s * noise)
 
 
 @torch.library.custom_op("fastddpm::q_sample", mutates_args=())

@@ -17,7 +17,7 @@ import triton.language as tl
 
 from . import _checks, tables
 from ._cast import to_storage
-from ._philox import STREAM_REVERSE, randn_torch
+from ._philox import STREAM_REVERSE, noise_torch
 from ._tile import noise4, table_row, tile
 from .noise import launch_config
 
@@ -105,8 +105,8 @@ def _step_launch(x, eps_hat, t, table, seeds, noise, out, out_lowp, clip, stream
 
 
 def _step_torch(x, eps_hat, t, table, seeds, noise, out, out_lowp, clip, stream):
-    f = torch.float64 if x.dtype == torch.float64 else torch.float32
-    z = randn_torch(seeds, t, stream, x.shape) if noise is None else noise
+    f = _checks.compute_dtype(x)
+    z = noise_torch(noise, seeds, t, stream, x, f)
     coef = table[t].to(f)  # (B, NCOEF)
 
     def col(k):
@@ -118,7 +118,7 @@ def _step_torch(x, eps_hat, t, table, seeds, noise, out, out_lowp, clip, stream)
         mu = col(tables.POST_X0) * x0 + col(tables.POST_XT) * xf
     else:
         mu = xf * col(tables.RECIP_ALPHA) - col(tables.EPS_COEF) * ef
-    y = mu + col(tables.SIGMA) * z.to(f)
+    y = mu + col(tables.SIGMA) * z
     out.copy_(y)
     if out_lowp is not None:
         out_lowp.copy_(y)
