@@ -1,82 +1,133 @@
-"""The reference path: DDPM written straight from the equations, eager PyTorch.
+"""The reference path: every operation written straight from its paper's equations, eager PyTorch.
 
 It is the oracle every fast path is tested against and the baseline every benchmark
 compares with, so it has no cleverness: coefficients come from the schedule's float64
-tables, noise is an explicit tensor, every step is one line citing its equation.
-Arithmetic happens in the inputs' dtype (pass float32/float64 for an accurate result,
-bf16/fp16 to measure what plain low-precision PyTorch would get).
+tables, noise is materialised (`fastddpm.kernels.randn` at the contract's address when
+seeds= is given), every step is one line citing its equation. Coefficients are formed in
+float64; arithmetic on the data happens in its dtype (float32/float64 for an accurate
+result, bf16/fp16 to measure what plain low-precision PyTorch would get); the loss is
+taken in at least float32.
+
+The signatures are those of `fastddpm.fused`, so tests and the Trainer pick either:
+
+    q_sample(x0, t, schedule, *, seeds=None, noise=None)
+    reverse_step(x, eps_hat, t, schedule, *, seeds=None, noise=None, variance="large", clip=False)
+    eps_mse_loss(eps_hat, t, *, seeds=None, noise=None, weights=None, reduction="mean")
+    sampler_step(x, eps_hat, k, plan, *, seeds=None, noise=None, h=None) -> (x_s, x̂_0 or None)
+
+Of the fast path it imports only the noise contract (kernels.randn, the stream numbers)
+and the plan's timesteps; never a kernel's arithmetic, never a coefficient table.
 """
 
 import torch
 
+from . import kernels as K
+from .models import checked_output
+from .plan import Plan
 from .schedule import Schedule
 
-VARIANCES = ("large", "small", "none")
+
+def _noise(noise, seeds, t, stream, like):
+    """The explicit noise, else the addressed draw materialised, in like's dtype and layout."""
+    if (seeds is None) == (noise is None):
+        raise ValueError("pass exactly one of seeds= (the addressed noise) and noise= (an explicit tensor)")
+    if noise is None:
+        noise = K.randn(like.shape, seeds, t.to(like.device), stream, device=like.device)
+    return noise.to(like.dtype)
 
 
-def _per_sample(schedule: Schedule, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    # the (T,) float64 table `name` at each sample's t -> (B, 1, 1, 1) in like's dtype
-    return schedule.on(name, like.device)[t.to(like.device).long()].to(like.dtype).view(-1, 1, 1, 1)
+def _at(schedule: Schedule, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """a_t = alphas_cumprod[t] (ᾱ_t² in the seed notation) per sample, with a_{-1} = 1:
+    (B, 1, 1, 1) float64. Coefficients are formed in float64 and meet the data in its
+    dtype only at the multiplication (`_lo`)."""
+    a = schedule.on("alphas_cumprod", like.device)
+    t = t.to(like.device).long()
+    return torch.where(t >= 0, a[t.clamp(min=0)], torch.ones_like(a[:1])).view(-1, 1, 1, 1)
 
 
-def q_sample(x0: torch.Tensor, t: torch.Tensor, schedule: Schedule, noise: torch.Tensor) -> torch.Tensor:
+def _lo(coef: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return coef.to(like.dtype)
+
+
+def q_sample(x0: torch.Tensor, t: torch.Tensor, schedule: Schedule, *, seeds=None, noise=None) -> torch.Tensor:
     """x_t = ᾱ_t x_0 + β̄_t ε                                   (Ho et al. eq. 4)."""
-    return _per_sample(schedule, "alpha_bar", t, x0) * x0 + _per_sample(schedule, "beta_bar", t, x0) * noise
+    eps = _noise(noise, seeds, t, K.STREAM_NOISING, x0)
+    a = _at(schedule, t, x0)
+    return _lo(a.sqrt(), x0) * x0 + _lo((1 - a).sqrt(), x0) * eps
 
 
-def reverse_step(
-    x: torch.Tensor,
-    eps_hat: torch.Tensor,
-    t: torch.Tensor,
-    schedule: Schedule,
-    noise: torch.Tensor,
-    variance: str = "large",
-    clip: bool = False,
-) -> torch.Tensor:
-    """One ancestral step x_t -> x_{t-1} with ε-prediction (DESIGN §1)."""
-    if variance not in VARIANCES:
-        raise ValueError(f"variance: expected one of {VARIANCES}, got {variance!r}")
-    t = t.long()
-    tp = (t - 1).clamp(min=0)
-    first = (t == 0).view(-1, 1, 1, 1)
-    # 1. coefficients of step t, and of t-1 with ᾱ_{-1} = 1, β̄_{-1} = 0
-    alpha = _per_sample(schedule, "alpha", t, x)
-    beta = _per_sample(schedule, "beta", t, x)
-    abar = _per_sample(schedule, "alpha_bar", t, x)
-    bbar = _per_sample(schedule, "beta_bar", t, x)
-    abar_prev = torch.where(first, torch.ones_like(abar), _per_sample(schedule, "alpha_bar", tp, x))
-    bbar_prev = torch.where(first, torch.zeros_like(bbar), _per_sample(schedule, "beta_bar", tp, x))
+def ddpm_step(x, eps_hat, t, s, schedule, z, variance="large", clip=False) -> torch.Tensor:
+    """One step t -> s of the (respaced) DDPM chain (Ho et al.; Nichol & Dhariwal's
+    respacing: the chain's own β' = 1 - a_t/a_s). s = t - 1 is the ancestral step."""
+    if variance not in K.VARIANCES:
+        raise ValueError(f"variance: expected one of {K.VARIANCES}, got {variance!r}")
+    a_t, a_s = _at(schedule, t, x), _at(schedule, s, x)
+    beta = 1 - a_t / a_s  # β' (β_t when s = t - 1)
     if clip:
-        # 2a. predicted x_0, clipped                           (Ho et al. eq. 15)
-        x0 = ((x - bbar * eps_hat) / abar).clamp(-1.0, 1.0)
-        # 3a. posterior mean of q(x_{t-1} | x_t, x_0)          (Ho et al. eq. 7)
-        mean = (abar_prev * beta**2 / bbar**2) * x0 + (alpha * bbar_prev**2 / bbar**2) * x
+        # x̂_0, clipped                                          (Ho et al. eq. 15)
+        x0 = ((x - _lo((1 - a_t).sqrt(), x) * eps_hat) / _lo(a_t.sqrt(), x)).clamp(-1.0, 1.0)
+        # the posterior mean of q(x_s | x_t, x̂_0)               (Ho et al. eq. 7)
+        mean = _lo(a_s.sqrt() * beta / (1 - a_t), x) * x0 + _lo((1 - beta).sqrt() * (1 - a_s) / (1 - a_t), x) * x
     else:
-        # 2b. mean from ε̂ directly                             (Ho et al. eq. 11)
-        mean = (x - (beta**2 / bbar) * eps_hat) / alpha
-    # 4. σ_t: large = β_t, small = posterior β_t β̄_{t-1}/β̄_t, none = 0; no noise at t = 0
-    if variance == "large":
-        sigma = beta
-    elif variance == "small":
-        sigma = beta * bbar_prev / bbar
-    else:
-        sigma = torch.zeros_like(beta)
-    sigma = torch.where(first, torch.zeros_like(sigma), sigma)
-    # 5. x_{t-1} = μ + σ_t z                                    (Ho et al. Algorithm 2)
-    return mean + sigma * noise
+        # the mean from ε̂ directly                              (Ho et al. eq. 11)
+        mean = (x - _lo(beta / (1 - a_t).sqrt(), x) * eps_hat) / _lo((1 - beta).sqrt(), x)
+    # σ: large √β', small the posterior's √(β'(1 - a_s)/(1 - a_t)), none 0; 0 into the end
+    sigma = {"large": beta.sqrt(), "small": (beta * (1 - a_s) / (1 - a_t)).sqrt(), "none": torch.zeros_like(beta)}[variance]
+    sigma = torch.where(s.to(x.device).view(-1, 1, 1, 1) < 0, torch.zeros_like(sigma), sigma)
+    return mean + _lo(sigma, x) * z                           # (Ho et al. Algorithm 2)
 
 
-def eps_mse_loss(
-    eps_hat: torch.Tensor,
-    noise: torch.Tensor,
-    t: torch.Tensor = None,
-    weights: torch.Tensor = None,
-    reduction: str = "mean",
-) -> torch.Tensor:
-    """w_t ‖ε - ε̂‖² averaged over (C, H, W), then over the batch (Ho et al. eq. 14)."""
-    per_sample = ((eps_hat - noise) ** 2).mean(dim=(1, 2, 3))
+def ddim_step(x, eps_hat, t, s, schedule, z, eta=0.0, clip=False, clipped_eps=False) -> tuple:
+    """One DDIM step t -> s (Song et al. 2021). Returns (x_s, x̂_0)."""
+    a_t, a_s = _at(schedule, t, x), _at(schedule, s, x)
+    # x̂_0, "predicted x_0"                                      (Song et al. eq. 12)
+    x0 = (x - _lo((1 - a_t).sqrt(), x) * eps_hat) / _lo(a_t.sqrt(), x)
+    if clip:
+        x0 = x0.clamp(-1.0, 1.0)
+    eps = (x - _lo(a_t.sqrt(), x) * x0) / _lo((1 - a_t).sqrt(), x) if clipped_eps else eps_hat
+    # σ(η) = η √((1 - a_s)/(1 - a_t)) √(1 - a_t/a_s)              (Song et al. eq. 16)
+    sigma = eta * ((1 - a_s) / (1 - a_t)).sqrt() * (1 - a_t / a_s).sqrt()
+    # x_s = √a_s x̂_0 + √(1 - a_s - σ²) ε + σ z                   (Song et al. eq. 12)
+    direction = (1 - a_s - sigma**2).clamp(min=0).sqrt()
+    return _lo(a_s.sqrt(), x) * x0 + _lo(direction, x) * eps + _lo(sigma, x) * z, x0
+
+
+def dpm_solver_step(x, x0, t, s, schedule, z=None, x0_prev=None, t_prev=None) -> torch.Tensor:
+    """One DPM-Solver++ step t -> s from the data prediction x̂_0 (Lu et al. 2022):
+    first order without history, 2M (multistep, midpoint) with the previous step's x̂_0 at
+    t_prev; the SDE variant when z is given. α = √a, σ = √(1 - a), λ = log α - log σ."""
+    a_t, a_s = _at(schedule, t, x), _at(schedule, s, x)
+    al_t, sg_t, al_s, sg_s = a_t.sqrt(), (1 - a_t).sqrt(), a_s.sqrt(), (1 - a_s).sqrt()
+    lam_t, lam_s = al_t.log() - sg_t.log(), al_s.log() - sg_s.log()  # λ_s = +inf at the end
+    h = lam_s - lam_t
+    if x0_prev is None:
+        d = x0                                                  # first order (= DDIM η = 0)
+    else:
+        a_p = _at(schedule, t_prev, x)
+        r = (lam_t - (a_p.sqrt().log() - (1 - a_p).sqrt().log())) / h  # r = h_prev / h
+        d = _lo(1 + 1 / (2 * r), x) * x0 - _lo(1 / (2 * r), x) * x0_prev  # Lu et al. Algorithm 2, D_i
+    if z is None:
+        # x_s = (σ_s/σ_t) x_t - α_s (e^{-h} - 1) D                (Lu et al. eq. 9 / Algorithm 2)
+        return _lo(sg_s / sg_t, x) * x - _lo(al_s * (torch.exp(-h) - 1), x) * d
+    # x_s = (σ_s/σ_t) e^{-h} x_t + α_s (1 - e^{-2h}) D + σ_s √(1 - e^{-2h}) z   (SDE-DPM-Solver++, Lu et al. App. B)
+    return (_lo(sg_s / sg_t * torch.exp(-h), x) * x + _lo(al_s * (1 - torch.exp(-2 * h)), x) * d
+            + _lo(sg_s * (1 - torch.exp(-2 * h)).sqrt(), x) * z)
+
+
+def reverse_step(x, eps_hat, t, schedule: Schedule, *, seeds=None, noise=None, variance="large", clip=False) -> torch.Tensor:
+    """One ancestral step x_t -> x_{t-1} with ε-prediction: ddpm_step to t - 1."""
+    z = _noise(noise, seeds, t, K.STREAM_REVERSE, x)
+    return ddpm_step(x, eps_hat, t, t.long() - 1, schedule, z, variance, clip)
+
+
+def eps_mse_loss(eps_hat, t, *, seeds=None, noise=None, weights=None, reduction="mean") -> torch.Tensor:
+    """w_t ‖ε - ε̂‖² averaged over (C, H, W), then over the batch (Ho et al. eq. 14),
+    computed in at least float32."""
+    e = eps_hat.to(torch.promote_types(eps_hat.dtype, torch.float32))
+    eps = _noise(noise, seeds, t, K.STREAM_NOISING, e)
+    per_sample = ((e - eps) ** 2).mean(dim=(1, 2, 3))
     if weights is not None:
-        per_sample = per_sample * weights.to(per_sample.device, per_sample.dtype)[t.long()]
+        per_sample = per_sample * weights.to(per_sample.device, e.dtype)[t.long()]
     if reduction == "mean":
         return per_sample.mean()
     if reduction == "sum":
@@ -86,33 +137,50 @@ def eps_mse_loss(
     raise ValueError(f"reduction: expected 'mean', 'sum' or 'none', got {reduction!r}")
 
 
+def sampler_step(x, eps_hat, k, plan: Plan, *, seeds=None, noise=None, h=None) -> tuple:
+    """Step k (per sample, (B,) int) of `plan`: x_{t_k} -> x_{prev_k}. Returns (x_s, x̂_0)
+    for a multistep plan, (x_s, None) otherwise. The noise (stochastic plans only) is
+    addressed by (seed, STREAM_REVERSE, t_k)."""
+    plan.check_history(h)
+    m = plan.method
+    k = k.to("cpu").long()
+    t = torch.tensor(plan.timesteps)[k]
+    s = torch.tensor(plan.prev)[k]
+    # z: the addressed draw when some step of the plan adds noise (σ = 0 steps ignore it)
+    z = _noise(noise, seeds, t, K.STREAM_REVERSE, x) if plan.stochastic else torch.zeros_like(x)
+    if m.name == "ddpm":
+        return ddpm_step(x, eps_hat, t, s, plan.schedule, z, m.variance, m.clip), None
+    if m.name == "ddim":
+        return ddim_step(x, eps_hat, t, s, plan.schedule, z, m.eta, m.clip, m.clipped_eps)[0], None
+    a_t = _at(plan.schedule, t, x)
+    x0 = (x - _lo((1 - a_t).sqrt(), x) * eps_hat) / _lo(a_t.sqrt(), x)  # data prediction (Lu et al. eq. 4)
+    second = bool(((k > 0) & (s >= 0)).all())  # 2M after the first step; first order into the end
+    if bool(((k > 0) & (s >= 0)).any()) != second:
+        raise ValueError("k: a batch mixing first- and second-order steps is not supported by the reference")
+    t_prev = torch.tensor(plan.timesteps)[(k - 1).clamp(min=0)]
+    z = z if m.name == "sde-dpm++2m" else None
+    return dpm_solver_step(x, x0, t, s, plan.schedule, z, h if second else None, t_prev if second else None), x0
+
+
 @torch.no_grad()
-def sample(
-    model,
-    schedule: Schedule,
-    seeds: torch.Tensor,
-    shape: tuple,
-    variance: str = "large",
-    clip: bool = False,
-    steps: int = None,
-) -> torch.Tensor:
-    """Ancestral sampling, eager fp32, one reference step at a time (Ho et al. Algorithm 2).
+def sample(model, schedule: Schedule, seeds: torch.Tensor, shape: tuple, method="ddpm", *, stop_after: int = None,
+           dtype: torch.dtype = torch.float32, **options) -> torch.Tensor:
+    """Sampling one reference step at a time, eager, in `dtype` (float32 by default).
 
-    Same seeds contract as fastddpm.Sampler: image k starts from the prior addressed by
-    (seeds[k], STREAM_PRIOR, 0) and step t adds z addressed by (seeds[k], STREAM_REVERSE, t),
-    both materialised here by fastddpm.kernels.randn. steps: only the first `steps`
-    reverse steps (default all T), returning x_{T-steps}.
+    method/options: as fastddpm.Sampler (steps, spacing, eta, variance, clip, clipped_eps).
+    Same seeds contract as the Sampler: image k starts from the prior addressed by
+    (seeds[k], STREAM_PRIOR, 0) and the step from t adds z addressed by
+    (seeds[k], STREAM_REVERSE, t). stop_after: only the first n steps (returns that state).
     """
-    from . import kernels as K
-    from .sampler import model_output
-
-    B, T = seeds.numel(), schedule.T
+    plan = method if isinstance(method, Plan) else Plan.build(schedule, method, **options)
+    B = seeds.numel()
     dev = seeds.device
-    zeros = torch.zeros(B, dtype=torch.int64, device=dev)
-    x = K.randn((B, *shape), seeds, zeros, K.STREAM_PRIOR)  # x_T ~ N(0, I)
-    for i in range(T - 1, T - 1 - (T if steps is None else steps), -1):
-        t = torch.full((B,), i, dtype=torch.int64, device=dev)
-        eps_hat = model_output(model(x, t)).float()
-        z = K.randn((B, *shape), seeds, t, K.STREAM_REVERSE)
-        x = reverse_step(x, eps_hat, t, schedule, z, variance, clip)
+    x = K.randn((B, *shape), seeds, torch.zeros(B, dtype=torch.int64, device=dev), K.STREAM_PRIOR).to(dtype)  # x_T
+    h = torch.zeros_like(x) if plan.multistep else None
+    for i in range(plan.K if stop_after is None else stop_after):
+        k = torch.full((B,), i, dtype=torch.int64, device=dev)
+        t = torch.full((B,), plan.timesteps[i], dtype=torch.int64, device=dev)
+        eps_hat = checked_output(model(x, t), x).to(dtype)
+        x, x0 = sampler_step(x, eps_hat, k, plan, seeds=seeds if plan.stochastic else None, h=h)
+        h = x0
     return x

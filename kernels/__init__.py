@@ -10,29 +10,54 @@
 This package imports torch and triton only (never the rest of fastddpm). CUDA tensors
 run the Triton kernels; CPU tensors run a torch twin of the same noise contract, or the
 Triton kernels themselves under TRITON_INTERPRET=1 and `cpu_backend("triton")`.
+The notation and the noise contract: docs/notation.md and docs/noise.md.
 """
 
-from ._checks import cpu_backend, value_checks
-from ._philox import STREAM_NOISING, STREAM_PRIOR, STREAM_REVERSE
+from . import loss as _loss
+from . import noise as _noise
+from . import noising as _noising
+from . import step as _step
+from ._checks import FLOAT_DTYPES, cpu_backend, value_checks
+from ._tile import MAX_REGISTERS, Launch, geometry
 from .loss import eps_mse_loss
 from .noise import philox_words, randn, randn_
 from .noising import q_sample
-from .step import reverse_step
+from .philox import STREAM_NOISING, STREAM_PRIOR, STREAM_REVERSE, STREAM_TIMESTEP, STREAMS, philox
+from .step import reverse_step, sampler_step
 from .tables import NCOEF, VARIANCES, coef_table
 
+# The @triton.jit functions themselves, for tools that compile or inspect them ahead of time
+# (fastddpm.aot, `python -m fastddpm.bench --static`); launch them through the functions above.
+TRITON_KERNELS = {
+    "q_sample": _noising._q_sample_kernel,
+    "step": _step._step_kernel,
+    "loss": _loss._loss_kernel,
+    "randn": _noise._randn_kernel,
+    "words": _noise._words_kernel,
+}
+
 __all__ = [
+    "FLOAT_DTYPES",
+    "Launch",
+    "MAX_REGISTERS",
+    "TRITON_KERNELS",
+    "geometry",
     "NCOEF",
+    "STREAMS",
     "STREAM_NOISING",
     "STREAM_PRIOR",
     "STREAM_REVERSE",
+    "STREAM_TIMESTEP",
     "VARIANCES",
     "coef_table",
     "cpu_backend",
     "eps_mse_loss",
+    "philox",
     "philox_words",
     "q_sample",
     "randn",
     "randn_",
     "reverse_step",
+    "sampler_step",
     "value_checks",
 ]

@@ -10,7 +10,7 @@ import os
 
 import torch
 
-FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what the kernels store; public as K.FLOAT_DTYPES
 _CPU_DTYPES = FLOAT_DTYPES + (torch.float64,)
 
 # The Triton interpreter is chosen when triton.jit runs, i.e. when this package is
@@ -57,6 +57,10 @@ def value_checks(enabled: bool):
         _state["value_checks"] = old
 
 
+def dtype_name(d: torch.dtype) -> str:
+    return str(d).replace("torch.", "")
+
+
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The torch twins compute in float64 for float64 input (gradcheck), else in float32."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -68,11 +72,13 @@ def check_image(x, name: str, *, allow_f64: bool = True) -> None:
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4:
         raise ValueError(f"{name}: expected a 4-D (B, C, H, W) tensor, got shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"{name}: expected a non-empty (B, C, H, W) batch, got shape {tuple(x.shape)}")
     if x.device.type not in ("cpu", "cuda"):
         raise ValueError(f"{name}: expected a CPU or CUDA tensor, got device {x.device}")
     ok = _CPU_DTYPES if (x.device.type == "cpu" and allow_f64 and not use_triton(x)) else FLOAT_DTYPES
     if x.dtype not in ok:
-        names = ", ".join(str(d).replace("torch.", "") for d in ok)
+        names = ", ".join(dtype_name(d) for d in ok)
         raise TypeError(f"{name}: expected dtype in ({names}) on {x.device.type}, got {x.dtype}")
     pixel_strides(x, name)
 
@@ -107,7 +113,8 @@ def check_like(y, name: str, x: torch.Tensor, xname: str) -> None:
     check_image(y, name)
 
 
-def check_table(table, x: torch.Tensor, ncoef: int) -> int:
+def check_table(table, x: torch.Tensor, ncoef) -> int:
+    ncoef = int(ncoef)
     if not isinstance(table, torch.Tensor):
         raise TypeError(f"table: expected a torch.Tensor from coef_table(), got {type(table).__name__}")
     if table.dim() != 2 or table.shape[1] != ncoef or table.shape[0] < 1:
@@ -119,19 +126,20 @@ def check_table(table, x: torch.Tensor, ncoef: int) -> int:
     return table.shape[0]
 
 
-def check_timesteps(t, B: int, T: int, device: torch.device) -> None:
+def check_timesteps(t, B: int, T: int, device: torch.device, name: str = "t") -> None:
+    """t: (B,) int32/int64 per-sample timesteps (or table rows) in [0, T) on `device`."""
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"t: expected an int32/int64 tensor of shape ({B},), got {type(t).__name__}")
+        raise TypeError(f"{name}: expected an int32/int64 tensor of shape ({B},), got {type(t).__name__}")
     if t.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"t: expected dtype int32 or int64, got {t.dtype}")
+        raise TypeError(f"{name}: expected dtype int32 or int64, got {t.dtype}")
     if t.shape != (B,):
-        raise ValueError(f"t: expected shape ({B},) (one timestep per sample), got {tuple(t.shape)}")
+        raise ValueError(f"{name}: expected shape ({B},) (one per sample), got {tuple(t.shape)}")
     if t.device != device:
-        raise ValueError(f"t: expected device {device}, got {t.device}")
-    check_timestep_values(t, T)
+        raise ValueError(f"{name}: expected device {device}, got {t.device}")
+    check_timestep_values(t, T, name)
 
 
-def check_timestep_values(t: torch.Tensor, T: int) -> None:
+def check_timestep_values(t: torch.Tensor, T: int, name: str = "t") -> None:
     """Raise if any t is outside [0, T). Free on CPU; on CUDA it waits for the GPU, so it
     runs only in eager mode with value checks on, never while compiling or capturing."""
     if torch.compiler.is_compiling():
@@ -142,7 +150,15 @@ def check_timestep_values(t: torch.Tensor, T: int) -> None:
     bad = (t < 0) | (t >= T)
     if bool(bad.any()):
         lo, hi = int(t.min()), int(t.max())
-        raise ValueError(f"t: expected every timestep in [0, {T}), got values in [{lo}, {hi}]")
+        what = {"t": "timestep", "k": "table row"}.get(name, "value")
+        raise ValueError(f"{name}: expected every {what} in [0, {T}), got values in [{lo}, {hi}]")
+
+
+def check_flag(value, name: str) -> bool:
+    """A true/false option must be a bool: "no" or 0.5 is an error, never a truthy True."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return value
 
 
 def make_seeds(seeds, B: int, device: torch.device) -> torch.Tensor:
@@ -150,7 +166,9 @@ def make_seeds(seeds, B: int, device: torch.device) -> torch.Tensor:
     if isinstance(seeds, bool):
         raise TypeError("seeds: expected an int or an int64 tensor, got bool")
     if isinstance(seeds, int):
-        return torch.arange(seeds, seeds + B, device=device, dtype=torch.int64)
+        if not -(2**63) <= seeds <= 2**63 - B:
+            raise ValueError(f"seeds: expected s, ..., s + {B - 1} to fit int64 ([-2**63, 2**63)), got s = {seeds}")
+        return torch.arange(B, device=device, dtype=torch.int64) + seeds  # arange(s, s + B) overflows at 2**63
     if not isinstance(seeds, torch.Tensor):
         raise TypeError(f"seeds: expected an int or an int64 tensor of shape ({B},), got {type(seeds).__name__}")
     if seeds.dtype != torch.int64:

@@ -1,6 +1,6 @@
 """ε-prediction loss, forward and backward, regenerating ε from its address.
 
-    loss_b = w_{t_b} · mean_{c,h,w} (ε̂ - ε)²        per sample (DESIGN §1)
+    loss_b = w_{t_b} · mean_{c,h,w} (ε̂ - ε)²        per sample (docs/notation.md)
     ∂loss_b/∂ε̂ = 2 w_{t_b} (ε̂ - ε) / (C H W)
 
 ε is never stored: both passes redraw it from (seed, STREAM_NOISING, t, c, h, w), the
@@ -18,28 +18,30 @@ import triton.language as tl
 
 from . import _checks
 from ._cast import to_storage
-from ._philox import STREAM_NOISING, noise_torch
-from ._tile import noise4, table_row, tile
-from .noise import launch_config
+from ._tile import at, channels_last, lane_mask, launch, noise4, row_index, tile
+from .philox import STREAM_NOISING, noise_torch
 
 
 @triton.jit
-def _sq_lane(e_ptr, n_ptr, c, p, HW, C, sec, sep, snc, snp, n, HAS_NOISE: tl.constexpr):
-    m = p < tl.where(c < C, HW, 0)  # pixel in the image and channel c exists
-    e = tl.load(e_ptr + c * sec + p * sep, mask=m).to(tl.float32)
+def _sq_lane(e_ptr, n_ptr, b, c, p, HW, n,
+             C: tl.constexpr, G: tl.constexpr, CL_E: tl.constexpr, CL_N: tl.constexpr, HAS_NOISE: tl.constexpr):
+    m = lane_mask(p, HW, c, C, G)  # pixel in the image and channel c exists
+    e = tl.load(at(e_ptr, b, c, p, HW, C, CL_E), mask=m).to(tl.float32)
     if HAS_NOISE:
-        n = tl.load(n_ptr + c * snc + p * snp, mask=m).to(tl.float32)
+        n = tl.load(at(n_ptr, b, c, p, HW, C, CL_N), mask=m).to(tl.float32)
     d = tl.where(m, e - n, 0.0)
-    return tl.sum(d * d, axis=0)
+    return d * d
 
 
 @triton.jit
-def _grad_lane(e_ptr, n_ptr, g_ptr, c, p, HW, C, sec, sep, snc, snp, sgc, sgp, k, n, HAS_NOISE: tl.constexpr):
-    m = p < tl.where(c < C, HW, 0)  # pixel in the image and channel c exists
-    e = tl.load(e_ptr + c * sec + p * sep, mask=m).to(tl.float32)
+def _grad_lane(e_ptr, n_ptr, g_ptr, b, c, p, HW, k, n,
+               C: tl.constexpr, G: tl.constexpr, CL_E: tl.constexpr, CL_N: tl.constexpr, CL_G: tl.constexpr,
+               HAS_NOISE: tl.constexpr):
+    m = lane_mask(p, HW, c, C, G)
+    e = tl.load(at(e_ptr, b, c, p, HW, C, CL_E), mask=m).to(tl.float32)
     if HAS_NOISE:
-        n = tl.load(n_ptr + c * snc + p * snp, mask=m).to(tl.float32)
-    tl.store(g_ptr + c * sgc + p * sgp, to_storage(k * (e - n), g_ptr.dtype.element_ty), mask=m)
+        n = tl.load(at(n_ptr, b, c, p, HW, C, CL_N), mask=m).to(tl.float32)
+    tl.store(at(g_ptr, b, c, p, HW, C, CL_G), to_storage(k * (e - n), g_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -51,55 +53,55 @@ def _loss_kernel(
     t_ptr,  # (B,) timestep per sample
     seed_ptr,  # (B,) int64 key per sample, read only if not HAS_NOISE
     w_ptr,  # (T,) fp32 per-timestep weights, read only if HAS_W
-    T, C, HW, G, TILES, stream, inv_n,  # inv_n = 1 / (C H W)
-    seb, sec, sep, snb, snc, snp, sgb, sgc, sgp,
+    T, HW, stream, inv_n,  # inv_n = 1 / (C H W)
+    C: tl.constexpr, G: tl.constexpr, TILES: tl.constexpr, CL_E: tl.constexpr, CL_N: tl.constexpr, CL_G: tl.constexpr,
     HAS_NOISE: tl.constexpr, HAS_W: tl.constexpr, BACKWARD: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    pid, b, g, p = tile(G, TILES, BLOCK)
+    pid, b, g, p = tile(TILES, G, BLOCK)
     t = tl.load(t_ptr + b)
     if HAS_W:
-        row, bad = table_row(w_ptr, t, T, 1)
-        w = tl.load(row) + bad  # the weight of this sample's timestep
+        k, bad = row_index(t, T)
+        w = tl.load(w_ptr + k) + bad  # the weight of this sample's timestep
     else:
         w = 1.0
-    n0, n1, n2, n3 = noise4(seed_ptr, b, p, g, t, stream, HAS_NOISE, BLOCK)
-    bl = b.to(tl.int64)
-    e_ptr += bl * seb
-    n_ptr += bl * snb
+    n0, n1, n2, n3 = noise4(seed_ptr, b, p, g, t, stream, not HAS_NOISE, BLOCK)
     c = 4 * g
     if BACKWARD:
-        g_ptr += bl * sgb
         k = 2.0 * w * inv_n * tl.load(part_ptr + b)
-        _grad_lane(e_ptr, n_ptr, g_ptr, c, p, HW, C, sec, sep, snc, snp, sgc, sgp, k, n0, HAS_NOISE)
-        _grad_lane(e_ptr, n_ptr, g_ptr, c + 1, p, HW, C, sec, sep, snc, snp, sgc, sgp, k, n1, HAS_NOISE)
-        _grad_lane(e_ptr, n_ptr, g_ptr, c + 2, p, HW, C, sec, sep, snc, snp, sgc, sgp, k, n2, HAS_NOISE)
-        _grad_lane(e_ptr, n_ptr, g_ptr, c + 3, p, HW, C, sec, sep, snc, snp, sgc, sgp, k, n3, HAS_NOISE)
+        _grad_lane(e_ptr, n_ptr, g_ptr, b, c, p, HW, k, n0, C, G, CL_E, CL_N, CL_G, HAS_NOISE)
+        if C > 1:
+            _grad_lane(e_ptr, n_ptr, g_ptr, b, c + 1, p, HW, k, n1, C, G, CL_E, CL_N, CL_G, HAS_NOISE)
+        if C > 2:
+            _grad_lane(e_ptr, n_ptr, g_ptr, b, c + 2, p, HW, k, n2, C, G, CL_E, CL_N, CL_G, HAS_NOISE)
+        if C > 3:
+            _grad_lane(e_ptr, n_ptr, g_ptr, b, c + 3, p, HW, k, n3, C, G, CL_E, CL_N, CL_G, HAS_NOISE)
     else:
-        acc = _sq_lane(e_ptr, n_ptr, c, p, HW, C, sec, sep, snc, snp, n0, HAS_NOISE)
-        acc += _sq_lane(e_ptr, n_ptr, c + 1, p, HW, C, sec, sep, snc, snp, n1, HAS_NOISE)
-        acc += _sq_lane(e_ptr, n_ptr, c + 2, p, HW, C, sec, sep, snc, snp, n2, HAS_NOISE)
-        acc += _sq_lane(e_ptr, n_ptr, c + 3, p, HW, C, sec, sep, snc, snp, n3, HAS_NOISE)
-        tl.store(part_ptr + pid, acc * w * inv_n)
+        acc = _sq_lane(e_ptr, n_ptr, b, c, p, HW, n0, C, G, CL_E, CL_N, HAS_NOISE)
+        if C > 1:
+            acc += _sq_lane(e_ptr, n_ptr, b, c + 1, p, HW, n1, C, G, CL_E, CL_N, HAS_NOISE)
+        if C > 2:
+            acc += _sq_lane(e_ptr, n_ptr, b, c + 2, p, HW, n2, C, G, CL_E, CL_N, HAS_NOISE)
+        if C > 3:
+            acc += _sq_lane(e_ptr, n_ptr, b, c + 3, p, HW, n3, C, G, CL_E, CL_N, HAS_NOISE)
+        tl.store(part_ptr + pid, tl.sum(acc, axis=0) * w * inv_n)
 
 
 def _loss_launch(eps_hat, t, seeds, noise, weights, stream, grad_in=None, grad_out=None):
     """Forward when grad_in is None: returns per-sample losses (B,) fp32.
     Backward otherwise: writes ∂L/∂ε̂ into grad_out given grad_in = ∂L/∂loss_b (B,)."""
-    B, C, H, W = eps_hat.shape
-    HW, G = H * W, (C + 3) // 4
-    block, warps, tiles = launch_config(HW)
+    L = launch(eps_hat)
     has_noise, has_w = noise is not None, weights is not None
     backward = grad_in is not None
     n = noise if has_noise else eps_hat
-    part = grad_in if backward else torch.empty(B * G * tiles, device=eps_hat.device, dtype=torch.float32)
+    part = grad_in if backward else torch.empty(L.grid[0], device=eps_hat.device, dtype=torch.float32)
     g = grad_out if backward else eps_hat
-    _loss_kernel[(B * G * tiles,)](
+    _loss_kernel[L.grid](
         eps_hat, n, g, part, t, t if has_noise else seeds, weights if has_w else part,
-        weights.shape[0] if has_w else 0, C, HW, G, tiles, stream, 1.0 / (C * HW),
-        *_checks.pixel_strides(eps_hat), *_checks.pixel_strides(n), *_checks.pixel_strides(g),
-        HAS_NOISE=has_noise, HAS_W=has_w, BACKWARD=backward, BLOCK=block, num_warps=warps,
+        weights.shape[0] if has_w else 0, L.HW, stream, 1.0 / (L.C * L.HW),
+        CL_E=channels_last(eps_hat), CL_N=channels_last(n), CL_G=channels_last(g),
+        HAS_NOISE=has_noise, HAS_W=has_w, BACKWARD=backward, **L.meta(),
     )
-    return None if backward else part.view(B, G * tiles).sum(dim=1)
+    return None if backward else part.view(L.B, L.G * L.tiles).sum(dim=1)
 
 
 def _loss_torch(eps_hat, t, seeds, noise, weights, stream):

@@ -1,4 +1,4 @@
-"""Forward noising x_t = ᾱ_t x_0 + β̄_t ε (DESIGN §1), ε drawn in-kernel or passed in.
+"""Forward noising x_t = ᾱ_t x_0 + β̄_t ε (docs/notation.md), ε drawn in-kernel or passed in.
 
 Traffic per element: reads x_0, writes x_t (2N) with in-kernel noise; reads x_0 and ε,
 writes x_t (3N) with explicit noise. The eager reference `randn_like` + `add_noise`
@@ -13,19 +13,21 @@ import triton.language as tl
 
 from . import _checks, tables
 from ._cast import to_storage
-from ._philox import STREAM_NOISING, noise_torch
-from ._tile import noise4, table_row, tile
-from .noise import launch_config
+from ._tile import at, channels_last, lane_mask, launch, noise4, row_index, tile
+from .philox import STREAM_NOISING, noise_torch
+from .tables import NCOEF, SQRT_1M_AB, SQRT_AB
 
 
 @triton.jit
-def _q_lane(x0_ptr, n_ptr, o_ptr, c, p, HW, C, s0c, s0p, snc, snp, soc, sop, a, s, n, HAS_NOISE: tl.constexpr):
+def _q_lane(x0_ptr, n_ptr, o_ptr, b, c, p, HW, a, s, n,
+            C: tl.constexpr, G: tl.constexpr, CL_X0: tl.constexpr, CL_N: tl.constexpr, CL_O: tl.constexpr,
+            HAS_NOISE: tl.constexpr):
     # one channel c of a pixel block: x_t = a x_0 + s ε
-    m = p < tl.where(c < C, HW, 0)  # pixel in the image and channel c exists
-    x0 = tl.load(x0_ptr + c * s0c + p * s0p, mask=m).to(tl.float32)
+    m = lane_mask(p, HW, c, C, G)
+    x0 = tl.load(at(x0_ptr, b, c, p, HW, C, CL_X0), mask=m).to(tl.float32)
     if HAS_NOISE:
-        n = tl.load(n_ptr + c * snc + p * snp, mask=m).to(tl.float32)
-    tl.store(o_ptr + c * soc + p * sop, to_storage(a * x0 + s * n, o_ptr.dtype.element_ty), mask=m)
+        n = tl.load(at(n_ptr, b, c, p, HW, C, CL_N), mask=m).to(tl.float32)
+    tl.store(at(o_ptr, b, c, p, HW, C, CL_O), to_storage(a * x0 + s * n, o_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -35,39 +37,34 @@ def _q_sample_kernel(
     o_ptr,  # (B, C, H, W) x_t, written
     t_ptr,  # (B,) timestep per sample
     seed_ptr,  # (B,) int64 key per sample, read only if not HAS_NOISE
-    tab_ptr,  # (T, NC) float32 coefficient table
-    T, C, HW, G, TILES, stream,
-    s0b, s0c, s0p, snb, snc, snp, sob, soc, sop,  # element strides: batch, channel, pixel
-    NC: tl.constexpr, HAS_NOISE: tl.constexpr, BLOCK: tl.constexpr,
+    tab_ptr,  # (T, NCOEF) float32 coefficient table
+    T, HW, stream,
+    C: tl.constexpr, G: tl.constexpr, TILES: tl.constexpr, CL_X0: tl.constexpr, CL_N: tl.constexpr, CL_O: tl.constexpr,
+    HAS_NOISE: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    pid, b, g, p = tile(G, TILES, BLOCK)
+    pid, b, g, p = tile(TILES, G, BLOCK)
     t = tl.load(t_ptr + b)
-    row, bad = table_row(tab_ptr, t, T, NC)
-    a = tl.load(row + 0) + bad  # ᾱ_t   (tables.SQRT_AB)
-    s = tl.load(row + 1) + bad  # β̄_t   (tables.SQRT_1M_AB)
-    n0, n1, n2, n3 = noise4(seed_ptr, b, p, g, t, stream, HAS_NOISE, BLOCK)
-    bl = b.to(tl.int64)
-    x0_ptr += bl * s0b
-    n_ptr += bl * snb
-    o_ptr += bl * sob
+    k, bad = row_index(t, T)  # an out-of-range t makes x_t NaN
+    a = tl.load(tab_ptr + k * NCOEF + SQRT_AB) + bad  # ᾱ_t
+    s = tl.load(tab_ptr + k * NCOEF + SQRT_1M_AB) + bad  # β̄_t
+    n0, n1, n2, n3 = noise4(seed_ptr, b, p, g, t, stream, not HAS_NOISE, BLOCK)
     c = 4 * g
-    _q_lane(x0_ptr, n_ptr, o_ptr, c, p, HW, C, s0c, s0p, snc, snp, soc, sop, a, s, n0, HAS_NOISE)
-    _q_lane(x0_ptr, n_ptr, o_ptr, c + 1, p, HW, C, s0c, s0p, snc, snp, soc, sop, a, s, n1, HAS_NOISE)
-    _q_lane(x0_ptr, n_ptr, o_ptr, c + 2, p, HW, C, s0c, s0p, snc, snp, soc, sop, a, s, n2, HAS_NOISE)
-    _q_lane(x0_ptr, n_ptr, o_ptr, c + 3, p, HW, C, s0c, s0p, snc, snp, soc, sop, a, s, n3, HAS_NOISE)
+    _q_lane(x0_ptr, n_ptr, o_ptr, b, c, p, HW, a, s, n0, C, G, CL_X0, CL_N, CL_O, HAS_NOISE)
+    if C > 1:
+        _q_lane(x0_ptr, n_ptr, o_ptr, b, c + 1, p, HW, a, s, n1, C, G, CL_X0, CL_N, CL_O, HAS_NOISE)
+    if C > 2:
+        _q_lane(x0_ptr, n_ptr, o_ptr, b, c + 2, p, HW, a, s, n2, C, G, CL_X0, CL_N, CL_O, HAS_NOISE)
+    if C > 3:
+        _q_lane(x0_ptr, n_ptr, o_ptr, b, c + 3, p, HW, a, s, n3, C, G, CL_X0, CL_N, CL_O, HAS_NOISE)
 
 
 def _q_sample_launch(x0, t, table, seeds, noise, stream, out):
-    B, C, H, W = x0.shape
-    HW, G = H * W, (C + 3) // 4
-    block, warps, tiles = launch_config(HW)
+    L = launch(x0)
     has_noise = noise is not None
     n = noise if has_noise else x0
-    _q_sample_kernel[(B * G * tiles,)](
-        x0, n, out, t, t if has_noise else seeds, table,
-        table.shape[0], C, HW, G, tiles, stream,
-        *_checks.pixel_strides(x0), *_checks.pixel_strides(n), *_checks.pixel_strides(out),
-        NC=tables.NCOEF, HAS_NOISE=has_noise, BLOCK=block, num_warps=warps,
+    _q_sample_kernel[L.grid](
+        x0, n, out, t, t if has_noise else seeds, table, table.shape[0], L.HW, stream,
+        CL_X0=channels_last(x0), CL_N=channels_last(n), CL_O=channels_last(out), HAS_NOISE=has_noise, **L.meta(),
     )
 
 
@@ -75,8 +72,8 @@ def _q_sample_torch(x0, t, table, seeds, noise, stream, out):
     f = _checks.compute_dtype(x0)
     noise = noise_torch(noise, seeds, t, stream, x0, f)
     coef = table[t].to(f)  # (B, NCOEF); t was range-checked on the host
-    a = coef[:, tables.SQRT_AB].view(-1, 1, 1, 1)
-    s = coef[:, tables.SQRT_1M_AB].view(-1, 1, 1, 1)
+    a = coef[:, int(SQRT_AB)].view(-1, 1, 1, 1)
+    s = coef[:, int(SQRT_1M_AB)].view(-1, 1, 1, 1)
     out.copy_(a * x0.to(f) + s * noise)
 
 
@@ -106,8 +103,8 @@ def _q_backward(ctx, grad):
     # x_t is linear in x_0 and ε: dx_t/dx_0 = ᾱ_t, dx_t/dε = β̄_t, per sample.
     t, table = ctx.saved_tensors
     coef = table[t].to(grad.dtype)
-    g_x0 = grad * coef[:, tables.SQRT_AB].view(-1, 1, 1, 1)
-    g_n = grad * coef[:, tables.SQRT_1M_AB].view(-1, 1, 1, 1) if ctx.has_noise else None
+    g_x0 = grad * coef[:, int(SQRT_AB)].view(-1, 1, 1, 1)
+    g_n = grad * coef[:, int(SQRT_1M_AB)].view(-1, 1, 1, 1) if ctx.has_noise else None
     return g_x0, None, None, None, g_n, None
 
 

@@ -1,12 +1,18 @@
-"""Reverse update x_{t-1} = (x_t - (β_t²/β̄_t) ε̂)/α_t + σ_t z (DESIGN §1), fused.
+"""Every reverse step, fused: one kernel for DDPM (full or respaced), DDIM(η) and DPM-Solver++.
 
-One pass reads x_t and ε̂ and writes x_{t-1}, optionally in place and optionally also a
-second copy in another dtype and layout (the bf16 channels-last input of the next
-U-Net call). z is drawn in-kernel (stream STREAM_REVERSE) or passed in; σ_0 = 0 comes
-from the table, so the last step needs no host branch.
+Each step is one row of a coefficient table (tables.py, docs/notation.md):
 
-Traffic per element: reads 2N, writes N (+N for the second copy). The eager reference
-draws z (write N), then reads x_t, ε̂, z and writes x_{t-1} through several temporaries.
+    x̂_0 = X0_X x_t − X0_EPS ε̂                 clamped to [-1, 1] when clipping
+    x_s = C_X0 x̂_0 + C_X x_t + C_EPS ε̂ + C_H h + SIGMA z,      h <- x̂_0
+
+One pass reads x_t, ε̂ (and h, for multistep solvers) and writes x_s in place or not,
+optionally a second copy in another dtype and layout (the next model call's bf16
+channels-last input) and the new h; z is drawn in-kernel at (seed, STREAM_REVERSE, t) or
+passed in. With CHECK it also raises a per-sample flag when x_s is not finite, so a sampler
+step is the model plus this one kernel.
+
+Traffic per element: reads 2N (+N for h), writes N (+N for the second copy, +N for h).
+The eager reference draws z (write N), then reads x_t, ε̂, z and writes x_s through temporaries.
 """
 
 from typing import Optional
@@ -17,126 +23,172 @@ import triton.language as tl
 
 from . import _checks, tables
 from ._cast import to_storage
-from ._philox import STREAM_REVERSE, noise_torch
-from ._tile import noise4, table_row, tile
-from .noise import launch_config
+from ._tile import at, channels_last, lane_mask, launch, noise4, row_index, tile
+from .philox import STREAM_REVERSE, noise_torch
+from .tables import C_EPS, C_H, C_X, C_X0, NCOEF, SIGMA, X0_EPS, X0_X
 
 
 @triton.jit
 def _step_lane(
-    x_ptr, e_ptr, z_ptr, o_ptr, l_ptr, c, p, HW, C,
-    sxc, sxp, sec, sep, szc, szp, soc, sop, slc, slp,
-    r_alpha, eps_c, sigma, r_sab, x0_e, post_x0, post_xt, z,
-    CLIP: tl.constexpr, HAS_NOISE: tl.constexpr, HAS_LOWP: tl.constexpr,
+    x_ptr, e_ptr, z_ptr, h_ptr, o_ptr, oh_ptr, l_ptr, b, c, p, HW,
+    x0x, x0e, cx0, cx, ce, ch, sig, z,
+    C: tl.constexpr, G: tl.constexpr, CL_X: tl.constexpr, CL_E: tl.constexpr, CL_Z: tl.constexpr,
+    CL_H: tl.constexpr, CL_O: tl.constexpr, CL_OH: tl.constexpr, CL_L: tl.constexpr,
+    CLIP: tl.constexpr, DRAW: tl.constexpr, HAS_NOISE: tl.constexpr, HAS_H: tl.constexpr, HAS_LOWP: tl.constexpr,
+    EPS_TERM: tl.constexpr,
 ):
-    m = p < tl.where(c < C, HW, 0)  # pixel in the image and channel c exists
-    x = tl.load(x_ptr + c * sxc + p * sxp, mask=m).to(tl.float32)
-    e = tl.load(e_ptr + c * sec + p * sep, mask=m).to(tl.float32)
-    if HAS_NOISE:
-        z = tl.load(z_ptr + c * szc + p * szp, mask=m).to(tl.float32)
+    m = lane_mask(p, HW, c, C, G)  # pixel in the image and channel c exists
+    x = tl.load(at(x_ptr, b, c, p, HW, C, CL_X), mask=m).to(tl.float32)
+    e = tl.load(at(e_ptr, b, c, p, HW, C, CL_E), mask=m).to(tl.float32)
+    x0 = x0x * x - x0e * e  # Ho et al. eq. 15
     if CLIP:
-        x0 = tl.minimum(tl.maximum(x * r_sab - x0_e * e, -1.0), 1.0)  # Ho et al. eq. 15, clipped
-        mu = post_x0 * x0 + post_xt * x  # posterior mean, Ho et al. eq. 7
-    else:
-        mu = x * r_alpha - eps_c * e  # Ho et al. eq. 11
-    y = mu + sigma * z
-    tl.store(o_ptr + c * soc + p * sop, to_storage(y, o_ptr.dtype.element_ty), mask=m)
+        x0 = tl.minimum(tl.maximum(x0, -1.0), 1.0)
+    y = cx0 * x0 + cx * x  # the step's mean (the posterior mean for DDPM: eq. 7)
+    if EPS_TERM:
+        y += ce * e
+    if HAS_H:
+        h = tl.load(at(h_ptr, b, c, p, HW, C, CL_H), mask=m).to(tl.float32)
+        y += ch * h
+        tl.store(at(oh_ptr, b, c, p, HW, C, CL_OH), to_storage(x0, oh_ptr.dtype.element_ty), mask=m)
+    if HAS_NOISE:
+        z = tl.load(at(z_ptr, b, c, p, HW, C, CL_Z), mask=m).to(tl.float32)
+    if DRAW or HAS_NOISE:
+        y += sig * z
+    tl.store(at(o_ptr, b, c, p, HW, C, CL_O), to_storage(y, o_ptr.dtype.element_ty), mask=m)
     if HAS_LOWP:
-        tl.store(l_ptr + c * slc + p * slp, to_storage(y, l_ptr.dtype.element_ty), mask=m)
+        tl.store(at(l_ptr, b, c, p, HW, C, CL_L), to_storage(y, l_ptr.dtype.element_ty), mask=m)
+    return tl.where(m, y * 0.0, 0.0)  # NaN exactly where y is not finite
 
 
 @triton.jit
 def _step_kernel(
-    x_ptr,  # (B, C, H, W) x_t
+    x_ptr,  # (B, C, H, W) x_t, the sampler's state (any float dtype)
     e_ptr,  # (B, C, H, W) ε̂, the model's prediction (any float dtype)
     z_ptr,  # (B, C, H, W) explicit z, read only if HAS_NOISE
-    o_ptr,  # (B, C, H, W) x_{t-1}; may be x_ptr itself
-    l_ptr,  # (B, C, H, W) second copy of x_{t-1}, written only if HAS_LOWP
-    t_ptr,  # (B,) timestep per sample
-    seed_ptr,  # (B,) int64 key per sample, read only if not HAS_NOISE
-    tab_ptr,  # (T, NC) float32 coefficient table
-    T, C, HW, G, TILES, stream,
-    sxb, sxc, sxp, seb, sec, sep, szb, szc, szp, sob, soc, sop, slb, slc, slp,
-    NC: tl.constexpr, CLIP: tl.constexpr, HAS_NOISE: tl.constexpr, HAS_LOWP: tl.constexpr,
-    BLOCK: tl.constexpr,
+    h_ptr,  # (B, C, H, W) the previous x̂_0, read only if HAS_H
+    o_ptr,  # (B, C, H, W) x_s, written; may be x_ptr itself
+    oh_ptr,  # (B, C, H, W) this step's x̂_0, written only if HAS_H; may be h_ptr itself
+    l_ptr,  # (B, C, H, W) second copy of x_s, written only if HAS_LOWP
+    flag_ptr,  # (B,) int64: max(flag, t) where x_s is not finite, only if CHECK
+    k_ptr,  # (B,) int: each sample's row of the table
+    ts_ptr,  # (ROWS,) int: each row's timestep t, the noise address; unused if ROW_IS_T
+    seed_ptr,  # (B,) int64 key per sample, read only if DRAW
+    tab_ptr,  # (ROWS, NCOEF) float32 coefficient table
+    ROWS, HW, stream,
+    C: tl.constexpr, G: tl.constexpr, TILES: tl.constexpr, CL_X: tl.constexpr, CL_E: tl.constexpr, CL_Z: tl.constexpr,
+    CL_H: tl.constexpr, CL_O: tl.constexpr, CL_OH: tl.constexpr, CL_L: tl.constexpr,
+    CLIP: tl.constexpr, DRAW: tl.constexpr, HAS_NOISE: tl.constexpr, HAS_H: tl.constexpr,
+    HAS_LOWP: tl.constexpr, CHECK: tl.constexpr, ROW_IS_T: tl.constexpr, EPS_TERM: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    pid, b, g, p = tile(G, TILES, BLOCK)
-    t = tl.load(t_ptr + b)
-    row, bad = table_row(tab_ptr, t, T, NC)
-    r_alpha = tl.load(row + 2) + bad  # 1/α_t            (tables.RECIP_ALPHA)
-    eps_c = tl.load(row + 3) + bad  # β_t²/(α_t β̄_t)     (tables.EPS_COEF)
-    sigma = tl.load(row + 4) + bad  # σ_t                (tables.SIGMA)
-    r_sab = tl.load(row + 5) + bad  # 1/ᾱ_t              (tables.RECIP_SQRT_AB)
-    x0_e = tl.load(row + 6) + bad  # β̄_t/ᾱ_t             (tables.X0_EPS)
-    post_x0 = tl.load(row + 7) + bad  # ᾱ_{t-1}β_t²/β̄_t²  (tables.POST_X0)
-    post_xt = tl.load(row + 8) + bad  # α_t β̄_{t-1}²/β̄_t² (tables.POST_XT)
-    z0, z1, z2, z3 = noise4(seed_ptr, b, p, g, t, stream, HAS_NOISE, BLOCK)
-    bl = b.to(tl.int64)
-    x_ptr += bl * sxb
-    e_ptr += bl * seb
-    z_ptr += bl * szb
-    o_ptr += bl * sob
-    l_ptr += bl * slb
+    pid, b, g, p = tile(TILES, G, BLOCK)
+    k, bad = row_index(tl.load(k_ptr + b), ROWS)  # an out-of-range row makes every coefficient NaN
+    if ROW_IS_T:
+        t = k
+    else:
+        t = tl.load(ts_ptr + k)
+    row = tab_ptr + k * NCOEF
+    x0x = tl.load(row + X0_X) + bad
+    x0e = tl.load(row + X0_EPS) + bad
+    cx0 = tl.load(row + C_X0) + bad
+    cx = tl.load(row + C_X) + bad
+    ce = 0.0  # the columns a variant does not use are not read: fewer registers
+    ch = 0.0
+    sig = 0.0
+    if EPS_TERM:
+        ce = tl.load(row + C_EPS) + bad
+    if HAS_H:
+        ch = tl.load(row + C_H) + bad
+    if DRAW or HAS_NOISE:
+        sig = tl.load(row + SIGMA) + bad
+    z0, z1, z2, z3 = noise4(seed_ptr, b, p, g, t, stream, DRAW, BLOCK)
     c = 4 * g
-    _step_lane(x_ptr, e_ptr, z_ptr, o_ptr, l_ptr, c, p, HW, C, sxc, sxp, sec, sep, szc, szp, soc, sop, slc, slp,
-               r_alpha, eps_c, sigma, r_sab, x0_e, post_x0, post_xt, z0, CLIP, HAS_NOISE, HAS_LOWP)
-    _step_lane(x_ptr, e_ptr, z_ptr, o_ptr, l_ptr, c + 1, p, HW, C, sxc, sxp, sec, sep, szc, szp, soc, sop, slc, slp,
-               r_alpha, eps_c, sigma, r_sab, x0_e, post_x0, post_xt, z1, CLIP, HAS_NOISE, HAS_LOWP)
-    _step_lane(x_ptr, e_ptr, z_ptr, o_ptr, l_ptr, c + 2, p, HW, C, sxc, sxp, sec, sep, szc, szp, soc, sop, slc, slp,
-               r_alpha, eps_c, sigma, r_sab, x0_e, post_x0, post_xt, z2, CLIP, HAS_NOISE, HAS_LOWP)
-    _step_lane(x_ptr, e_ptr, z_ptr, o_ptr, l_ptr, c + 3, p, HW, C, sxc, sxp, sec, sep, szc, szp, soc, sop, slc, slp,
-               r_alpha, eps_c, sigma, r_sab, x0_e, post_x0, post_xt, z3, CLIP, HAS_NOISE, HAS_LOWP)
+    acc = _step_lane(x_ptr, e_ptr, z_ptr, h_ptr, o_ptr, oh_ptr, l_ptr, b, c, p, HW, x0x, x0e, cx0, cx, ce, ch, sig, z0,
+                     C, G, CL_X, CL_E, CL_Z, CL_H, CL_O, CL_OH, CL_L, CLIP, DRAW, HAS_NOISE, HAS_H, HAS_LOWP, EPS_TERM)
+    if C > 1:
+        acc += _step_lane(x_ptr, e_ptr, z_ptr, h_ptr, o_ptr, oh_ptr, l_ptr, b, c + 1, p, HW, x0x, x0e, cx0, cx, ce, ch, sig,
+                          z1, C, G, CL_X, CL_E, CL_Z, CL_H, CL_O, CL_OH, CL_L, CLIP, DRAW, HAS_NOISE, HAS_H, HAS_LOWP, EPS_TERM)
+    if C > 2:
+        acc += _step_lane(x_ptr, e_ptr, z_ptr, h_ptr, o_ptr, oh_ptr, l_ptr, b, c + 2, p, HW, x0x, x0e, cx0, cx, ce, ch, sig,
+                          z2, C, G, CL_X, CL_E, CL_Z, CL_H, CL_O, CL_OH, CL_L, CLIP, DRAW, HAS_NOISE, HAS_H, HAS_LOWP, EPS_TERM)
+    if C > 3:
+        acc += _step_lane(x_ptr, e_ptr, z_ptr, h_ptr, o_ptr, oh_ptr, l_ptr, b, c + 3, p, HW, x0x, x0e, cx0, cx, ce, ch, sig,
+                          z3, C, G, CL_X, CL_E, CL_Z, CL_H, CL_O, CL_OH, CL_L, CLIP, DRAW, HAS_NOISE, HAS_H, HAS_LOWP, EPS_TERM)
+    if CHECK:
+        s = tl.sum(acc, axis=0)  # NaN iff some x_s of this program is not finite
+        tl.atomic_max(flag_ptr + b, t.to(tl.int64), mask=s != s)
 
 
-def _step_launch(x, eps_hat, t, table, seeds, noise, out, out_lowp, clip, stream):
-    B, C, H, W = x.shape
-    HW, G = H * W, (C + 3) // 4
-    block, warps, tiles = launch_config(HW)
-    has_noise, has_lowp = noise is not None, out_lowp is not None
-    z = noise if has_noise else x
-    lp = out_lowp if has_lowp else out
-    _step_kernel[(B * G * tiles,)](
-        x, eps_hat, z, out, lp, t, t if has_noise else seeds, table,
-        table.shape[0], C, HW, G, tiles, stream,
-        *_checks.pixel_strides(x), *_checks.pixel_strides(eps_hat), *_checks.pixel_strides(z),
-        *_checks.pixel_strides(out), *_checks.pixel_strides(lp),
-        NC=tables.NCOEF, CLIP=clip, HAS_NOISE=has_noise, HAS_LOWP=has_lowp, BLOCK=block, num_warps=warps,
+def _step_launch(x, eps_hat, k, table, timesteps, seeds, noise, h, out, out_h, out_lowp, nonfinite, clip, stream, row_is_t, eps_term):
+    L = launch(x)
+    z = noise if noise is not None else x
+    hh = h if h is not None else x
+    oh = out_h if out_h is not None else out
+    lp = out_lowp if out_lowp is not None else out
+    _step_kernel[L.grid](
+        x, eps_hat, z, hh, out, oh, lp, nonfinite if nonfinite is not None else k, k,
+        timesteps if timesteps is not None else k, seeds if seeds is not None else k, table,
+        table.shape[0], L.HW, stream,
+        CL_X=channels_last(x), CL_E=channels_last(eps_hat), CL_Z=channels_last(z), CL_H=channels_last(hh),
+        CL_O=channels_last(out), CL_OH=channels_last(oh), CL_L=channels_last(lp),
+        CLIP=clip, DRAW=seeds is not None, HAS_NOISE=noise is not None, HAS_H=h is not None,
+        HAS_LOWP=out_lowp is not None, CHECK=nonfinite is not None, ROW_IS_T=row_is_t, EPS_TERM=eps_term,
+        **L.meta(heavy=seeds is not None and h is not None),
     )
 
 
-def _step_torch(x, eps_hat, t, table, seeds, noise, out, out_lowp, clip, stream):
+def _step_torch(x, eps_hat, k, table, timesteps, seeds, noise, h, out, out_h, out_lowp, nonfinite, clip, stream, row_is_t, eps_term):
     f = _checks.compute_dtype(x)
-    z = noise_torch(noise, seeds, t, stream, x, f)
-    coef = table[t].to(f)  # (B, NCOEF)
+    coef = table[k].to(f)  # (B, NCOEF); k was range-checked on the host
 
-    def col(k):
-        return coef[:, k].view(-1, 1, 1, 1)
+    def col(j):
+        return coef[:, int(j)].view(-1, 1, 1, 1)
 
     xf, ef = x.to(f), eps_hat.to(f)
+    x0 = col(X0_X) * xf - col(X0_EPS) * ef
     if clip:
-        x0 = (xf * col(tables.RECIP_SQRT_AB) - col(tables.X0_EPS) * ef).clamp(-1.0, 1.0)
-        mu = col(tables.POST_X0) * x0 + col(tables.POST_XT) * xf
-    else:
-        mu = xf * col(tables.RECIP_ALPHA) - col(tables.EPS_COEF) * ef
-    y = mu + col(tables.SIGMA) * z
+        x0 = x0.clamp(-1.0, 1.0)
+    y = col(C_X0) * x0 + col(C_X) * xf
+    if eps_term:
+        y = y + col(C_EPS) * ef
+    if h is not None:
+        y = y + col(C_H) * h.to(f)
+    t = k if row_is_t else timesteps[k]
+    if seeds is not None or noise is not None:
+        y = y + col(SIGMA) * noise_torch(noise, seeds, t, stream, x, f)
+    if h is not None:
+        out_h.copy_(x0)
     out.copy_(y)
     if out_lowp is not None:
         out_lowp.copy_(y)
+    if nonfinite is not None:
+        bad = ~torch.isfinite(y).flatten(1).all(dim=1)
+        nonfinite.copy_(torch.where(bad, torch.maximum(nonfinite, t.to(torch.int64)), nonfinite))
 
 
-@torch.library.custom_op("fastddpm::reverse_step_", mutates_args=("out", "out_lowp"))
+@torch.library.custom_op("fastddpm::step_", mutates_args=("out", "out_h", "out_lowp", "nonfinite"))
 def _step_op(
-    x: torch.Tensor, eps_hat: torch.Tensor, t: torch.Tensor, table: torch.Tensor,
-    seeds: Optional[torch.Tensor], noise: Optional[torch.Tensor],
-    out: torch.Tensor, out_lowp: Optional[torch.Tensor], clip: bool, stream: int,
+    x: torch.Tensor, eps_hat: torch.Tensor, k: torch.Tensor, table: torch.Tensor, timesteps: Optional[torch.Tensor],
+    seeds: Optional[torch.Tensor], noise: Optional[torch.Tensor], h: Optional[torch.Tensor],
+    out: torch.Tensor, out_h: Optional[torch.Tensor], out_lowp: Optional[torch.Tensor], nonfinite: Optional[torch.Tensor],
+    clip: bool, stream: int, row_is_t: bool, eps_term: bool,
 ) -> None:
     impl = _step_launch if _checks.use_triton(x) else _step_torch
-    impl(x, eps_hat, t, table, seeds, noise, out, out_lowp, clip, stream)
+    impl(x, eps_hat, k, table, timesteps, seeds, noise, h, out, out_h, out_lowp, nonfinite, clip, stream, row_is_t, eps_term)
 
 
 @_step_op.register_fake
-def _(x, eps_hat, t, table, seeds, noise, out, out_lowp, clip, stream):
+def _(x, eps_hat, k, table, timesteps, seeds, noise, h, out, out_h, out_lowp, nonfinite, clip, stream, row_is_t, eps_term):
     return None
+
+
+def _outputs(x, out, out_lowp):
+    if out is None:
+        out = torch.empty_like(x)
+    else:
+        _checks.check_like(out, "out", x, "x")
+    if out_lowp is not None:
+        _checks.check_like(out_lowp, "out_lowp", x, "x")
+    return out
 
 
 def reverse_step(
@@ -158,21 +210,86 @@ def reverse_step(
     t:        (B,) int timesteps in [0, T); table: coef_table(alphas_cumprod, variance).
     seeds:    int or (B,) int64: z drawn in-kernel at (seed, stream, t, c, h, w).
     noise:    explicit z instead of seeds.
-    clip:     clamp the predicted x̂_0 to [-1, 1] and take the posterior mean.
+    clip:     clamp the predicted x̂_0 to [-1, 1] (Ho et al. eq. 7 on the clipped x̂_0).
     out:      where to write x_{t-1} (x itself for in place); default a new tensor like x.
     out_lowp: optional second output (any float dtype, dense layout) written in the same pass.
     Returns out.
     """
     _checks.check_image(x, "x")
     _checks.check_like(eps_hat, "eps_hat", x, "x")
-    T = _checks.check_table(table, x, tables.NCOEF)
+    T = _checks.check_table(table, x, NCOEF)
     _checks.check_timesteps(t, x.shape[0], T, x.device)
     seeds = _checks.check_noise_source(seeds, noise, x, "x")
-    if out is None:
-        out = torch.empty_like(x)
-    else:
-        _checks.check_like(out, "out", x, "x")
-    if out_lowp is not None:
-        _checks.check_like(out_lowp, "out_lowp", x, "x")
-    torch.ops.fastddpm.reverse_step_(x, eps_hat, t, table, seeds, noise, out, out_lowp, bool(clip), _checks.check_stream(stream))
+    out = _outputs(x, out, out_lowp)
+    # coef_table's rows are in the posterior form: no ε column
+    torch.ops.fastddpm.step_(x, eps_hat, t, table, None, seeds, noise, None, out, None, out_lowp, None,
+                             _checks.check_flag(clip, "clip"), _checks.check_stream(stream), True, False)
+    return out
+
+
+def sampler_step(
+    x: torch.Tensor,
+    eps_hat: torch.Tensor,
+    k: torch.Tensor,
+    table: torch.Tensor,
+    timesteps: torch.Tensor,
+    *,
+    seeds=None,
+    noise: Optional[torch.Tensor] = None,
+    h: Optional[torch.Tensor] = None,
+    clip: bool = False,
+    out: Optional[torch.Tensor] = None,
+    out_h: Optional[torch.Tensor] = None,
+    out_lowp: Optional[torch.Tensor] = None,
+    nonfinite: Optional[torch.Tensor] = None,
+    eps_term: bool = True,
+    stream: int = STREAM_REVERSE,
+) -> torch.Tensor:
+    """One step of any sampler whose update is a row of coefficients (tables.py).
+
+    x, eps_hat: x_t and the model's ε̂ at timesteps[k], (B, C, H, W).
+    k:          (B,) int: each sample's row of `table` (rows, NCOEF) float32.
+    timesteps:  (rows,) int64: the timestep of each row; z is addressed by (seed, stream, timesteps[k]).
+    seeds / noise: z drawn in-kernel, or explicit; with neither, the SIGMA column is ignored
+                (a deterministic sampler's table has SIGMA = 0 throughout).
+    h:          the previous step's x̂_0 (multistep solvers, the C_H column); this step's
+                x̂_0 is written to out_h (default: h, in place).
+    clip:       clamp x̂_0 to [-1, 1].
+    out, out_lowp: as reverse_step.
+    nonfinite:  optional (B,) int64: nonfinite[b] = max(nonfinite[b], timesteps[k[b]]) where
+                x_s of sample b is not finite (start from -1: then it holds the first bad t).
+    eps_term:   False when the table's C_EPS column is zero throughout (DDPM, DPM-Solver++):
+                the kernel then neither reads the column nor ε̂'s term (fewer registers).
+    Returns out.
+    """
+    _checks.check_image(x, "x")
+    _checks.check_like(eps_hat, "eps_hat", x, "x")
+    rows = _checks.check_table(table, x, NCOEF)
+    B = x.shape[0]
+    _checks.check_timesteps(k, B, rows, x.device, name="k")
+    if not isinstance(timesteps, torch.Tensor) or timesteps.dtype != torch.int64 or timesteps.shape != (rows,):
+        raise ValueError(f"timesteps: expected an int64 tensor of shape ({rows},), one timestep per table row")
+    if timesteps.device != x.device:
+        raise ValueError(f"timesteps: expected device {x.device}, got {timesteps.device}")
+    if seeds is not None and noise is not None:
+        raise ValueError("pass at most one of seeds= (z drawn in-kernel) and noise= (explicit z); got both")
+    if seeds is not None:
+        seeds = _checks.make_seeds(seeds, B, x.device)
+    if noise is not None:
+        _checks.check_like(noise, "noise", x, "x")
+    if h is not None:
+        _checks.check_like(h, "h", x, "x")
+        if out_h is None:
+            out_h = h
+        else:
+            _checks.check_like(out_h, "out_h", x, "x")
+    elif out_h is not None:
+        raise ValueError("out_h: only a multistep step (h=) writes x̂_0")
+    if nonfinite is not None and (not isinstance(nonfinite, torch.Tensor) or nonfinite.dtype != torch.int64
+                                  or nonfinite.shape != (B,) or nonfinite.device != x.device):
+        raise ValueError(f"nonfinite: expected an int64 tensor of shape ({B},) on {x.device}")
+    out = _outputs(x, out, out_lowp)
+    torch.ops.fastddpm.step_(x, eps_hat, k, table, timesteps, seeds, noise, h, out, out_h, out_lowp, nonfinite,
+                             _checks.check_flag(clip, "clip"), _checks.check_stream(stream), False,
+                             _checks.check_flag(eps_term, "eps_term"))
     return out

@@ -1,65 +1,91 @@
-"""Per-timestep coefficient tables the kernels read, built once in float64.
+"""Coefficient tables the kernels read: one float32 row per step, built once in float64.
 
-The kernels take schedule knowledge as one float32 table of shape (T, NCOEF), indexed
-by the timestep each sample carries, so any trainer with its own schedule can use them:
-`coef_table(scheduler.alphas_cumprod)` is all a diffusers user needs.
+The kernels take schedule knowledge as one (rows, NCOEF) table, so any trainer with its own
+schedule can use them: `coef_table(scheduler.alphas_cumprod)` is all a diffusers user needs.
+Every reverse step, of every sampler, is one row of the same columns (docs/notation.md):
 
-Columns, in the seed notation of shared/DESIGN.md §1 (ᾱ_t² = alphas_cumprod[t],
-α_t² = ᾱ_t² / ᾱ_{t-1}², β_t² = 1 - α_t², β̄_t² = 1 - ᾱ_t², ᾱ_{-1} = 1, β̄_{-1} = 0):
+    x̂_0 = X0_X · x_t − X0_EPS · ε̂                  (clamped to [-1, 1] when clipping)
+    x_s = C_X0 · x̂_0 + C_X · x_t + C_EPS · ε̂ + C_H · h + SIGMA · z
+
+with h the previous step's x̂_0 (multistep solvers). The columns are constexprs, read by the
+kernels as they are and by host code as int(column) (torch indexing wants a plain int). In the seed notation ᾱ_t² = alphas_cumprod[t].
 """
 
 import torch
+import triton.language as tl
 
-SQRT_AB = 0  # ᾱ_t                     forward noising: x_t = ᾱ_t x_0 + β̄_t ε
-SQRT_1M_AB = 1  # β̄_t
-RECIP_ALPHA = 2  # 1 / α_t                  reverse: x_{t-1} = x_t/α_t - c ε̂ + σ_t z
-EPS_COEF = 3  # β_t² / (α_t β̄_t)
-SIGMA = 4  # σ_t, by variance; 0 at t = 0
-RECIP_SQRT_AB = 5  # 1 / ᾱ_t                  clipped: x̂_0 = x_t/ᾱ_t - (β̄_t/ᾱ_t) ε̂
-X0_EPS = 6  # β̄_t / ᾱ_t
-POST_X0 = 7  # ᾱ_{t-1} β_t² / β̄_t²      posterior mean μ = a x̂_0 + b x_t
-POST_XT = 8  # α_t β̄_{t-1}² / β̄_t²
-NCOEF = 9
+SQRT_AB = tl.constexpr(0)  # ᾱ_t                  forward noising: x_t = ᾱ_t x_0 + β̄_t ε
+SQRT_1M_AB = tl.constexpr(1)  # β̄_t
+X0_X = tl.constexpr(2)  # 1 / ᾱ_t              predicted x_0 from x_t ...
+X0_EPS = tl.constexpr(3)  # β̄_t / ᾱ_t           ... and from ε̂
+C_X0 = tl.constexpr(4)  # weight of x̂_0 in x_s
+C_X = tl.constexpr(5)  # weight of x_t
+C_EPS = tl.constexpr(6)  # weight of ε̂
+C_H = tl.constexpr(7)  # weight of h, the previous step's x̂_0
+SIGMA = tl.constexpr(8)  # weight of z, the step's noise
+NCOEF = tl.constexpr(9)  # host code: int(NCOEF)
 
 VARIANCES = ("large", "small", "none")
 
 
-def coef_table(alphas_cumprod, variance: str = "large", device=None) -> torch.Tensor:
-    """Build the (T, NCOEF) float32 table from ᾱ_t² (diffusers' `alphas_cumprod`).
-
-    variance: "large" σ_t = β_t (diffusers fixed_large), "small" σ_t = β_t β̄_{t-1}/β̄_t
-    (the posterior; fixed_small), "none" σ_t = 0. σ_0 = 0 for all three: the last
-    reverse step adds no noise, by table rather than by a branch on the host.
-    """
-    if variance not in VARIANCES:
-        raise ValueError(f"variance: expected one of {VARIANCES}, got {variance!r}")
-    ac = torch.as_tensor(alphas_cumprod).detach().to("cpu", torch.float64)
+def check_alphas_cumprod(alphas_cumprod) -> torch.Tensor:
+    """ᾱ_t² (diffusers' `alphas_cumprod`) as a float64 CPU tensor, validated."""
+    ac = torch.as_tensor(alphas_cumprod).detach().to("cpu")
+    if ac.is_complex() or not ac.is_floating_point():
+        raise TypeError(f"alphas_cumprod: expected a real floating-point tensor, got {ac.dtype}")
+    ac = ac.to(torch.float64)
     if ac.dim() != 1 or ac.numel() < 1:
         raise ValueError(f"alphas_cumprod: expected a 1-D tensor of length T >= 1, got shape {tuple(ac.shape)}")
     if not bool(torch.isfinite(ac).all()) or not bool(((ac > 0) & (ac < 1)).all()):
         raise ValueError("alphas_cumprod: expected every value in (0, 1)")
     if ac.numel() > 1 and not bool((ac[1:] <= ac[:-1]).all()):
         raise ValueError("alphas_cumprod: expected a non-increasing sequence")
-    prev = torch.cat([ac.new_ones(1), ac[:-1]])  # ᾱ_{t-1}², with ᾱ_{-1}² = 1
-    alpha2 = ac / prev  # α_t²
-    beta2 = 1.0 - alpha2  # β_t²
-    bbar2 = 1.0 - ac  # β̄_t²
-    bbar2_prev = 1.0 - prev  # β̄_{t-1}², 0 at t = 0
+    return ac
+
+
+def coef_table(alphas_cumprod, variance: str = "large", device=None, *, t=None, prev=None,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Rows of the DDPM posterior step t -> prev (Ho et al. eq. 6-7), (len(t), NCOEF).
+
+    alphas_cumprod: ᾱ_t² for t in [0, T) (diffusers' `alphas_cumprod`).
+    t, prev:  the steps' timesteps and the ones they step to; default the whole ancestral
+              chain, t = 0 .. T-1 and prev = t - 1, so row t is the step from t. prev = -1
+              is the end (ᾱ_{-1} = 1). With a_t = ᾱ_t², a_s = ᾱ_prev², β' = 1 - a_t / a_s
+              (the respaced chain of Nichol & Dhariwal; β' = β_t² when prev = t - 1):
+    variance: "large" σ = √β' (diffusers fixed_large), "small" σ = √(β'(1 - a_s)/(1 - a_t))
+              (the posterior; fixed_small), "none" σ = 0. A step to the end has σ = 0
+              whatever the variance: the last step adds no noise, by table, not by branch.
+    The mean is written in the posterior form C_X0 x̂_0 + C_X x_t, which with an unclipped
+    x̂_0 is the same function as Ho et al. eq. 11 and with a clipped one is eq. 7 on it.
+    """
+    if variance not in VARIANCES:
+        raise ValueError(f"variance: expected one of {VARIANCES}, got {variance!r}")
+    ac = check_alphas_cumprod(alphas_cumprod)
+    T = ac.numel()
+    t = torch.arange(T) if t is None else torch.as_tensor(t).to("cpu", torch.int64)
+    prev = t - 1 if prev is None else torch.as_tensor(prev).to("cpu", torch.int64)
+    if t.dim() != 1 or prev.shape != t.shape:
+        raise ValueError(f"t, prev: expected two 1-D timestep tensors of one length, got {tuple(t.shape)} and {tuple(prev.shape)}")
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= T):
+        raise ValueError(f"t: expected timesteps in [0, {T}), got [{int(t.min())}, {int(t.max())}]")
+    if bool(((prev < -1) | (prev >= t)).any()):
+        raise ValueError("prev: expected each previous timestep in [-1, t)")
+    a_t = ac[t]
+    a_s = torch.where(prev >= 0, ac[prev.clamp(min=0)], torch.ones_like(a_t))  # a_{-1} = 1
+    beta = 1.0 - a_t / a_s  # β'
     if variance == "large":
-        sigma = beta2.sqrt()
+        var = beta.clone()
     elif variance == "small":
-        sigma = (beta2 * bbar2_prev / bbar2).sqrt()
+        var = beta * (1.0 - a_s) / (1.0 - a_t)
     else:
-        sigma = torch.zeros_like(ac)
-    sigma[0] = 0.0
-    cols = [None] * NCOEF
-    cols[SQRT_AB] = ac.sqrt()
-    cols[SQRT_1M_AB] = bbar2.sqrt()
-    cols[RECIP_ALPHA] = alpha2.rsqrt()
-    cols[EPS_COEF] = beta2 / (alpha2.sqrt() * bbar2.sqrt())
-    cols[SIGMA] = sigma
-    cols[RECIP_SQRT_AB] = ac.rsqrt()
-    cols[X0_EPS] = (bbar2 / ac).sqrt()
-    cols[POST_X0] = prev.sqrt() * beta2 / bbar2
-    cols[POST_XT] = alpha2.sqrt() * bbar2_prev / bbar2
-    return torch.stack(cols, dim=1).to(device=device, dtype=torch.float32).contiguous()
+        var = torch.zeros_like(beta)
+    var[prev < 0] = 0.0
+    rows = torch.zeros(t.numel(), int(NCOEF), dtype=torch.float64)
+    rows[:, int(SQRT_AB)] = a_t.sqrt()
+    rows[:, int(SQRT_1M_AB)] = (1.0 - a_t).sqrt()
+    rows[:, int(X0_X)] = a_t.rsqrt()
+    rows[:, int(X0_EPS)] = ((1.0 - a_t) / a_t).sqrt()
+    rows[:, int(C_X0)] = a_s.sqrt() * beta / (1.0 - a_t)
+    rows[:, int(C_X)] = (a_t / a_s).sqrt() * (1.0 - a_s) / (1.0 - a_t)
+    rows[:, int(SIGMA)] = var.sqrt()
+    return rows.to(device=device, dtype=dtype).contiguous()

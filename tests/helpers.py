@@ -9,9 +9,13 @@ DEFAULT_TOL = {torch.float32: dict(rtol=1.3e-6, atol=1e-5), torch.float64: dict(
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
-# Odd shapes exercise every mask: C = 3 leaves a lane of the channel group idle, C = 5
+# One-tile shapes test the arithmetic: C = 3 leaves a lane of the channel group idle, C = 5
 # needs a second group, 17 x 19 is not a power of two; C = 1 is Fashion-MNIST.
 SHAPES = ((3, 3, 17, 19), (2, 1, 8, 8), (2, 5, 7, 9), (4, 4, 16, 16))
+# Shapes past the first tile (1024 pixels a program) test the indexing: several programs per
+# image with a partial last tile (33 x 35, 45 x 23, 40 x 30, 33 x 33), whole tiles (64 x 64),
+# many tiles (256 x 256), odd channel counts (1, 5, 7: a second, partial channel group).
+MULTI_TILE = ((2, 3, 33, 35), (1, 4, 64, 64), (1, 3, 256, 256), (2, 1, 45, 23), (2, 5, 40, 30), (1, 7, 33, 33))
 
 SCHEDULE = Schedule.linear()
 
@@ -64,7 +68,7 @@ def assert_close_fp(actual, expected, dtype, ref_lowp=None):
 def addressed_noise(shape, seeds, t, stream, device):
     """The addressed normals from the torch twin on the CPU, moved to `device`: feeding
     these to the reference also checks that CPU and device draw the same noise."""
-    from fastddpm.kernels._philox import randn_torch
+    from fastddpm.kernels.philox import randn_torch
 
     return randn_torch(seeds.cpu(), t.cpu(), stream, shape).to(device)
 
@@ -76,3 +80,22 @@ def triton_backend(device):
     from fastddpm import kernels as K
 
     return K.cpu_backend("triton") if device.type == "cpu" else contextlib.nullcontext()
+
+
+# (shape, dtype) pairs for the kernel-vs-reference tests: every one-tile shape in every
+# dtype (the arithmetic), every multi-tile shape in fp32 and two in a low dtype (the
+# indexing): a pick, not a product, to keep the suite's time in check.
+CASES = (
+    [(s, d) for s in SHAPES for d in DTYPES]
+    + [(s, torch.float32) for s in MULTI_TILE]
+    + [((2, 3, 33, 35), torch.bfloat16), ((2, 5, 40, 30), torch.float16)]
+)
+
+
+def case_id(case) -> str:
+    shape, dtype = case
+    return "x".join(map(str, shape)) + "-" + str(dtype).replace("torch.", "")
+
+
+def ops_id(ops) -> str:
+    return ops.__name__.rsplit(".", 1)[-1]

@@ -1,32 +1,36 @@
-"""ε-MSE loss: value and gradient against autograd on the reference, gradcheck."""
+"""ε-MSE loss: value and gradient of the fused kernel against the reference, one-tile and
+multi-tile shapes; the contract both paths share; gradcheck."""
 
 import pytest
 import torch
-from helpers import DTYPES, SCHEDULE, SHAPES, addressed_noise, half_ulp, rand_image, timesteps
+from helpers import CASES, SCHEDULE, addressed_noise, case_id, half_ulp, ops_id, rand_image, timesteps
 
+from fastddpm import fused
 from fastddpm import kernels as K
 from fastddpm import reference as R
+
+OPS = [fused, R]
 
 
 def _weights(T, device):
     return torch.linspace(0.5, 2.0, T, dtype=torch.float32, device=device)  # min-SNR-like ramp
 
 
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_value_and_grad_match_reference_with_explicit_noise(impl, device, shape, dtype, channels_last, weighted):
+def test_value_and_grad_match_reference_with_explicit_noise(impl, device, case, channels_last, weighted):
+    shape, dtype = case
     eps_hat = rand_image(shape, dtype, device, 1, channels_last).requires_grad_()
     noise = rand_image(shape, dtype, device, 2, channels_last)
     t = timesteps(shape[0], SCHEDULE.T, device)
     w = _weights(SCHEDULE.T, device) if weighted else None
-    loss = K.eps_mse_loss(eps_hat, t, noise=noise, weights=w)
+    loss = fused.eps_mse_loss(eps_hat, t, noise=noise, weights=w)
     (grad,) = torch.autograd.grad(loss, eps_hat)
     assert loss.dtype == torch.float32 and grad.dtype == dtype and grad.stride() == eps_hat.stride()
     # reference: fp32 arithmetic on the same stored values (the kernel computes in fp32)
     e32 = eps_hat.detach().float().requires_grad_()
-    ref = R.eps_mse_loss(e32, noise.float(), t, w)
+    ref = R.eps_mse_loss(e32, t, noise=noise.float(), weights=w)
     (ref_grad,) = torch.autograd.grad(ref, e32)
     torch.testing.assert_close(loss, ref)
     if dtype == torch.float32:
@@ -37,27 +41,42 @@ def test_value_and_grad_match_reference_with_explicit_noise(impl, device, shape,
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_addressed_noise_is_the_noise_q_sample_drew(impl, device, reduction, channels_last):
-    shape = (3, 3, 17, 19)
+@pytest.mark.parametrize("shape", [(3, 3, 17, 19), (2, 5, 40, 30)], ids=["one-tile", "multi-tile"])
+def test_addressed_noise_is_the_noise_q_sample_drew(impl, device, reduction, channels_last, shape):
+    B = shape[0]
     x0 = rand_image(shape, torch.float32, device, 3, channels_last)
-    t = timesteps(3, SCHEDULE.T, device)
-    seeds = torch.tensor([5, 6, 2**33], device=device)
-    table = SCHEDULE.table(device=device)
-    x_t = K.q_sample(x0, t, table, seeds=seeds)
+    t = timesteps(B, SCHEDULE.T, device)
+    seeds = torch.tensor([5, 6, 2**33][:B], device=device)
+    x_t = fused.q_sample(x0, t, SCHEDULE, seeds=seeds)
     # a "model" whose prediction depends on x_t, so the loss is not trivial
     eps_hat = (0.5 * x_t).detach().requires_grad_()
     w = _weights(SCHEDULE.T, device)
-    loss = K.eps_mse_loss(eps_hat, t, seeds=seeds, weights=w, reduction=reduction)
-    up = torch.linspace(0.5, 1.5, 3, device=device) if reduction == "none" else torch.tensor(1.0, device=device)
+    loss = fused.eps_mse_loss(eps_hat, t, seeds=seeds, weights=w, reduction=reduction)
+    up = torch.linspace(0.5, 1.5, B, device=device) if reduction == "none" else torch.tensor(1.0, device=device)
     (grad,) = torch.autograd.grad(loss, eps_hat, grad_outputs=up)
 
     eps = addressed_noise(shape, seeds, t, K.STREAM_NOISING, device)
-    torch.testing.assert_close(x_t, R.q_sample(x0, t, SCHEDULE, eps))  # the same ε went in
+    torch.testing.assert_close(x_t, R.q_sample(x0, t, SCHEDULE, noise=eps))  # the same ε went in
     e_ref = eps_hat.detach().clone().requires_grad_()
-    ref = R.eps_mse_loss(e_ref, eps, t, w, reduction=reduction)
+    ref = R.eps_mse_loss(e_ref, t, noise=eps, weights=w, reduction=reduction)
     (ref_grad,) = torch.autograd.grad(ref, e_ref, grad_outputs=up)
     torch.testing.assert_close(loss, ref)
     torch.testing.assert_close(grad, ref_grad)
+
+
+@pytest.mark.parametrize("ops", OPS, ids=ops_id)
+def test_loss_regenerates_the_noising_noise(impl, device, ops):
+    # Through either path: a perfect model (ε̂ = the ε that q_sample drew) has zero loss.
+    x0 = rand_image((2, 3, 33, 35), torch.float32, device, 4)
+    t = timesteps(2, SCHEDULE.T, device)
+    x_t = ops.q_sample(x0, t, SCHEDULE, seeds=7)
+    a = SCHEDULE.alpha_bar[t.cpu()].float().to(device).view(-1, 1, 1, 1)
+    b = SCHEDULE.beta_bar[t.cpu()].float().to(device).view(-1, 1, 1, 1)
+    perfect = (x_t - a * x0) / b
+    loss = ops.eps_mse_loss(perfect, t, seeds=7, reduction="none")
+    assert loss.shape == (2,) and loss.dtype == torch.float32
+    assert (loss < 1e-8).all(), loss
+    assert (ops.eps_mse_loss(perfect, t, seeds=8, reduction="none") > 1.5).all()  # another seed: another ε
 
 
 def test_loss_is_bitwise_reproducible(impl, device):

@@ -7,7 +7,7 @@ import torch
 from helpers import triton_backend
 
 from fastddpm import kernels as K
-from fastddpm.kernels._philox import philox_torch, uniform_torch
+from fastddpm.kernels.philox import MAX_ABS_NORMAL, angle_torch, normals_torch, uniform_torch
 
 M32 = np.uint64(0xFFFFFFFF)
 
@@ -42,7 +42,7 @@ def test_numpy_reference_against_known_answers(ctr, key, expected):
 @pytest.mark.parametrize("ctr,key,expected", KAT)
 def test_torch_twin_against_known_answers(ctr, key, expected):
     seed = torch.tensor(key[0] | (key[1] << 32), dtype=torch.uint64).view(torch.int64)
-    words = philox_torch(seed, *(torch.tensor(v, dtype=torch.int64) for v in ctr))
+    words = K.philox(seed, *(torch.tensor(v, dtype=torch.int64) for v in ctr))
     assert [int(w) for w in words] == list(expected)
 
 
@@ -61,7 +61,7 @@ def _numpy_words(seeds, t, stream, C, HW):
 
 
 @pytest.mark.parametrize("C,HW", [(3, 17 * 19), (1, 64), (5, 9), (8, 1030)])
-@pytest.mark.parametrize("stream", [K.STREAM_NOISING, K.STREAM_REVERSE, 7])
+@pytest.mark.parametrize("stream", [K.STREAM_NOISING, K.STREAM_REVERSE, 7, 2**31 + 5, 2**32 - 1])
 def test_words_bit_exact_against_numpy(impl, device, C, HW, stream):
     seeds = [0, 1, -1, 2**40 + 3, -(2**62)]
     t = [0, 999, 5, 2**31 - 1, 123]
@@ -72,6 +72,37 @@ def test_words_bit_exact_against_numpy(impl, device, C, HW, stream):
     np.testing.assert_array_equal(words.cpu().numpy(), expected)
 
 
+def test_stream_words_of_2_31_and_more_on_every_kernel(impl, device):
+    # Triton passes an int >= 2**31 as i64: the counter word must wrap, not fail to bitcast.
+    shape = (2, 3, 8, 8)
+    seeds = torch.tensor([1, 2], device=device)
+    t = torch.tensor([0, 9], device=device)
+    for stream in (2**31, 2**32 - 1):
+        a = K.randn(shape, seeds, t, stream)
+        with K.cpu_backend("torch"):
+            b = K.randn(shape, seeds.cpu(), t.cpu(), stream)
+        torch.testing.assert_close(a.cpu(), b, rtol=0, atol=2e-6)
+        x = torch.ones(shape, device=device)
+        table = K.coef_table(torch.linspace(0.99, 0.01, 10), device=device)
+        ref = K.q_sample(x, t, table, noise=a)
+        torch.testing.assert_close(K.q_sample(x, t, table, seeds=seeds, stream=stream), ref, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"stream: expected an int in \[0, 2\*\*32\)"):
+        K.randn(shape, seeds, t, 2**32)
+
+
+def test_angles_lie_in_the_open_half_turn_and_equal_the_old_ones_mod_2pi():
+    # θ = ((w as int32) >> 9 + 1/2) 2π 2^-23: exact grid values in (-π, π), congruent to
+    # 2π u of the unsigned uniform of the same word (what the contract used before).
+    w = torch.tensor([0, 511, 512, 2**31 - 1, 2**31, 2**32 - 1], dtype=torch.int64)
+    th = angle_torch(w).double()
+    assert (th.abs() < torch.pi).all()
+    u = uniform_torch(w).double()
+    for f in (torch.cos, torch.sin):  # the same point of the circle, up to the fp32 rounding of θ
+        torch.testing.assert_close(f(th), f(2 * torch.pi * u), rtol=0, atol=1e-6)
+    n = normals_torch(torch.tensor([[0], [0], [2**32 - 1], [2**31]], dtype=torch.int64))  # extreme words
+    assert n.abs().max() < MAX_ABS_NORMAL and torch.isfinite(n).all()
+
+
 def test_uniforms_are_exact_and_inside_the_open_interval():
     w = torch.tensor([0, 511, 512, 2**31, 2**32 - 1], dtype=torch.int64)
     u = uniform_torch(w)
@@ -80,15 +111,21 @@ def test_uniforms_are_exact_and_inside_the_open_interval():
     assert (u > 0).all() and (u < 1).all()
 
 
-@pytest.mark.parametrize("shape", [(3, 3, 17, 19), (2, 5, 7, 9), (2, 1, 32, 32)])
+@pytest.mark.parametrize("shape", [(3, 3, 17, 19), (2, 5, 7, 9), (2, 1, 32, 32), (2, 3, 33, 35)])
 def test_triton_and_torch_twin_draw_the_same_normals(device, shape):
-    # The Triton kernel (interpreted on CPU, compiled on CUDA) against the torch twin on
-    # the CPU: the uniforms agree bit for bit, the normals up to the rounding of
-    # log/sqrt/cos/sin.
+    # The Triton kernel (interpreted on CPU, compiled on CUDA) against the torch twin on the
+    # CPU: the uniforms and angles agree bit for bit; the normals up to log2/sqrt/sin/cos,
+    # precise on both sides under the interpreter, the hardware approximations on a GPU,
+    # where docs/noise.md bounds the difference: 1e-5 wherever the radius is at least 2^-5
+    # (then |n| may be anything), 6e-4 below (then |n| < 2^-5).
     seeds = torch.arange(shape[0]) * 1000003 - 17
     t = torch.arange(shape[0]) * 333
     with K.cpu_backend("torch"):
         a = K.randn(shape, seeds, t, K.STREAM_REVERSE)
     with triton_backend(device):
-        b = K.randn(shape, seeds.to(device), t.to(device), K.STREAM_REVERSE)
-    torch.testing.assert_close(a, b.cpu(), rtol=1e-6, atol=2e-6)
+        b = K.randn(shape, seeds.to(device), t.to(device), K.STREAM_REVERSE).cpu()
+    if device.type == "cuda":
+        bound = torch.where(a.abs() >= 2**-5, 1e-5, 6e-4)
+    else:
+        bound = torch.full_like(a, 2e-6)
+    assert ((a - b).abs() <= bound).all(), (a - b).abs().max()

@@ -44,11 +44,11 @@ def test_add_noise_matches():
     theirs32 = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
     x0 = rand_image((6, 3, 8, 8), torch.float32, "cpu", 1)
     noise = rand_image((6, 3, 8, 8), torch.float32, "cpu", 2)
-    torch.testing.assert_close(R.q_sample(x0, t, Schedule.linear(), noise), theirs32.add_noise(x0, noise, t), **TOL32)
+    torch.testing.assert_close(R.q_sample(x0, t, Schedule.linear(), noise=noise), theirs32.add_noise(x0, noise, t), **TOL32)
     # the formula, in float64
     sched, ours = _scheduler()
     x0, noise = x0.double(), noise.double()
-    torch.testing.assert_close(R.q_sample(x0, t, ours, noise), sched.add_noise(x0, noise, t))
+    torch.testing.assert_close(R.q_sample(x0, t, ours, noise=noise), sched.add_noise(x0, noise, t))
 
 
 @pytest.mark.parametrize("variance", ["large", "small"])
@@ -62,7 +62,7 @@ def test_step_matches(variance, clip, t):
     z = torch.randn(x.shape, generator=torch.Generator().manual_seed(t), dtype=torch.float64)
     theirs = sched.step(eps_hat, t, x, generator=torch.Generator().manual_seed(t)).prev_sample
     tt = torch.full((2,), t)
-    torch.testing.assert_close(R.reverse_step(x, eps_hat, tt, ours, z, variance, clip), theirs)
+    torch.testing.assert_close(R.reverse_step(x, eps_hat, tt, ours, noise=z, variance=variance, clip=clip), theirs)
     if clip:  # clipping must actually bite somewhere for the test to mean anything
         x0_hat = (x - ours.beta_bar[t] * eps_hat) / ours.alpha_bar[t]
         assert (x0_hat.abs() > 1).any()
@@ -75,5 +75,5 @@ def test_variance_none_is_the_mean():
     z = rand_image((2, 3, 8, 8), torch.float32, "cpu", 7)
     t = torch.tensor([3, 700])
     torch.testing.assert_close(
-        R.reverse_step(x, eps_hat, t, s, z, "none"), R.reverse_step(x, eps_hat, t, s, torch.zeros_like(z), "large")
+        R.reverse_step(x, eps_hat, t, s, noise=z, variance="none"), R.reverse_step(x, eps_hat, t, s, noise=torch.zeros_like(z))
     )

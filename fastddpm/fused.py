@@ -1,0 +1,37 @@
+"""The fast path with the reference path's signatures: the fused kernels, given a Schedule
+or a Plan instead of a coefficient table, so that tests, benchmarks and the Trainer pick
+`fastddpm.fused` or `fastddpm.reference` and call the same functions:
+
+    q_sample(x0, t, schedule, *, seeds=None, noise=None)
+    reverse_step(x, eps_hat, t, schedule, *, seeds=None, noise=None, variance="large", clip=False)
+    eps_mse_loss(eps_hat, t, *, seeds=None, noise=None, weights=None, reduction="mean")
+    sampler_step(x, eps_hat, k, plan, *, seeds=None, noise=None, h=None) -> (x_s, x̂_0 or None)
+"""
+
+import torch
+
+from . import kernels as K
+from .plan import Plan
+from .schedule import Schedule
+
+
+def q_sample(x0: torch.Tensor, t: torch.Tensor, schedule: Schedule, *, seeds=None, noise=None) -> torch.Tensor:
+    return K.q_sample(x0, t, schedule.table(device=x0.device), seeds=seeds, noise=noise)
+
+
+def reverse_step(x, eps_hat, t, schedule: Schedule, *, seeds=None, noise=None, variance="large", clip=False) -> torch.Tensor:
+    return K.reverse_step(x, eps_hat, t, schedule.table(variance, x.device), seeds=seeds, noise=noise, clip=clip)
+
+
+def eps_mse_loss(eps_hat, t, *, seeds=None, noise=None, weights=None, reduction="mean") -> torch.Tensor:
+    return K.eps_mse_loss(eps_hat, t, seeds=seeds, noise=noise, weights=weights, reduction=reduction)
+
+
+def sampler_step(x, eps_hat, k, plan: Plan, *, seeds=None, noise=None, h=None) -> tuple:
+    plan.check_history(h)
+    if not plan.stochastic:
+        seeds = noise = None  # σ = 0 throughout: nothing to draw
+    x0 = torch.empty_like(x, dtype=torch.float32) if h is not None else None
+    x_s = K.sampler_step(x, eps_hat, k, plan.table(x.device), plan.timesteps_on(x.device), seeds=seeds, noise=noise,
+                         h=h, out_h=x0, clip=plan.method.clip, eps_term=plan.eps_term)
+    return x_s, x0

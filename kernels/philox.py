@@ -1,0 +1,191 @@
+"""The noise contract: every normal fastddpm draws is a pure function of its address.
+
+    key     = the sample's int64 seed, its two's-complement bits as (lo, hi) words
+    counter = (pixel, channel group, timestep, stream)          # four uint32 words
+
+pixel = h * W + w is the logical position in the image plane and the channel group is
+g = c // 4: one Philox4x32-10 call gives four words, and lane j feeds channel 4g + j of
+that pixel. The address never mentions the memory layout, the batch row or the device,
+so a sample's noise is the same in any batch, layout or machine. docs/noise.md states
+the contract in full; this module is its one owner (the stream registry, the counter
+layout, the words -> normals transform), on the device and, bit for bit, on the host.
+
+Words -> normals, for the lanes (w0, w1) and likewise (w2, w3):
+    u = ((w0 >> 9) + 1/2) 2^-23                     uniform in (0, 1), exact in fp32
+    r = sqrt(max(-2 ln 2 * log2(u), 0))             the Box-Muller radius
+    s = (w1 as int32) >> 9                           arithmetic shift: s in [-2^22, 2^22)
+    θ = (s + 1/2) * (2π 2^-23)                       the angle, in (-π, π)
+    (n0, n1) = (r cos θ, r sin θ)
+The uniforms and angles are computed identically everywhere; log2, sqrt, sin and cos are
+the GPU's hardware approximations on CUDA and the precise functions elsewhere (see
+_fastmath.py), which bounds the CPU/GPU difference (docs/noise.md). |n| < 5.77.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _fastmath
+
+# The stream registry: the counter's last word names what a draw is for.
+STREAM_NOISING = 0  # ε of the forward process q(x_t | x_0); the loss regenerates it
+STREAM_REVERSE = 1  # z of a reverse step from timestep t
+STREAM_PRIOR = 2  # x_T ~ N(0, I), the sampler's starting point
+STREAM_TIMESTEP = 3  # the training timesteps: word 0 of counter (k lo, k hi, 0, 3) for sample k
+STREAMS = {"noising": STREAM_NOISING, "reverse": STREAM_REVERSE, "prior": STREAM_PRIOR, "timestep": STREAM_TIMESTEP}
+
+# Philox4x32 (Salmon et al. 2011): round multipliers and key increments, shared by the
+# kernels (constexpr) and the torch twin (.value).
+ROUND_A = tl.constexpr(0xD2511F53)
+ROUND_B = tl.constexpr(0xCD9E8D57)
+KEY_A = tl.constexpr(0x9E3779B9)
+KEY_B = tl.constexpr(0xBB67AE85)
+ROUNDS = tl.constexpr(10)
+
+# Constants of the transform, likewise shared.
+U_SCALE = tl.constexpr(2.0**-23)
+U_HALF = tl.constexpr(2.0**-24)  # half a step of the uniform grid
+ANGLE_SCALE = tl.constexpr(6.283185307179586 * 2.0**-23)  # 2π 2^-23
+ANGLE_HALF = tl.constexpr(6.283185307179586 * 2.0**-24)  # half of it, exact
+NEG_2LN2 = tl.constexpr(-1.3862943611198906)  # -2 ln 2: -2 ln u = -2 ln 2 log2 u
+MAX_ABS_NORMAL = 5.77  # > sqrt(-2 ln 2^-24) = 5.76811 (u >= 2^-24), fp32 rounding included
+
+
+# --------------------------------------------------------------------------- device
+
+
+@triton.jit
+def _mulhilo(a, b):
+    # the 64-bit product of two uint32 values, as (high, low) words: one IMAD.WIDE.U32
+    p = b.to(tl.uint64) * a
+    return (p >> 32).to(tl.uint32), p.to(tl.uint32)
+
+
+@triton.jit
+def philox4(seed, pixel, group, t, stream):
+    """The four uint32 words of counter (pixel, group, t, stream) under key `seed`: one
+    Philox4x32-10 call, the words of `tl.philox` (and of the torch twin) bit for bit.
+
+    seed:   int64 scalar; pixel: int32 block; group, t, stream: int scalars (int32,
+    int64 or constexpr), taken modulo 2^32. Returns four uint32 blocks shaped like pixel.
+    """
+    c0 = pixel.to(tl.uint32, bitcast=True)
+    wide = c0.to(tl.int64) * 0  # scalars of any int type broadcast through int64, then wrap
+    c1 = (wide + group).to(tl.uint32)
+    c2 = (wide + t).to(tl.uint32)
+    c3 = (wide + stream).to(tl.uint32)
+    key = seed.to(tl.uint64, bitcast=True)
+    k0 = (key & 0xFFFFFFFF).to(tl.uint32)
+    k1 = (key >> 32).to(tl.uint32)
+    for _ in tl.static_range(ROUNDS):
+        hi_a, lo_a = _mulhilo(ROUND_A, c0)
+        hi_b, lo_b = _mulhilo(ROUND_B, c2)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0 = k0 + KEY_A
+        k1 = k1 + KEY_B
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _radius(w):
+    u = (w >> 9).to(tl.int32).to(tl.float32) * U_SCALE + U_HALF  # exact: ((w >> 9) + 1/2) 2^-23
+    return tl.sqrt(tl.maximum(NEG_2LN2 * _fastmath.log2(u), 0.0))
+
+
+@triton.jit
+def _angle(w):
+    s = w.to(tl.int32, bitcast=True) >> 9
+    return tl.fma(s.to(tl.float32), ANGLE_SCALE, ANGLE_HALF)  # (s + 1/2) 2π 2^-23, rounded once
+
+
+@triton.jit
+def normals4(w0, w1, w2, w3):
+    """Four uint32 word blocks -> four fp32 normal blocks (Box-Muller on lane pairs)."""
+    r01 = _radius(w0)
+    th01 = _angle(w1)
+    r23 = _radius(w2)
+    th23 = _angle(w3)
+    return r01 * _fastmath.cos(th01), r01 * _fastmath.sin(th01), r23 * _fastmath.cos(th23), r23 * _fastmath.sin(th23)
+
+
+@triton.jit
+def randn4(seed, pixel, group, t, stream):
+    """The normals of channels 4g .. 4g+3 at `pixel`: one Philox call, four fp32 blocks."""
+    w0, w1, w2, w3 = philox4(seed, pixel, group, t, stream)
+    return normals4(w0, w1, w2, w3)
+
+
+# --------------------------------------------------------------------------- host (torch)
+
+_M32 = 0xFFFFFFFF
+
+
+def _mulhilo_torch(a: int, b: torch.Tensor):
+    # a: uint32 constant, b: int64 tensor holding uint32 values. a * b < 2**64 does not
+    # fit int64, so split b in 16-bit halves: every partial product stays below 2**48.
+    p_lo = a * (b & 0xFFFF)
+    p_hi = a * (b >> 16)
+    hi = (p_hi + (p_lo >> 16)) >> 16
+    lo = (((p_hi & 0xFFFF) << 16) + p_lo) & _M32
+    return hi, lo
+
+
+def philox(seed: torch.Tensor, c0, c1, c2, c3, rounds: int = ROUNDS.value):
+    """Philox4x32-10 on the host: int64 tensors holding uint32 counter words (all
+    broadcastable), keyed by `seed` (int64; its two's-complement bits are the 64-bit key,
+    as in Triton). Returns four int64 tensors with values in [0, 2**32): the same words
+    the kernels draw."""
+    k0 = seed & _M32
+    k1 = (seed >> 32) & _M32
+    for _ in range(rounds):
+        hi_a, lo_a = _mulhilo_torch(ROUND_A.value, c0)
+        hi_b, lo_b = _mulhilo_torch(ROUND_B.value, c2)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0 = (k0 + KEY_A.value) & _M32
+        k1 = (k1 + KEY_B.value) & _M32
+    return c0, c1, c2, c3
+
+
+def words_torch(seeds: torch.Tensor, t: torch.Tensor, stream: int, C: int, HW: int) -> torch.Tensor:
+    """The raw words of every counter of a (B, C, H*W) batch: int64 (B, G, 4, HW),
+    G = ceil(C / 4); words[b, g, j, p] is lane j of counter (p, g, t[b], stream)."""
+    B, G = seeds.shape[0], (C + 3) // 4
+    dev = seeds.device
+    shape = (B, G, HW)
+    pixel = torch.arange(HW, device=dev, dtype=torch.int64).view(1, 1, HW).expand(shape)
+    group = torch.arange(G, device=dev, dtype=torch.int64).view(1, G, 1).expand(shape)
+    tt = (t.to(torch.int64) & _M32).view(B, 1, 1).expand(shape)
+    c3 = torch.full(shape, stream & _M32, device=dev, dtype=torch.int64)
+    return torch.stack(philox(seeds.to(torch.int64).view(B, 1, 1), pixel, group, tt, c3), dim=2)
+
+
+def uniform_torch(words: torch.Tensor) -> torch.Tensor:
+    """u = ((w >> 9) + 1/2) 2^-23, exact in fp32."""
+    return ((words >> 9).to(torch.float32) + 0.5) * U_SCALE.value  # both steps exact
+
+
+def angle_torch(words: torch.Tensor) -> torch.Tensor:
+    """θ = ((w as int32) >> 9 + 1/2) 2π 2^-23, in (-π, π)."""
+    s = ((words & _M32) ^ 0x80000000) - 0x80000000  # the int32 value of the word
+    return ((s >> 9).to(torch.float32) + 0.5) * ANGLE_SCALE.value  # exact sum, one rounding: the kernel's fma
+
+
+def normals_torch(words: torch.Tensor) -> torch.Tensor:
+    """(..., 4, N) words -> (..., 4, N) fp32 normals, the transform of `normals4`."""
+    u0, u2 = uniform_torch(words[..., 0, :]), uniform_torch(words[..., 2, :])
+    th1, th3 = angle_torch(words[..., 1, :]), angle_torch(words[..., 3, :])
+    r01 = torch.sqrt(torch.clamp(NEG_2LN2.value * torch.log2(u0), min=0.0))
+    r23 = torch.sqrt(torch.clamp(NEG_2LN2.value * torch.log2(u2), min=0.0))
+    return torch.stack((r01 * torch.cos(th1), r01 * torch.sin(th1), r23 * torch.cos(th3), r23 * torch.sin(th3)), dim=-2)
+
+
+def randn_torch(seeds: torch.Tensor, t: torch.Tensor, stream: int, shape) -> torch.Tensor:
+    """The addressed normals of a (B, C, H, W) batch, fp32, contiguous."""
+    B, C, H, W = shape
+    n = normals_torch(words_torch(seeds, t, stream, C, H * W))  # (B, G, 4, HW)
+    return n.reshape(B, -1, H * W)[:, :C].reshape(B, C, H, W)
+
+
+def noise_torch(noise, seeds, t, stream: int, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The torch twins' ε or z: the explicit `noise`, else the addressed draw, in `dtype`."""
+    return (randn_torch(seeds, t, stream, like.shape) if noise is None else noise).to(dtype)
