@@ -16,7 +16,7 @@ def sampler():
 
 @pytest.mark.parametrize("batch", [1, 1024])
 def test_sampler_step(cuda_timed, sampler, batch):
-    sampler.run(batch=batch, steps=2)  # compile and capture
+    sampler.run(batch=batch, stop_after=2)  # compile and capture
     b = sampler._buffers[batch]
     with torch.inference_mode():
         cuda_timed(b.step, batch=batch, note="one graph replay: U-Net + fused reverse step")

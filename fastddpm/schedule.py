@@ -1,4 +1,4 @@
-"""Noise schedules, tabulated in float64, in both notations (DESIGN §1).
+"""Noise schedules, tabulated in float64, in both notations (docs/notation.md).
 
     seed notation        Ho et al. / diffusers
     β_t²           =     β_t            betas
@@ -40,11 +40,25 @@ class Schedule:
             raise ValueError("betas: expected a float64 CPU tensor; use Schedule.from_betas() to convert")
         if not bool(torch.isfinite(b).all()) or not bool(((b > 0) & (b < 1)).all()):
             raise ValueError("betas: expected every variance in (0, 1)")
+        ac = self.alphas_cumprod
+        if not bool((ac > 0).all()):
+            raise ValueError(f"betas: alphas_cumprod underflows to 0 at t = {int((ac > 0).sum())}: x_0 is gone long before "
+                             f"the last step; use smaller variances or fewer steps")
+        table = coef_table(ac)  # what the kernels will read: it must be finite in float32
+        if not bool(torch.isfinite(table).all()):
+            raise ValueError(f"betas: the schedule's float32 coefficient table is not finite (alphas_cumprod falls to "
+                             f"{float(self.alphas_cumprod.min()):.3g}, and 1/√ᾱ overflows float32); use a gentler schedule")
 
     @classmethod
     def from_betas(cls, betas) -> "Schedule":
         """From any sequence of variances β_t (e.g. a diffusers scheduler's `betas`)."""
-        return cls(torch.as_tensor(betas).detach().to("cpu", torch.float64).clone())
+        try:
+            b = torch.as_tensor(betas).detach()
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"betas: expected a sequence of real numbers, got {type(betas).__name__}") from e
+        if b.is_complex() or not (b.is_floating_point() or b.dtype in (torch.int32, torch.int64)):
+            raise TypeError(f"betas: expected real variances, got dtype {b.dtype}")
+        return cls(b.to("cpu", torch.float64).clone())
 
     @classmethod
     def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "Schedule":

@@ -29,7 +29,7 @@ def _sampler(net, schedule=SHORT, **kw):
 @pytest.mark.parametrize("clip", [False, True])
 def test_full_short_schedule_matches_reference(net, variance, clip):
     got = _sampler(net, variance=variance, clip=clip).run(batch=3, seed=11)
-    ref = reference.sample(net, SHORT, torch.arange(11, 14), SHAPE, variance, clip)
+    ref = reference.sample(net, SHORT, torch.arange(11, 14), SHAPE, variance=variance, clip=clip)
     torch.testing.assert_close(got, ref)
     if clip:  # the clipped sampler's x̂_0 lies in [-1, 1], and the last step returns it
         assert got.abs().max() <= 1.0 + 1e-6
@@ -38,8 +38,8 @@ def test_full_short_schedule_matches_reference(net, variance, clip):
 @pytest.mark.parametrize("variance", ["large", "small"])
 def test_first_steps_of_t1000_match_reference(net, variance):
     sched = Schedule.linear()
-    got = _sampler(net, sched, variance=variance).run(batch=2, seed=5, steps=4)
-    ref = reference.sample(net, sched, torch.tensor([5, 6]), SHAPE, variance, steps=4)
+    got = _sampler(net, sched, variance=variance).run(batch=2, seed=5, stop_after=4)
+    ref = reference.sample(net, sched, torch.tensor([5, 6]), SHAPE, variance=variance, stop_after=4)
     torch.testing.assert_close(got, ref)
 
 
@@ -50,6 +50,7 @@ def test_seed_contract(net):
     torch.testing.assert_close(s.run(batch=4, seed=4), a[4:])  # batch invariant
     torch.testing.assert_close(s.run(batch=8, seed=0, max_batch=3), a)  # micro-batches of 3, 3, 2
     torch.testing.assert_close(s.run(seeds=torch.tensor([6, 1])), a[[6, 1]])  # explicit seeds
+    torch.testing.assert_close(s.run(seeds=[6, 1]), a[[6, 1]])  # ... or any sequence of ints
     assert not torch.allclose(a[0], a[1])  # and different seeds give different images
 
 
@@ -92,8 +93,13 @@ def test_bad_input(net):
     for bad in (0, -3):
         with pytest.raises(ValueError, match="batch: expected a positive int"):
             s.run(batch=bad)
-    with pytest.raises(ValueError, match="steps: expected an int in"):
-        s.run(batch=1, steps=13)
+    with pytest.raises(ValueError, match=r"stop_after: expected an int in \[1, 12\]"):
+        s.run(batch=1, stop_after=13)
+    for bad in ([1, 2.5], [], ["a"], [2**63]):
+        with pytest.raises(ValueError, match="seeds: expected a non-empty sequence of ints"):
+            s.run(seeds=bad)
+    with pytest.raises(ValueError, match="seed: seeds .* must fit int64"):
+        s.run(batch=4, seed=2**63 - 2)
     with pytest.raises(ValueError, match="shape: the model has no config"):
         Sampler(lambda x, t: x)
     with pytest.raises(ValueError, match=r"model: returned shape \(2, 1, 8, 8\), expected \(2, 3, 8, 8\)"):
@@ -106,9 +112,27 @@ def test_non_finite_output_names_the_step(net):
     def blows_up(x, t):  # NaN once t reaches 7: step 5 of 12
         return torch.where((t < 8).view(-1, 1, 1, 1), torch.full_like(x, math.nan), x * 0)
 
-    with pytest.raises(FloatingPointError, match=r"first appeared at timestep t=7 \(step 5 of 12\)") as e:
+    with pytest.raises(FloatingPointError, match=r"first appeared at timestep t=7 \(step 5 of 12\) in 2 of 2 images") as e:
         _sampler(blows_up, shape=SHAPE).run(batch=2)
-    assert e.value.images.shape == (2, *SHAPE)
+    assert e.value.images.shape == (2, *SHAPE) and e.value.bad.all()
+
+
+def test_non_finite_only_in_a_padding_slot_is_not_an_error(net):
+    # 5 images in micro-batches of 3: the second holds seeds 3, 4 and a padding slot (seed 5),
+    # whose result is discarded; a model that blows up only there must not fail the run.
+    def blows_up_for_seed_5(x, t):
+        bad = torch.zeros(x.shape[0], dtype=torch.bool)
+        if x.shape[0] == 3 and bool((x[2] == x5).all()):
+            bad[2] = True
+        return torch.where(bad.view(-1, 1, 1, 1), torch.full_like(x, math.nan), x * 0)
+
+    from fastddpm import kernels as K
+
+    x5 = K.randn((1, *SHAPE), torch.tensor([5]), torch.zeros(1, dtype=torch.int64), K.STREAM_PRIOR)[0]
+    images = _sampler(blows_up_for_seed_5, shape=SHAPE).run(batch=5, max_batch=3, stop_after=1)
+    assert torch.isfinite(images).all()
+    with pytest.raises(FloatingPointError, match="in 1 of 6 images, the first of them seed 5"):
+        _sampler(blows_up_for_seed_5, shape=SHAPE).run(batch=6, max_batch=3, stop_after=1)
 
 
 def test_grid_png(tmp_path, net):
@@ -125,10 +149,10 @@ def test_bf16_model_reads_the_fused_second_output(net):
     # step alongside the fp32 state (the CUDA default, here on the CPU)
     sched = Schedule.linear()
     lowp = _sampler(net, sched, dtype=torch.bfloat16)
-    got = lowp.run(batch=2, seed=0, steps=3)
+    got = lowp.run(batch=2, seed=0, stop_after=3)
     b = lowp._buffers[2]
     assert b.x.dtype == torch.float32 and b.x_in.dtype == torch.bfloat16
     assert b.x_in.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(b.x_in, b.x.to(torch.bfloat16), rtol=0, atol=0)
     assert next(net.parameters()).dtype == torch.float32  # the caller's model untouched
-    torch.testing.assert_close(got, _sampler(net, sched).run(batch=2, seed=0, steps=3), rtol=0, atol=2e-2)
+    torch.testing.assert_close(got, _sampler(net, sched).run(batch=2, seed=0, stop_after=3), rtol=0, atol=2e-2)

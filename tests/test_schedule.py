@@ -18,7 +18,7 @@ def test_identities_in_seed_notation(sched):
     torch.testing.assert_close(sched.alpha**2 + sched.beta**2, one)  # α_t² + β_t² = 1
     torch.testing.assert_close(sched.alpha_bar**2 + sched.beta_bar**2, one)  # β̄_t = √(1 - ᾱ_t²)
     torch.testing.assert_close(sched.alpha_bar, torch.cumprod(sched.alpha, 0))  # ᾱ_t = α_0 ⋯ α_t
-    torch.testing.assert_close(sched.beta**2, sched.betas)  # the notation table of DESIGN §1
+    torch.testing.assert_close(sched.beta**2, sched.betas)  # the notation table of docs/notation.md
     torch.testing.assert_close(sched.alpha_bar**2, sched.alphas_cumprod)
 
 
@@ -40,19 +40,38 @@ def test_cosine_follows_nichol_dhariwal():
 
 def test_table_columns_against_the_schedule():
     s = Schedule.linear(T=50)
+    c = {name: int(getattr(tables, name)) for name in ("SQRT_AB", "SQRT_1M_AB", "X0_X", "X0_EPS", "C_X0", "C_X", "C_EPS", "C_H", "SIGMA")}
+    assert sorted(c.values()) == list(range(tables.NCOEF))  # every column named once
     for variance in ("large", "small", "none"):
         tab = s.table(variance).double()
-        assert tab.dtype == torch.float64 and tab.shape == (50, tables.NCOEF)
+        assert tab.shape == (50, tables.NCOEF)
         t = torch.arange(1, 50)
         close = dict(rtol=2e-7, atol=1e-7)  # float32 storage of float64 values
-        torch.testing.assert_close(tab[:, tables.SQRT_AB], s.alpha_bar, **close)
-        torch.testing.assert_close(tab[:, tables.SQRT_1M_AB], s.beta_bar, **close)
-        torch.testing.assert_close(tab[:, tables.RECIP_ALPHA], 1 / s.alpha, **close)
-        torch.testing.assert_close(tab[:, tables.EPS_COEF], s.beta**2 / (s.alpha * s.beta_bar), **close)
+        torch.testing.assert_close(tab[:, c["SQRT_AB"]], s.alpha_bar, **close)
+        torch.testing.assert_close(tab[:, c["SQRT_1M_AB"]], s.beta_bar, **close)
+        torch.testing.assert_close(tab[:, c["X0_X"]], 1 / s.alpha_bar, **close)
+        torch.testing.assert_close(tab[:, c["X0_EPS"]], s.beta_bar / s.alpha_bar, **close)
+        # the posterior mean (Ho et al. eq. 7) in the seed notation, with ᾱ_{-1} = 1, β̄_{-1} = 0
+        ab_prev = torch.cat([torch.ones(1, dtype=torch.float64), s.alpha_bar[:-1]])
+        bb_prev = torch.cat([torch.zeros(1, dtype=torch.float64), s.beta_bar[:-1]])
+        torch.testing.assert_close(tab[:, c["C_X0"]], ab_prev * s.beta**2 / s.beta_bar**2, **close)
+        torch.testing.assert_close(tab[:, c["C_X"]], s.alpha * bb_prev**2 / s.beta_bar**2, **close)
+        assert (tab[:, c["C_EPS"]] == 0).all() and (tab[:, c["C_H"]] == 0).all()
         sigma = {"large": s.beta[t], "small": s.beta[t] * s.beta_bar[t - 1] / s.beta_bar[t], "none": 0 * s.beta[t]}
-        torch.testing.assert_close(tab[1:, tables.SIGMA], sigma[variance], **close)
-        assert tab[0, tables.SIGMA].item() == 0.0  # no noise at the last reverse step
+        torch.testing.assert_close(tab[1:, c["SIGMA"]], sigma[variance], **close)
+        assert tab[0, c["SIGMA"]].item() == 0.0  # no noise at the last reverse step
     assert s.table("small") is s.table("small")  # cached
+
+
+def test_unclipped_posterior_form_is_ho_eq_11():
+    # The kernels write every DDPM mean as C_X0 x̂_0 + C_X x_t; without clipping that is
+    # Ho et al. eq. 11, (x_t - β_t²/β̄_t ε̂)/α_t, coefficient by coefficient.
+    s = Schedule.cosine(T=100)
+    tab = s.table("large").double()
+    cx0, cx = tab[:, int(tables.C_X0)], tab[:, int(tables.C_X)]
+    x0x, x0e = tab[:, int(tables.X0_X)], tab[:, int(tables.X0_EPS)]
+    torch.testing.assert_close(cx0 * x0x + cx, 1 / s.alpha, rtol=1e-6, atol=0)  # weight of x_t
+    torch.testing.assert_close(cx0 * x0e, s.beta**2 / (s.alpha * s.beta_bar), rtol=1e-6, atol=0)  # weight of ε̂
 
 
 def test_bad_input():

@@ -1,0 +1,222 @@
+"""Sampling plans: which timesteps a sampler walks, and each step as one row of coefficients.
+
+    plan = Plan.build(schedule, method="ddim", steps=50, eta=0.0, spacing="trailing")
+    plan.timesteps     # (K,) the model's t at each step, descending
+    plan.prev          # (K,) the timestep each step lands on; -1 is the end
+    plan.rows          # (K, NCOEF) float64: the step's coefficients (kernels/tables.py)
+
+Every method here moves from t to an earlier s with coefficients that depend only on
+(t, s) and the step's position, never on the data (docs/notation.md, "Samplers"), so one
+fused kernel runs all of them (`fastddpm.kernels.sampler_step`). The rows are the fast
+path's; `fastddpm.reference` recomputes every step from the papers' equations instead and
+uses only the timesteps from here.
+
+Timesteps follow diffusers' schedulers, spacing by spacing ("trailing", "leading",
+"linspace"): DDPMScheduler/DDIMScheduler for ddpm and ddim, DPMSolverMultistepScheduler
+(its N + 1 point grids) for the DPM-Solver++ methods; "quad" is the DDIM paper's CIFAR
+choice, t = int(linspace(0, √(0.8 T), N)²). One deliberate difference: diffusers' DDIM
+steps from t to t - T // N whatever its own next timestep is; here every method steps to
+its next timestep, which is the same thing wherever that spacing is uniform (leading, and
+trailing when N divides T) and a consistent chain where it is not.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import kernels as K
+from .kernels.tables import C_EPS, C_H, C_X, C_X0, NCOEF, SIGMA, SQRT_1M_AB, SQRT_AB, X0_EPS, X0_X
+from .schedule import Schedule
+
+METHODS = ("ddpm", "ddim", "dpm++2m", "sde-dpm++2m")
+SPACINGS = ("trailing", "leading", "linspace", "quad")
+DEFAULT_STEPS = {"ddim": 50, "dpm++2m": 20, "sde-dpm++2m": 20}  # ddpm: all T
+
+
+@dataclass(frozen=True)
+class Method:
+    """A sampler configuration. Defaults: DDPM, every one of the T steps, σ_t = β_t."""
+
+    name: str = "ddpm"
+    steps: int = None  # number of model evaluations; None: T for ddpm, DEFAULT_STEPS otherwise
+    spacing: str = "trailing"
+    eta: float = 0.0  # ddim: 0 deterministic, 1 the ancestral variance
+    variance: str = "large"  # ddpm: "large" (β'), "small" (posterior), "none"
+    clip: bool = False  # ddpm, ddim: clamp x̂_0 to [-1, 1]
+    clipped_eps: bool = False  # ddim with clip: recompute ε from the clipped x̂_0 (diffusers' use_clipped_model_output)
+
+    def checked(self, T: int) -> "Method":
+        """This configuration with its steps filled in, or a ValueError naming the argument."""
+        if self.name not in METHODS:
+            raise ValueError(f"method: expected one of {METHODS}, got {self.name!r}")
+        if self.spacing not in SPACINGS:
+            raise ValueError(f"spacing: expected one of {SPACINGS}, got {self.spacing!r}")
+        steps = self.steps
+        if steps is None:
+            steps = T if self.name == "ddpm" else min(DEFAULT_STEPS[self.name], T)
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
+            raise ValueError(f"steps: expected an int in [1, {T}] (the schedule's T), got {steps!r}")
+        if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not math.isfinite(self.eta) or self.eta < 0:
+            raise ValueError(f"eta: expected a finite number >= 0, got {self.eta!r}")
+        if self.eta and self.name != "ddim":
+            raise ValueError(f"eta: only ddim takes η (got eta={self.eta} with method {self.name!r})")
+        if self.variance not in K.VARIANCES:
+            raise ValueError(f"variance: expected one of {K.VARIANCES}, got {self.variance!r}")
+        if self.variance != "large" and self.name != "ddpm":
+            raise ValueError(f"variance: only ddpm takes a variance (ddim sets it with eta), got {self.variance!r} with {self.name!r}")
+        for name in ("clip", "clipped_eps"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name}: expected True or False, got {getattr(self, name)!r}")
+        if self.clip and self.name not in ("ddpm", "ddim"):
+            raise ValueError(f"clip: only ddpm and ddim clip x̂_0 (diffusers' {self.name} has no clip_sample to match)")
+        if self.clipped_eps and not (self.name == "ddim" and self.clip):
+            raise ValueError("clipped_eps: only ddim with clip=True recomputes ε from the clipped x̂_0")
+        return Method(self.name, steps, self.spacing, float(self.eta), self.variance, self.clip, self.clipped_eps)
+
+    @property
+    def multistep(self) -> bool:
+        """Steps use the previous step's x̂_0 (the history h)."""
+        return self.name in ("dpm++2m", "sde-dpm++2m")
+
+    def label(self) -> str:
+        extra = {"ddpm": f" {self.variance}", "ddim": f" η={self.eta:g}"}.get(self.name, "")
+        return f"{self.name}{extra} {self.steps} steps ({self.spacing})" + (" clip" if self.clip else "")
+
+
+def timesteps(T: int, method: Method) -> list:
+    """The model's timesteps, descending, for a checked method (diffusers' grids)."""
+    N, spacing = method.steps, method.spacing
+    if spacing == "quad":
+        t = (np.linspace(0, np.sqrt(T * 0.8), N) ** 2).astype(np.int64)[::-1]
+    elif method.multistep:  # DPMSolverMultistepScheduler: N + 1 points, the last dropped
+        if spacing == "linspace":
+            t = np.linspace(0, T - 1, N + 1).round()[::-1][:-1].astype(np.int64)
+        elif spacing == "leading":
+            t = (np.arange(0, N + 1) * (T // (N + 1))).round()[::-1][:-1].astype(np.int64)
+        else:
+            t = np.arange(T, 0, -T / N).round().astype(np.int64) - 1
+    else:  # DDPMScheduler, DDIMScheduler
+        if spacing == "linspace":
+            t = np.linspace(0, T - 1, N).round()[::-1].astype(np.int64)
+        elif spacing == "leading":
+            t = (np.arange(0, N) * (T // N)).round()[::-1].astype(np.int64)
+        else:
+            t = np.round(np.arange(T, 0, -T / N)).astype(np.int64) - 1
+    t = [int(v) for v in t]
+    if len(t) != N or len(set(t)) != N or min(t) < 0 or max(t) >= T:
+        raise ValueError(
+            f"spacing: {spacing!r} with steps={N} on a schedule of T={T} gives repeated or out-of-range "
+            f"timesteps ({t[:6]}...): use fewer steps, another spacing, or a longer schedule"
+        )
+    return t
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """A checked method on a schedule: its timesteps and coefficient rows."""
+
+    schedule: Schedule
+    method: Method
+    timesteps: tuple  # the model's t at step k
+    prev: tuple  # the timestep step k lands on (-1: the end)
+    rows: torch.Tensor  # (K, NCOEF) float64
+    stochastic: bool  # some step adds noise (σ > 0): a host bool, so compiled steps branch on no tensor
+    eps_term: bool  # some step weighs ε̂ directly (C_EPS != 0: DDIM without clipped ε)
+    _cache: dict = field(default_factory=dict, init=False, repr=False)
+
+    @classmethod
+    def build(cls, schedule: Schedule = None, method="ddpm", **options) -> "Plan":
+        schedule = schedule if schedule is not None else Schedule.linear()
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule: expected a fastddpm.Schedule, got {type(schedule).__name__}")
+        m = (method if isinstance(method, Method) else Method(method, **options)).checked(schedule.T)
+        ts = timesteps(schedule.T, m)
+        prev = ts[1:] + [-1]
+        rows = _rows(schedule.alphas_cumprod, m, ts, prev)
+        return cls(schedule, m, tuple(ts), tuple(prev), rows, bool((rows[:, int(SIGMA)] > 0).any()),
+                   bool((rows[:, int(C_EPS)] != 0).any()))
+
+    @property
+    def K(self) -> int:
+        return len(self.timesteps)
+
+    @property
+    def multistep(self) -> bool:
+        return self.method.multistep
+
+    def check_history(self, h) -> None:
+        """A multistep plan needs the previous x̂_0 (zeros at the first step); a history-free one refuses it."""
+        if self.multistep and h is None:
+            raise ValueError(f"h: {self.method.name} is a multistep solver: pass the previous step's x̂_0 (zeros at the first step)")
+        if not self.multistep and h is not None:
+            raise ValueError(f"h: {self.method.name} is history-free (its steps use no previous x̂_0); pass h=None")
+
+    def table(self, device) -> torch.Tensor:
+        """The rows as the float32 table the kernel reads, on `device` (cached)."""
+        return self._on("table", device, lambda: self.rows.to(torch.float32))
+
+    def timesteps_on(self, device) -> torch.Tensor:
+        """(K,) int64 timesteps on `device` (cached): the model's t and the noise address."""
+        return self._on("timesteps", device, lambda: torch.tensor(self.timesteps, dtype=torch.int64))
+
+    def _on(self, what, device, make):
+        key = (what, str(torch.device(device)))
+        if key not in self._cache:
+            self._cache[key] = make().to(device).contiguous()
+        return self._cache[key]
+
+
+def _rows(alphas_cumprod: torch.Tensor, m: Method, ts: list, prev: list) -> torch.Tensor:
+    """(K, NCOEF) float64 rows of the steps t_k -> prev_k."""
+    if m.name == "ddpm":  # the posterior of the respaced chain (Nichol & Dhariwal), in the kernels' own builder
+        return K.coef_table(alphas_cumprod, m.variance, t=ts, prev=prev, dtype=torch.float64)
+    a = alphas_cumprod.to(torch.float64)
+    t = torch.tensor(ts)
+    s = torch.tensor(prev)
+    a_t = a[t]
+    a_s = torch.where(s >= 0, a[s.clamp(min=0)], torch.ones_like(a_t))  # a_{-1} = 1
+    rows = torch.zeros(len(ts), int(NCOEF), dtype=torch.float64)
+    rows[:, int(SQRT_AB)] = a_t.sqrt()
+    rows[:, int(SQRT_1M_AB)] = (1 - a_t).sqrt()
+    rows[:, int(X0_X)] = a_t.rsqrt()
+    rows[:, int(X0_EPS)] = ((1 - a_t) / a_t).sqrt()
+    if m.name == "ddim":  # Song et al. eq. 12 and 16
+        sigma = m.eta * ((1 - a_s) / (1 - a_t) * (1 - a_t / a_s)).sqrt()
+        direction = (1 - a_s - sigma**2).clamp(min=0).sqrt()  # weight of ε
+        if m.clipped_eps:  # ε = (x_t - √a_t x̂_0) / √(1 - a_t), folded into the x̂_0 and x_t weights
+            rows[:, int(C_X0)] = a_s.sqrt() - direction * a_t.sqrt() / (1 - a_t).sqrt()
+            rows[:, int(C_X)] = direction / (1 - a_t).sqrt()
+        else:
+            rows[:, int(C_X0)] = a_s.sqrt()
+            rows[:, int(C_EPS)] = direction
+        rows[:, int(SIGMA)] = sigma
+        return rows
+    # DPM-Solver++ (Lu et al. 2022), data prediction, in α = √a, σ = √(1 - a), λ = log(α/σ).
+    # e^{-h} = e^{λ_t - λ_s} = (α_t σ_s)/(σ_t α_s) is 0, not NaN, for the final step (σ_s = 0).
+    al_t, sg_t, al_s, sg_s = a_t.sqrt(), (1 - a_t).sqrt(), a_s.sqrt(), (1 - a_s).sqrt()
+    e_h = al_t * sg_s / (sg_t * al_s)
+    sde = m.name == "sde-dpm++2m"
+    if sde:
+        rows[:, int(C_X)] = sg_s / sg_t * e_h
+        d = al_s * (1 - e_h**2)  # weight of the data estimate D
+        rows[:, int(SIGMA)] = sg_s * (1 - e_h**2).clamp(min=0).sqrt()
+    else:
+        rows[:, int(C_X)] = sg_s / sg_t
+        d = al_s * (1 - e_h)
+    # D = x̂_0 (first order: the first step, and the final one, as diffusers' lower_order_final)
+    # or (1 + 1/(2r)) x̂_0 - 1/(2r) h with r = h_prev / h (2M, midpoint).
+    lam = lambda ac: 0.5 * torch.log(ac / (1 - ac))  # noqa: E731
+    k = torch.arange(len(ts))
+    second = (k > 0) & (s >= 0)
+    r = torch.ones_like(a_t)
+    if bool(second.any()):
+        t_prev = torch.tensor([ts[0]] + ts[:-1])  # the previous step's source timestep
+        h = lam(a_s) - lam(a_t)
+        h_prev = lam(a_t) - lam(a[t_prev])
+        r = torch.where(second, h_prev / torch.where(second, h, 1.0), 1.0)
+    c = torch.where(second, 0.5 / r, 0.0)
+    rows[:, int(C_X0)] = d * (1 + c)
+    rows[:, int(C_H)] = -d * c
+    return rows
