@@ -47,14 +47,53 @@ def fashion_mnist(split: str = "train", root=FASHION_MNIST_DIR) -> torch.Tensor:
     return read_idx(path).unsqueeze(1).float().div_(127.5).sub_(1.0)
 
 
-def digits() -> torch.Tensor:
-    """scikit-learn's 8x8 digits (1,797 images, pixel values 0..16), (N, 1, 8, 8) in [-1, 1]."""
+def fashion_mnist_labels(split: str = "train", root=FASHION_MNIST_DIR) -> torch.Tensor:
+    """Fashion-MNIST's class labels (N,) int64, from the same Debian package."""
+    if split not in ("train", "t10k"):
+        raise ValueError(f"split: expected 'train' or 't10k', got {split!r}")
+    root = Path(root)
+    path = next((p for p in (root / f"{split}-labels-idx1-ubyte.gz", root / f"{split}-labels-idx1-ubyte") if p.exists()), None)
+    if path is None:
+        raise FileNotFoundError(f"Fashion-MNIST labels not found under {root}: `apt-get install dataset-fashion-mnist`")
+    return read_idx(path).long()
+
+
+def _load_digits():
     try:
         from sklearn.datasets import load_digits
     except ImportError as e:
         raise ImportError("--data digits needs scikit-learn: pip install 'fastddpm[digits]'") from e
-    images = torch.from_numpy(load_digits().images).float()
+    return load_digits()
+
+
+def digits() -> torch.Tensor:
+    """scikit-learn's 8x8 digits (1,797 images, pixel values 0..16), (N, 1, 8, 8) in [-1, 1]."""
+    images = torch.from_numpy(_load_digits().images).float()
     return images.unsqueeze(1).div_(8.0).sub_(1.0)
+
+
+DIGITS_TEST = 360  # the held-out split: a fixed fifth of the 1,797 digits
+
+
+def labelled(data: str, split: str) -> tuple:
+    """(images (N, 1, S, S) in [-1, 1], labels (N,)) of a named split: "train" or "test".
+
+    fashion-mnist: the official 60k/10k split. digits: a fixed permutation (seed 0) of the
+    1,797 images; the first 360 are the held-out test split, the rest train. Training the
+    DDPM on all the digits (the CLI does) means only the feature network, not the DDPM,
+    has not seen the test split: say so where it matters."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
+    if data == "fashion-mnist":
+        s = "train" if split == "train" else "t10k"
+        return fashion_mnist(s), fashion_mnist_labels(s)
+    if data == "digits":
+        d = _load_digits()
+        perm = torch.randperm(len(d.target), generator=torch.Generator().manual_seed(0))
+        idx = perm[:DIGITS_TEST] if split == "test" else perm[DIGITS_TEST:]
+        images = torch.from_numpy(d.images).float().unsqueeze(1).div_(8.0).sub_(1.0)
+        return images[idx], torch.from_numpy(d.target).long()[idx]
+    raise ValueError(f"data: expected one of {sorted(DATASETS)}, got {data!r}")
 
 
 DATASETS = {"digits": digits, "fashion-mnist": fashion_mnist}
@@ -83,8 +122,9 @@ def as_images(data) -> torch.Tensor:
     return torch.cat([b if b.dim() == 4 else b.unsqueeze(0) for b in batches])
 
 
-def check_images(x: torch.Tensor, in_channels: int, what: str = "data") -> None:
-    """Training images must be (N, C, H, W) floats in [-1, 1] with the model's C.
+def check_images(x: torch.Tensor, in_channels=None, what: str = "data", sample_size=None) -> None:
+    """Training images must be a non-empty (N, C, H, W) float batch in [-1, 1], with the
+    model's channels and image size when those are given.
 
     Far outside [-1, 1] (beyond ±1.5: 0..255 pixels, unnormalised features) is an
     error; all of it inside [0, 1] draws a warning, since DDPM expects [-1, 1] and a
@@ -92,10 +132,16 @@ def check_images(x: torch.Tensor, in_channels: int, what: str = "data") -> None:
     """
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"{what}: expected images (N, C, H, W), got {getattr(x, 'shape', type(x).__name__)}")
+    if x.numel() == 0:
+        raise ValueError(f"{what}: expected a non-empty set of images, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"{what}: expected floating-point images in [-1, 1], got {x.dtype}")
-    if x.shape[1] != in_channels:
+    if in_channels is not None and x.shape[1] != in_channels:
         raise ValueError(f"{what}: images have {x.shape[1]} channels, the model expects in_channels={in_channels}")
+    if sample_size is not None:
+        hw = tuple(sample_size) if isinstance(sample_size, (tuple, list)) else (sample_size, sample_size)
+        if tuple(x.shape[2:]) != hw:
+            raise ValueError(f"{what}: images are {x.shape[2]}x{x.shape[3]}, the model expects sample_size={sample_size}")
     lo, hi = float(x.min()), float(x.max())
     if not (lo == lo and hi == hi) or lo < -1.5 or hi > 1.5:
         raise ValueError(f"{what}: expected images in [-1, 1], got values in [{lo:.3g}, {hi:.3g}]; scale them (e.g. x / 127.5 - 1)")

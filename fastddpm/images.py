@@ -48,3 +48,71 @@ def write_png(img: torch.Tensor, path) -> Path:
 def save_grid(x: torch.Tensor, path, nrow: int = None, scale: int = 1) -> Path:
     """Samples (B, C, H, W) in [-1, 1] -> a PNG grid at `path`."""
     return write_png(grid(x, nrow, scale=scale), path)
+
+
+def read_png(path) -> torch.Tensor:
+    """An 8-bit, non-interlaced PNG (grey, grey+alpha, RGB or RGBA) as (C, H, W) uint8, alpha
+    dropped; every chunk's CRC checked, so a damaged file is a clear error naming it."""
+    import numpy as np
+
+    path = Path(path)
+    raw = path.read_bytes()
+    if raw[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError(f"{path}: not a PNG file")
+    pos, idat, header = 8, [], None
+    while pos < len(raw):
+        if pos + 8 > len(raw):
+            raise ValueError(f"{path}: truncated PNG")
+        n, kind = struct.unpack(">I", raw[pos : pos + 4])[0], raw[pos + 4 : pos + 8]
+        data = raw[pos + 8 : pos + 8 + n]
+        crc = raw[pos + 8 + n : pos + 12 + n]
+        if len(data) != n or len(crc) != 4 or struct.unpack(">I", crc)[0] != zlib.crc32(kind + data) & 0xFFFFFFFF:
+            raise ValueError(f"{path}: damaged PNG (chunk {kind!r} is truncated or fails its CRC)")
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", data)
+        elif kind == b"IDAT":
+            idat.append(data)
+        elif kind == b"IEND":
+            break
+        pos += 12 + n
+    if header is None or not idat:
+        raise ValueError(f"{path}: damaged PNG (no IHDR or no image data)")
+    W, H, depth, ctype, _, _, interlace = header
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}.get(ctype)
+    if depth != 8 or channels is None or interlace:
+        raise ValueError(f"{path}: only 8-bit non-interlaced grey/RGB(A) PNGs are read, got depth {depth}, colour type {ctype}")
+    try:
+        flat = zlib.decompress(b"".join(idat))
+    except zlib.error as e:
+        raise ValueError(f"{path}: damaged PNG ({e})") from e
+    stride = W * channels
+    if len(flat) != H * (stride + 1):
+        raise ValueError(f"{path}: damaged PNG (image data of {len(flat)} bytes for {W}x{H})")
+    rows = np.frombuffer(flat, dtype=np.uint8).reshape(H, stride + 1)
+    out = np.zeros((H, stride), dtype=np.int32)
+    prev = np.zeros(stride, dtype=np.int32)
+    for y in range(H):  # undo the per-row filters (PNG spec 9.2)
+        f, line = rows[y, 0], rows[y, 1:].astype(np.int32)
+        if f == 0:
+            cur = line
+        elif f == 2:
+            cur = (line + prev) & 0xFF
+        elif f in (1, 3, 4):
+            cur = np.zeros(stride, dtype=np.int32)
+            for x in range(stride):
+                a = cur[x - channels] if x >= channels else 0
+                b, c = prev[x], (prev[x - channels] if x >= channels else 0)
+                if f == 1:
+                    pred = a
+                elif f == 3:
+                    pred = (a + b) >> 1
+                else:
+                    p = a + b - c
+                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                    pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+                cur[x] = (line[x] + pred) & 0xFF
+        else:
+            raise ValueError(f"{path}: damaged PNG (row filter {f})")
+        out[y], prev = cur, cur
+    img = torch.from_numpy(out.astype(np.uint8).reshape(H, W, channels)).permute(2, 0, 1)
+    return img[:1] if channels in (1, 2) else img[:3]

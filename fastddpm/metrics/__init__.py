@@ -1,0 +1,132 @@
+"""fastddpm.metrics: sample quality measured offline, in the features of a classifier trained here.
+
+    from fastddpm.metrics import evaluate
+    report = evaluate(images_uint8, data="fashion-mnist")   # FD, KID, precision/recall/density/coverage
+
+These numbers compare samplers, models and settings *with each other*, on the same data and
+the same feature network (its hash is in every report). They are not Inception FID and
+not comparable with published FID figures.
+"""
+
+import os
+from pathlib import Path
+
+import torch
+
+from . import features, stats
+from .stats import PRDC, Moments, frechet, frechet_moments, kid, prdc
+
+__all__ = ["PRDC", "Moments", "evaluate", "features", "frechet", "frechet_moments", "kid", "prdc", "reference_features", "stats"]
+
+CACHE = Path(os.environ.get("FASTDDPM_CACHE", Path.home() / ".cache" / "fastddpm")) / "metrics"
+
+
+def check_batch(x: torch.Tensor, data: str, what: str = "samples") -> torch.Tensor:
+    """uint8 images (N, 1, S, S) or (N, S, S, 1) or (N, S, S) of data's size -> (N, 1, S, S)
+    float32 in [-1, 1]; anything else is a clear error."""
+    S = features.CONFIGS[data].image_size
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what}: expected a tensor of uint8 images, got {type(x).__name__}")
+    if x.dtype != torch.uint8:
+        lo, hi = (float(x.min()), float(x.max())) if x.numel() else (0.0, 0.0)
+        raise ValueError(f"{what}: expected uint8 images with values 0..255, got {x.dtype} with values in [{lo:.3g}, {hi:.3g}] "
+                         f"(for samples in [-1, 1] use fastddpm.to_uint8 first)")
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    if x.dim() == 4 and x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
+        x = x.permute(0, 3, 1, 2)  # NHWC, as the sample shards are written
+    if x.dim() != 4 or x.shape[1] != 1:
+        raise ValueError(f"{what}: expected single-channel images (N, 1, {S}, {S}) for {data!r}, got shape {tuple(x.shape)}")
+    if tuple(x.shape[2:]) != (S, S):
+        raise ValueError(f"{what}: expected {S}x{S} images for {data!r}, got {x.shape[2]}x{x.shape[3]}")
+    return x.float().div(127.5).sub(1.0)
+
+
+class FeatureStream:
+    """Features of image batches, accumulated: streaming float64 moments (for the Fréchet
+    distance) and the feature vectors themselves (small: for KID and precision/recall)."""
+
+    def __init__(self, data: str, net=None):
+        self.data = data
+        self.net = net if net is not None else features.load(data)
+        self.moments = Moments(features.CONFIGS[data].features)
+        self.feats = []
+        self.radii = {}  # k -> the k-NN radii of these features (a reference set's, cached)
+
+    @torch.no_grad()
+    def add(self, images: torch.Tensor, batch: int = 1000) -> "FeatureStream":
+        for i in range(0, len(images), batch):
+            f = self.net.features(images[i : i + batch])
+            self.moments.add(f)
+            self.feats.append(f.double())
+        return self
+
+    def add_uint8(self, x: torch.Tensor, what: str = "samples") -> "FeatureStream":
+        return self.add(check_batch(x, self.data, what))
+
+    def all(self) -> torch.Tensor:
+        return torch.cat(self.feats) if self.feats else torch.zeros(0, self.moments.sum.numel(), dtype=torch.float64)
+
+
+def reference_features(data: str, split: str = "test", cache=CACHE) -> FeatureStream:
+    """The real split's features, computed once and cached (keyed by the feature network's hash)."""
+    from safetensors.torch import load_file, save_file
+
+    from .. import data as datasets
+
+    net = features.load(data)
+    path = Path(cache) / f"{data}-{split}-{features.network_hash(data)}.safetensors"
+    s = FeatureStream(data, net)
+    if path.exists():
+        d = load_file(str(path))
+        s.moments = Moments.from_state({k[3:]: v for k, v in d.items() if k.startswith("mo.")})
+        s.feats = [d["features"]]
+        s.radii = {int(k[6:]): v for k, v in d.items() if k.startswith("radii.")}
+        return s
+    images, _ = datasets.labelled(data, split)
+    s.add(images)
+    s.radii = {K_NEIGHBOURS: stats._kth_neighbour_radius(s.all(), K_NEIGHBOURS)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    save_file({"features": s.all(), **{f"mo.{k}": v for k, v in s.moments.state().items()},
+               **{f"radii.{k}": v for k, v in s.radii.items()}}, str(tmp))
+    os.replace(tmp, path)
+    return s
+
+
+K_NEIGHBOURS = 5
+WHAT = ("fd", "kid", "prdc")
+
+
+def compare(samples: FeatureStream, ref: FeatureStream, kid_subsets: int = 100, kid_size: int = 1000, k: int = K_NEIGHBOURS,
+            what=WHAT) -> dict:
+    """FD, KID and precision/recall/density/coverage (those in `what`) of sample features
+    against reference ones."""
+    if any(w not in WHAT for w in what):
+        raise ValueError(f"what: expected a subset of {WHAT}, got {what!r}")
+    dim = samples.moments.sum.numel()
+    stats.check_count(samples.moments.n, dim)
+    out = dict(samples=samples.moments.n, reference=ref.moments.n)
+    if "fd" in what:
+        out["fd"] = frechet_moments(samples.moments, ref.moments)
+    fx, fy = samples.all(), ref.all()
+    if "kid" in what:
+        out["kid"], out["kid_std"] = kid(fx, fy, kid_subsets, kid_size)
+    if "prdc" in what:
+        p = prdc(fy, fx, k, real_radii=ref.radii.get(k))
+        out.update(precision=p.precision, recall=p.recall, density=p.density, coverage=p.coverage)
+    return out
+
+
+def evaluate(images, data: str, split: str = "test", cache=CACHE, **options) -> dict:
+    """Quality of uint8 `images` (a tensor, or an iterable of tensors: streamed) against the
+    real `split` of `data`, in the shipped feature network's features."""
+    s = FeatureStream(data)
+    for batch in ([images] if isinstance(images, torch.Tensor) else images):
+        s.add_uint8(batch)
+    if s.moments.n == 0:
+        raise ValueError("samples: no images to evaluate")
+    out = compare(s, reference_features(data, split, cache), **options)
+    out.update(data=data, split=split, feature_network=features.network_hash(data),
+               feature_network_accuracy=features.card(data).get("test_accuracy"))
+    return out
