@@ -1,0 +1,175 @@
+"""Generation at scale: shards, resume after SIGKILL, many processes, damaged shards, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from fastddpm import TrainConfig, Trainer, UNet, UNetConfig
+from fastddpm.data import digits
+from fastddpm.generate import main as generate_main
+from fastddpm.generate import parse_seeds
+
+TINY = UNetConfig(in_channels=1, out_channels=1, sample_size=8, base_channels=16, channel_mult=(1, 2),
+                  layers_per_block=1, attn_resolutions=(4,), norm_groups=8)
+FAST = ["--method", "ddim", "--steps", "4", "--batch", "8", "--no-progress", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run")
+    torch.manual_seed(0)
+    Trainer(UNet(TINY), digits(), TrainConfig(steps=2, batch_size=8, sample_every=0), out_dir=folder, device="cpu",
+            progress=False).fit()
+    return folder
+
+
+def files(folder):
+    """Every shard's bytes, and the manifest without its finishing time."""
+    out = {p.name: p.read_bytes() for p in sorted(folder.glob("shard-*"))}
+    m = json.loads((folder / "manifest.json").read_text())
+    m.pop("finished", None)
+    return out, m
+
+
+def gen(run, out, *extra):
+    return generate_main(["--model", str(run), "--out", str(out), *FAST, *extra])
+
+
+def test_shard_size_and_batch_position_do_not_change_an_image(run, tmp_path):
+    one = gen(run, tmp_path / "one", "--n", "100", "--shard", "100")
+    many = gen(run, tmp_path / "many", "--n", "100", "--shard", "30")
+    a = np.load(tmp_path / "one" / "shard-000000.npz")["images"]
+    b = np.concatenate([np.load(tmp_path / "many" / f"shard-{i:06d}.npz")["images"] for i in range(4)])
+    assert a.shape == (100, 8, 8, 1) and a.dtype == np.uint8
+    assert np.array_equal(a, b)  # bitwise: every micro-batch had the same size
+    assert one["complete"] and [s["count"] for s in many["shards"]] == [30, 30, 30, 10]
+    c = gen(run, tmp_path / "tail", "--seeds", "40-99", "--shard", "25")
+    tail = np.concatenate([np.load(tmp_path / "tail" / f"shard-{i:06d}.npz")["images"] for i in range(3)])
+    assert np.array_equal(tail, a[40:]) and c["config"]["seeds"] == [[40, 99]]
+
+
+def test_png_format(run, tmp_path):
+    gen(run, tmp_path / "png", "--n", "12", "--shard", "5", "--format", "png")
+    from fastddpm.images import read_png
+
+    shard1 = sorted((tmp_path / "png" / "shard-000001").glob("*.png"))
+    assert len(shard1) == 5 and shard1[0].name == f"{5:020d}.png"
+    gen(run, tmp_path / "npz", "--n", "12", "--shard", "12")
+    ref = np.load(tmp_path / "npz" / "shard-000000.npz")["images"]
+    assert np.array_equal(read_png(shard1[0]).permute(1, 2, 0).numpy(), ref[5])
+
+
+@pytest.mark.slow
+def test_killed_runs_resume_to_the_same_files(run, tmp_path):
+    args = ["--n", "40", "--shard", "5", "--method", "ddpm", "--steps", "40", "--batch", "5", "--no-progress", "--device", "cpu"]
+    straight = tmp_path / "straight"
+    generate_main(["--model", str(run), "--out", str(straight), *args])
+    want = files(straight)
+    killed = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for after in (1, 3, 6):  # SIGKILL once `after` shards are on disk (or the run ends), then again later
+        proc = subprocess.Popen([sys.executable, "-m", "fastddpm.generate", "--model", str(run), "--out", str(killed), *args],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 120
+        while proc.poll() is None and len(list(killed.glob("shard-*.json"))) < after and time.time() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    generate_main(["--model", str(run), "--out", str(killed), *args])
+    assert files(killed) == want
+    assert not list(killed.glob(".*.tmp-*"))  # a killed write leaves a temporary file, which a rerun replaces
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_same_files_as_one(run, tmp_path):
+    args = ["--model", str(run), "--n", "30", "--shard", "4", *FAST]
+    generate_main([*args, "--out", str(tmp_path / "one")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2"}
+    procs = [subprocess.Popen([sys.executable, "-m", "fastddpm.generate", *args, "--out", str(tmp_path / "two")],
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stderr=subprocess.PIPE) for r in (0, 1)]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
+    assert files(tmp_path / "two") == files(tmp_path / "one")
+
+
+def test_a_damaged_shard_is_found_and_made_again(run, tmp_path):
+    out = tmp_path / "g"
+    gen(run, out, "--n", "20", "--shard", "5")
+    want = files(out)
+    p = out / "shard-000002.npz"
+    p.write_bytes(p.read_bytes()[:100])  # truncated
+    (out / "shard-000003.npz").unlink()  # missing
+    raw = bytearray((out / "shard-000000.npz").read_bytes())
+    raw[len(raw) // 2] ^= 1  # one flipped bit
+    (out / "shard-000000.npz").write_bytes(bytes(raw))
+    gen(run, out, "--n", "20", "--shard", "5")
+    assert files(out) == want
+
+
+def test_another_configuration_into_the_same_folder_is_refused(run, tmp_path):
+    out = tmp_path / "g"
+    gen(run, out, "--n", "10", "--shard", "5")
+    with pytest.raises(ValueError, match=r"out: .* holds a generation with another configuration \(method: .*'steps': 4.*'steps': 5"):
+        generate_main(["--model", str(run), "--out", str(out), "--n", "10", "--shard", "5", "--method", "ddim", "--steps", "5",
+                       "--batch", "8", "--no-progress", "--device", "cpu"])
+    with pytest.raises(ValueError, match=r"out: .*\(n: 10 in the folder, 12 now; seeds"):
+        gen(run, out, "--n", "12", "--shard", "5")
+
+
+def test_bad_input_is_refused_before_any_sampling(run, tmp_path, monkeypatch):
+    g = sys.modules["fastddpm.generate"]  # the module (callable: fastddpm.generate(...) is the function)
+    monkeypatch.setattr(g, "load_model", lambda *a: (_ for _ in ()).throw(AssertionError("sampled after a bad input")))
+    afile = tmp_path / "f"
+    afile.write_text("x")
+    for extra, match in (
+        (["--n", "0"], "n: expected a positive int"),
+        (["--n", "-3"], "n: expected a positive int"),
+        (["--seeds", "5-3"], r"seeds: the range 5-3 is empty"),
+        (["--seeds", "0-9,5-12"], "seeds: .* names some seeds twice"),
+        (["--seeds", "a-b"], "seeds: expected ranges"),
+        (["--n", "5", "--seeds", "0-9"], "n: 5 disagrees with the 10 seeds"),
+        (["--n", "5", "--shard", "0"], "shard: expected a positive int"),
+        (["--n", "5", "--batch", "0"], "batch: expected a positive int"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            generate_main(["--model", str(run), "--out", str(tmp_path / "o"), *extra])
+    with pytest.raises(ValueError, match="out: .* is a file, not a folder"):
+        generate_main(["--model", str(run), "--out", str(afile), "--n", "5"])
+    with pytest.raises(ValueError, match="out: .* cannot hold checkpoints"):
+        generate_main(["--model", str(run), "--out", str(afile / "sub"), "--n", "5"])
+    monkeypatch.undo()
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="model: .*nothing has no usable weights"):
+        generate_main(["--model", str(empty), "--out", str(tmp_path / "o2"), "--n", "5"])
+    with pytest.raises(ValueError, match="model: .* is neither a file, a folder, nor a shipped model"):
+        generate_main(["--model", str(tmp_path / "missing"), "--out", str(tmp_path / "o3"), "--n", "5"])
+
+
+def test_parse_seeds():
+    assert parse_seeds("0-3,7,9-10") == [0, 1, 2, 3, 7, 9, 10]
+    assert parse_seeds("-5--3") == [-5, -4, -3]
+
+
+def test_python_function_and_eval_hook(run, tmp_path):
+    from fastddpm import generate
+
+    m = generate(str(run), n=300, out=tmp_path / "e", method="ddim", steps=3, batch=100, shard=100, device="cpu",
+                 eval="digits", progress=False)
+    assert m["complete"] and m["eval"]["samples"] == 300 and "fd" in m["eval"]
+    assert (tmp_path / "e" / "eval-digits-test.json").exists()
+
+
+@pytest.mark.parametrize("module", ["fastddpm.generate", "fastddpm.pretrained", "fastddpm.eval", "fastddpm.train"])
+def test_clis_run_their_module_once(module):
+    # the package does not import a CLI module eagerly, so runpy never executes it twice
+    run = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "usage:" in run.stdout, run.stderr
+    assert "RuntimeWarning" not in run.stderr, run.stderr
