@@ -3,13 +3,16 @@
 Everything random is addressed by counters, so a run is a function of its config and
 seed: sample k of the run (k = (step * world + rank) * batch + i) gets the data index
 perm_epoch[k mod N], the noise seed seed * 2**40 + k and the timestep
-t = (T * philox(seed, k, stream 3)) >> 32. Resuming from a checkpoint therefore continues exactly,
+t = (T * philox(seed, k, STREAM_TIMESTEP)) >> 32. Resuming from a checkpoint therefore continues exactly,
 and a torchrun job with W ranks of batch B trains on the same samples as one process
 with batch W * B.
 """
 
 import copy
+import hashlib
+import json
 import math
+import uuid
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -18,56 +21,95 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint as ckpt
+from . import fused, reference
 from . import kernels as K
-from . import reference as R
 from .data import as_images, check_images
 from .images import save_grid
-from .kernels._philox import philox_torch
-from .sampler import Sampler
+from .sampler import Sampler, _compile_errors_explained
 from .schedule import Schedule
-
-
-STREAM_T = 3  # the Philox stream of the training timesteps
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 10_000  # optimizer steps in the whole run
+    """A training run's settings. The first group decides the run's trajectory sample by
+    sample: a resume refuses to change any of them (EXACT). The rest may change on resume."""
+
     batch_size: int = 128  # per rank
     lr: float = 2e-4  # Ho et al. CIFAR-10
     warmup: int = 500  # linear learning-rate warm-up, in steps
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # 0: no clipping
     ema_decay: float = 0.9999  # reached gradually: min(decay, (1 + s) / (10 + s))
     weight_decay: float = 0.0
-    seed: int = 0
+    seed: int = 0  # in [0, 2**23): sample k's noise seed is seed * 2**40 + k
     schedule: str = "linear"  # or "cosine"
     T: int = 1000
-    fused: bool = True  # False: the reference path (materialised ε, eager, F.mse_loss)
+    fused: bool = True  # False: the reference path (materialised ε, eager)
     compile: bool = False  # torch.compile the forward + loss
+    steps: int = 10_000  # optimizer steps in the whole run (may grow on resume)
     log_every: int = 100
     checkpoint_every: int = 1000  # 0: only at the end
     sample_every: int = 0  # EMA sample grid every this many steps and at the end; 0: never
     sample_batch: int = 64
-    keep: int = 2  # checkpoints kept
+    keep: int = 2  # this run's newest checkpoints kept (>= 1)
+
+    def __post_init__(self):
+        def check(name, ok, expected):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not ok(v):
+                raise ValueError(f"{name}: expected {expected}, got {v!r}")
+
+        def is_int(v):
+            return isinstance(v, int)
+
+        def is_num(v):
+            return isinstance(v, (int, float)) and math.isfinite(v)
+
+        check("steps", lambda v: is_int(v) and v >= 1, "a positive int (optimizer steps in the whole run)")
+        check("batch_size", lambda v: is_int(v) and v >= 1, "a positive int (samples a step, per rank)")
+        check("lr", lambda v: is_num(v) and v >= 0, "a finite learning rate >= 0")
+        check("warmup", lambda v: is_int(v) and v >= 0, "an int >= 0 (warm-up steps)")
+        check("grad_clip", lambda v: is_num(v) and v >= 0, "a finite norm >= 0 (0: no clipping)")
+        check("ema_decay", lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)")
+        check("weight_decay", lambda v: is_num(v) and v >= 0, "a finite number >= 0")
+        check("seed", lambda v: is_int(v) and 0 <= v < 2**23, "an int in [0, 2**23) (sample k's noise seed is seed * 2**40 + k)")
+        check("T", lambda v: is_int(v) and v >= 1, "a positive int number of timesteps")
+        check("schedule", lambda v: v in SCHEDULES, f"one of {SCHEDULES}")
+        for flag in ("fused", "compile"):
+            if not isinstance(getattr(self, flag), bool):
+                raise TypeError(f"{flag}: expected True or False, got {getattr(self, flag)!r}")
+        check("log_every", lambda v: is_int(v) and v >= 1, "a positive int")
+        check("checkpoint_every", lambda v: is_int(v) and v >= 0, "an int >= 0 (0: only at the end)")
+        check("sample_every", lambda v: is_int(v) and v >= 0, "an int >= 0 (0: never)")
+        check("sample_batch", lambda v: is_int(v) and v >= 1, "a positive int")
+        check("keep", lambda v: is_int(v) and v >= 1, "a positive int (this run's newest checkpoints kept)")
 
     def schedule_obj(self) -> Schedule:
-        if self.schedule not in ("linear", "cosine"):
-            raise ValueError(f"schedule: expected 'linear' or 'cosine', got {self.schedule!r}")
         return getattr(Schedule, self.schedule)(T=self.T)
+
+
+SCHEDULES = ("linear", "cosine")
+EXACT = ("batch_size", "lr", "warmup", "grad_clip", "ema_decay", "weight_decay", "seed", "schedule", "T", "fused", "compile")
+SAFE = ("steps", "log_every", "checkpoint_every", "sample_every", "sample_batch", "keep")
 
 
 class Trainer:
     """Trains `model` (a fastddpm UNet, or any module with a .config dataclass) on `data`:
     images (N, C, H, W) in [-1, 1] as a tensor, a TensorDataset or a DataLoader, held on
-    the device as one tensor. Checkpoints and sample grids go to out_dir; resume=True
-    continues from the newest checkpoint there."""
+    the device as one tensor. Checkpoints and sample grids go to out_dir, which is checked
+    (created, probed for writing) before any work and holds one run: a fresh run into a
+    folder with another run's checkpoints is refused. resume=True continues the run in
+    out_dir from its newest checkpoint that verifies, refusing any change of a setting in
+    EXACT; with no checkpoint there, it is an error (a mistyped folder must not restart a run)."""
 
     def __init__(self, model: nn.Module, data: torch.Tensor, config: TrainConfig = TrainConfig(), *,
                  out_dir=None, device=None, resume: bool = False, progress: bool = True):
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         self.cfg = config
         self.device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.cuda = self.device.type == "cuda"
@@ -76,13 +118,18 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress = progress and self.rank == 0
         self.schedule = config.schedule_obj()
-        self.table = self.schedule.table(device=self.device)
+        self.lock = None
+        if self.out_dir is not None and self.rank == 0:
+            ckpt.check_writable(self.out_dir, "out_dir")  # before any work: not after the training
+            self.lock = ckpt.FolderLock(self.out_dir, "out_dir")
+            self.lock.acquire().release()  # another trainer on this folder: say so now
 
         data = as_images(data)
-        cfg_in = getattr(getattr(model, "config", None), "in_channels", None)
-        check_images(data, cfg_in if cfg_in is not None else getattr(data, "shape", (0, 0))[1])
+        mcfg = getattr(model, "config", None)
+        check_images(data, getattr(mcfg, "in_channels", None), sample_size=getattr(mcfg, "sample_size", None))
         fmt = torch.channels_last if self.cuda else torch.contiguous_format
         self.data = data.to(self.device, torch.float32).contiguous(memory_format=fmt)
+        self.data_hash = _fingerprint(data)
         self.model = model.to(self.device, memory_format=fmt).train()
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.net = nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
@@ -90,15 +137,38 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay, fused=self.cuda)
         self.forward_loss = torch.compile(self._forward_loss) if config.compile else self._forward_loss
         self.step = 0
+        self.run = uuid.uuid4().hex[:12]
         self.last_checkpoint = None
         self.history = []  # (step, loss), read back once per log interval
         self._pending = []  # device losses not yet read back
         self._perms = {}  # epoch -> data permutation (the current and the previous)
         self._tick = (time.perf_counter(), 0)
+        self.t_start = time.perf_counter()
+        if self.out_dir is None:
+            if resume:
+                raise ValueError("resume: needs out_dir, the folder whose run to continue")
+            return
         if resume:
-            path = ckpt.latest(self._ckpt_dir()) if self.out_dir is not None else None
-            if path is not None:
-                self.load(path)
+            found = ckpt.newest_valid(self._ckpt_dir())
+            if found is None:
+                raise ValueError(f"resume: no checkpoint in {self._ckpt_dir()} that verifies; check the folder, "
+                                 f"or start a new run without resume")
+            self.load(*found)
+        else:
+            other = [p for p in ckpt.list_checkpoints(self._ckpt_dir())]
+            if other:
+                raise ValueError(f"out_dir: {self.out_dir} already holds another run's checkpoints ({other[-1].name}, run "
+                                 f"{ckpt.run_of(other[-1])}); resume it, or choose another folder")
+
+    def identity(self) -> dict:
+        """What makes two runs the same run: the EXACT settings, the model, the data, the world."""
+        return {**{k: getattr(self.cfg, k) for k in EXACT}, "model_config": _config_dict(self.model),
+                "data": self.data_hash, "world": self.world}
+
+    def close(self) -> None:
+        """Release the output folder (fit() does at its end; so does process exit)."""
+        if self.lock is not None:
+            self.lock.release()
 
     # ------------------------------------------------------------------ addressing
     def _counter(self, step: int) -> torch.Tensor:
@@ -114,7 +184,7 @@ class Trainer:
         for e in epochs.unique().tolist():  # a batch spans at most two epochs
             sel = epochs == e
             idx[sel] = self._perm(e)[k[sel] % N]
-        words = philox_torch(torch.tensor(self.cfg.seed), k & 0xFFFFFFFF, k >> 32, torch.zeros_like(k), torch.full_like(k, STREAM_T))
+        words = K.philox(torch.tensor(self.cfg.seed), k & 0xFFFFFFFF, k >> 32, torch.zeros_like(k), torch.full_like(k, K.STREAM_TIMESTEP))
         t = (words[0] * self.schedule.T) >> 32  # uniform on [0, T)
         host = torch.stack([idx, t, k + (self.cfg.seed << 40)])  # (3, B): data index, t, noise seed
         if self.cuda:  # pinned + non_blocking: one copy that never waits for the GPU
@@ -131,12 +201,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def _forward_loss(self, x0, t, seeds):
+        # fused: ε drawn in-kernel and regenerated by the loss, never stored; reference: the
+        # same ε materialised at the same address, eager arithmetic
+        ops = fused if self.cfg.fused else reference
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
-            if self.cfg.fused:
-                x_t = K.q_sample(x0, t, self.table, seeds=seeds)  # ε drawn in-kernel
-                return K.eps_mse_loss(self.net(x_t, t), t, seeds=seeds)  # ε regenerated
-            noise = K.randn(x0.shape, seeds, t, K.STREAM_NOISING)  # the same ε, materialised
-            return F.mse_loss(self.net(R.q_sample(x0, t, self.schedule, noise), t).float(), noise)
+            x_t = ops.q_sample(x0, t, self.schedule, seeds=seeds)
+            return ops.eps_mse_loss(self.net(x_t, t), t, seeds=seeds)
 
     def train_step(self) -> None:
         cfg = self.cfg
@@ -157,13 +227,34 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self, steps: Optional[int] = None) -> list:
-        """Train until `steps` (default config.steps) optimizer steps have been taken."""
+        """Train until `steps` (default config.steps) optimizer steps have been taken. Holds
+        the output folder's lock while it runs (and removes what killed writes left)."""
+        end = self.cfg.steps if steps is None else steps
+        if isinstance(end, bool) or not isinstance(end, int) or end < 1:
+            raise ValueError(f"steps: expected a positive int, got {end!r}")
+        if self.step >= end:
+            self._say(f"the run is at step {self.step}; {end} steps asked: nothing to do"
+                      + (" (the run is complete)" if self.step == end else " (pass more steps to continue it)"))
+            return self.history
+        if self.lock is not None:
+            self.lock.acquire()
+            ckpt.remove_stale_temps(self._ckpt_dir())
+        try:
+            with _compile_errors_explained():
+                self._loop(end)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+        if self.progress:
+            sys.stderr.write("\n")
+        return self.history
+
+    def _loop(self, end: int) -> None:
         cfg = self.cfg
-        end = cfg.steps if steps is None else steps
         while self.step < end:
             self.train_step()
             at_end = self.step == end
-            if self.step % max(cfg.log_every, 1) == 0 or at_end:
+            if self.step % cfg.log_every == 0 or at_end:
                 self._read_losses()
             if self.out_dir is not None and self.rank == 0:
                 if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or at_end:
@@ -171,9 +262,10 @@ class Trainer:
                     self.save()
                 if cfg.sample_every and (self.step % cfg.sample_every == 0 or at_end):
                     self.sample_grid()
-        if self.progress:
-            sys.stderr.write("\n")
-        return self.history
+
+    def _say(self, text: str) -> None:
+        if self.rank == 0:
+            sys.stderr.write(text + "\n")
 
     def _read_losses(self) -> None:
         """Pull the losses since the last read back to the host (one wait for the GPU),
@@ -185,8 +277,8 @@ class Trainer:
         first = self.step - len(vals) + 1
         for i, v in enumerate(vals):
             if not math.isfinite(v):
-                last = self.last_checkpoint
-                where = f"the last good checkpoint is {last}" if last else "no checkpoint was written"
+                good = ckpt.newest_valid(self._ckpt_dir(), self.run) if self.out_dir is not None else None
+                where = f"the last good checkpoint is {good[0]}" if good else "no good checkpoint was written"
                 raise FloatingPointError(f"loss became non-finite ({v}) at step {first + i}; stopped, {where}")
         self.history.extend(zip(range(first, self.step + 1), vals))
         if self.progress:
@@ -207,7 +299,9 @@ class Trainer:
         """EMA samples through the Sampler, as a PNG grid (out_dir/samples-<step>.png)."""
         c = self.model.config
         sampler = Sampler(self.ema, self.schedule, dtype=torch.float32, channels_last=self.cuda, compile=False,
-                          shape=(c.in_channels, c.sample_size, c.sample_size), progress=False)
+                          shape=(c.in_channels, c.sample_size, c.sample_size), progress=self.progress)
+        if self.progress:
+            sys.stderr.write("\n")
         images = sampler.run(batch=self.cfg.sample_batch, seed=self.cfg.seed)
         path = path or self.out_dir / f"samples-{self.step:09d}.png"
         return save_grid(images, path, scale=max(1, 64 // c.sample_size))
@@ -224,22 +318,38 @@ class Trainer:
         if self.cuda:
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         meta = {
-            "step": self.step, "train_config": asdict(self.cfg), "world": self.world, "data_size": self.data.shape[0],
-            "model_config": _config_dict(self.model), "param_groups": opt["param_groups"],
+            "run": self.run, "identity": self.identity(), "step": self.step, "train_config": asdict(self.cfg),
+            "world": self.world, "data_size": self.data.shape[0], "model_config": _config_dict(self.model),
+            "param_groups": opt["param_groups"],
         }
         return tensors, meta
 
     def save(self) -> Path:
         tensors, meta = self.state()
-        self.last_checkpoint = ckpt.write(self._ckpt_dir(), self.step, tensors, meta, keep=self.cfg.keep)
+        if self.lock is not None:
+            with self.lock:  # re-entrant for fit(), which already holds it
+                self.last_checkpoint = ckpt.write(self._ckpt_dir(), self.step, tensors, meta, keep=self.cfg.keep)
+        else:
+            self.last_checkpoint = ckpt.write(self._ckpt_dir(), self.step, tensors, meta, keep=self.cfg.keep)
         return self.last_checkpoint
 
-    def load(self, path) -> None:
-        tensors, meta = ckpt.read(path)
+    def load(self, path, tensors=None, meta=None) -> None:
+        """Continue the run of checkpoint `path`: refused if this Trainer's model, data or any
+        EXACT setting differs from the run's (every difference listed)."""
+        if tensors is None:
+            tensors, meta = ckpt.read(path)
         theirs, mine = meta.get("model_config") or {}, _config_dict(self.model) or {}
         if theirs != mine:
             diff = {k: (theirs.get(k), mine.get(k)) for k in sorted(set(theirs) | set(mine)) if theirs.get(k) != mine.get(k)}
             raise ValueError(f"checkpoint {path} is for another model: its config differs in {diff} (checkpoint, this model)")
+        if "identity" in meta:
+            want, have = meta["identity"], json.loads(json.dumps(self.identity()))
+            diff = {k: (want.get(k), have.get(k)) for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)}
+            if diff:
+                lines = ", ".join(f"{k}: {a!r} in the run, {b!r} now" for k, (a, b) in diff.items())
+                raise ValueError(f"resume: {path} belongs to a run with other settings ({lines}); these decide the run "
+                                 f"sample by sample, so resuming with them changed would not continue it. Only "
+                                 f"{', '.join(SAFE)} may change on resume")
         model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         want = self.model.state_dict()
         bad = sorted(set(want) ^ set(model_sd)) + [k for k in want if k in model_sd and want[k].shape != model_sd[k].shape]
@@ -259,9 +369,18 @@ class Trainer:
         if self.cuda and "rng.cuda" in tensors:
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         self.step = meta["step"]
+        self.run = meta.get("run", self.run)
         self.last_checkpoint = Path(path)
         self.history, self._pending = [], []
         self._tick = (time.perf_counter(), self.step)
+
+
+def _fingerprint(data: torch.Tensor) -> str:
+    """sha256 of the training images (shape and float32 bytes): a resume on other data is refused."""
+    x = data.detach().to("cpu", torch.float32).contiguous()
+    h = hashlib.sha256(str(tuple(x.shape)).encode())
+    h.update(x.numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _config_dict(model):

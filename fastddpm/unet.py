@@ -35,6 +35,35 @@ class UNetConfig:
     flip_sin_to_cos: bool = False
     freq_shift: int = 1
 
+    def __post_init__(self):
+        def positive(name):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}: expected a positive int, got {v!r}")
+
+        for name in ("in_channels", "out_channels", "sample_size", "base_channels", "layers_per_block", "norm_groups"):
+            positive(name)
+        cm = self.channel_mult
+        if not isinstance(cm, (tuple, list)) or not cm or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in cm):
+            raise ValueError(f"channel_mult: expected a non-empty tuple of positive ints, got {cm!r}")
+        ar = self.attn_resolutions
+        if not isinstance(ar, (tuple, list)) or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in ar):
+            raise ValueError(f"attn_resolutions: expected a tuple of positive ints (feature-map sizes), got {ar!r}")
+        if not (isinstance(self.norm_eps, (int, float)) and 0 < self.norm_eps < 1):
+            raise ValueError(f"norm_eps: expected a number in (0, 1), got {self.norm_eps!r}")
+        if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
+        if self.attention_head_dim is not None and (isinstance(self.attention_head_dim, bool) or not isinstance(self.attention_head_dim, int)
+                                                    or self.attention_head_dim < 1):
+            raise ValueError(f"attention_head_dim: expected None or a positive int, got {self.attention_head_dim!r}")
+        if self.downsample_padding not in (0, 1):
+            raise ValueError(f"downsample_padding: expected 0 or 1, got {self.downsample_padding!r}")
+        if not isinstance(self.flip_sin_to_cos, bool):
+            raise TypeError(f"flip_sin_to_cos: expected True or False, got {self.flip_sin_to_cos!r}")
+        if isinstance(self.freq_shift, bool) or not isinstance(self.freq_shift, int) or self.freq_shift >= self.base_channels // 2:
+            raise ValueError(f"freq_shift: expected an int below base_channels / 2, got {self.freq_shift!r}")
+        self.validate()
+
     @classmethod
     def cifar10(cls) -> "UNetConfig":
         return cls()

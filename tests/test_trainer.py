@@ -90,9 +90,10 @@ def test_damaged_or_mismatched_checkpoint_is_a_clear_error(data, tmp_path):
                     TrainConfig(steps=1, batch_size=4, sample_every=0), out_dir=other, device="cpu", progress=False)
     with pytest.raises(ValueError, match="is for another model: its config differs in .*base_channels"):
         wider.load(path)
-    path.write_bytes(path.read_bytes()[:1000])  # truncated
-    with pytest.raises(ValueError, match="is damaged or not a fastddpm checkpoint"):
-        _trainer(data, out_dir=tmp_path, resume=True)
+    path.write_bytes(path.read_bytes()[:1000])  # truncated, and the only one
+    with pytest.warns(UserWarning, match="is damaged or not a fastddpm checkpoint"):
+        with pytest.raises(ValueError, match="resume: no checkpoint in .* that verifies"):
+            _trainer(data, out_dir=tmp_path, resume=True)
 
 
 class Poisonable(UNet):
@@ -195,3 +196,130 @@ def test_compiled_train_step_matches_eager(data):
     torch.testing.assert_close(torch.tensor([v for _, v in compiled.history]), torch.tensor([v for _, v in eager.history]))
     for a, b in zip(compiled.model.parameters(), eager.model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # Adam after 3 steps: see the DDP test
+
+
+# ------------------------------------------------------------------ runs and checkpoints (each a defect found)
+
+
+def test_1_a_fresh_run_into_a_used_folder_is_refused_and_clean_up_spares_other_runs(data, tmp_path):
+    old = _trainer(data, out_dir=tmp_path, steps=6, checkpoint_every=3)
+    old.fit()
+    with pytest.raises(ValueError, match="already holds another run's checkpoints .* resume it, or choose another folder"):
+        _trainer(data, out_dir=tmp_path, steps=2)
+    # another run's (older) checkpoint put in the folder by hand: clean-up, which orders
+    # files by step, must still never delete it
+    stranger = _trainer(data, out_dir=tmp_path / "x", steps=1)
+    stranger.fit()
+    folder = tmp_path / "checkpoints"
+    (folder / "step-000000001.safetensors").write_bytes((tmp_path / "x" / "checkpoints" / "step-000000001.safetensors").read_bytes())
+    mine = _trainer(data, out_dir=tmp_path, resume=True, steps=12, checkpoint_every=3)
+    assert mine.run == old.run and mine.step == 6
+    mine.fit()
+    names = {p.name: ckpt.run_of(p) for p in ckpt.list_checkpoints(folder)}
+    assert names == {"step-000000001.safetensors": stranger.run, "step-000000009.safetensors": old.run,
+                     "step-000000012.safetensors": old.run}
+
+
+def test_2_keep_must_be_a_positive_int():
+    for bad in (-1, 0, 1.5, True):
+        with pytest.raises(ValueError, match="keep: expected a positive int"):
+            TrainConfig(keep=bad)
+
+
+def test_3_one_trainer_a_folder(data, tmp_path):
+    holder = ckpt.FolderLock(tmp_path).acquire()
+    with pytest.raises(RuntimeError, match=r"out_dir: .* is in use by another trainer \(pid \d+ on .* since"):
+        _trainer(data, out_dir=tmp_path)
+    holder.release()
+    tr = _trainer(data, out_dir=tmp_path)  # free again
+    holder = ckpt.FolderLock(tmp_path).acquire()  # taken between construction and fit
+    with pytest.raises(RuntimeError, match="is in use by another trainer"):
+        tr.fit(2)
+    holder.release()
+    tr.fit(2)
+    ckpt.FolderLock(tmp_path).acquire().release()  # and released when fit ends
+
+
+def test_4_resume_refuses_changed_settings_and_says_when_there_is_nothing_to_do(data, tmp_path, capsys):
+    _trainer(data, out_dir=tmp_path, steps=10).fit()
+    for change, name in ((dict(lr=2e-3), "lr"), (dict(T=100), "T"), (dict(batch_size=8), "batch_size"), (dict(seed=1), "seed"),
+                         (dict(schedule="cosine"), "schedule"), (dict(ema_decay=0.99), "ema_decay")):
+        with pytest.raises(ValueError, match=rf"resume: .* belongs to a run with other settings \({name}: "):
+            _trainer(data, out_dir=tmp_path, resume=True, **change)
+    with pytest.raises(ValueError, match="data: "):
+        _trainer(data[:100], out_dir=tmp_path, resume=True)
+    more = _trainer(data, out_dir=tmp_path, resume=True, steps=15, log_every=1, checkpoint_every=5, keep=3)  # safe to change
+    more.fit()
+    assert more.step == 15
+    capsys.readouterr()
+    _trainer(data, out_dir=tmp_path, resume=True, steps=12).fit()
+    assert "the run is at step 15; 12 steps asked: nothing to do" in capsys.readouterr().err
+    _trainer(data, out_dir=tmp_path, resume=True, steps=15).fit()
+    assert "nothing to do (the run is complete)" in capsys.readouterr().err
+
+
+def test_5_damaged_newest_checkpoint_falls_back_to_the_newest_that_verifies(data, tmp_path, monkeypatch):
+    tr = _trainer(data, out_dir=tmp_path, steps=10, checkpoint_every=5)
+    tr.fit()
+    folder = tmp_path / "checkpoints"
+    newest = folder / "step-000000010.safetensors"
+    raw = bytearray(newest.read_bytes())
+    raw[-7] ^= 0x10  # one flipped bit in the weights: loads, but does not verify
+    newest.write_bytes(bytes(raw))
+    with pytest.warns(UserWarning, match="step-000000010.safetensors is damaged: its tensors do not match the checksum"):
+        again = _trainer(data, out_dir=tmp_path, resume=True, steps=10)
+    assert again.step == 5
+    newest.write_bytes(bytes(raw[:500]))  # truncated
+    with pytest.warns(UserWarning, match="step-000000010.safetensors is damaged or not a fastddpm checkpoint"):
+        assert _trainer(data, out_dir=tmp_path, resume=True, steps=10).step == 5
+    # the "last good checkpoint" named after a non-finite loss is one that verifies
+    bad = _trainer(data, out_dir=tmp_path, resume=True, model_cls=Poisonable, steps=10)
+    bad.model.poison = True
+    with pytest.warns(UserWarning), pytest.raises(FloatingPointError, match="the last good checkpoint is .*step-000000005"):
+        bad.fit()
+
+
+def test_6_the_output_folder_is_checked_before_training(data, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(ValueError, match="out_dir: .*afile is a file, not a folder"):
+        _trainer(data, out_dir=afile)
+    with pytest.raises(ValueError, match="out_dir: .*cannot hold checkpoints"):
+        _trainer(data, out_dir=afile / "under")
+
+
+def test_7_temporary_files_of_killed_writes_are_removed_at_start(data, tmp_path):
+    tr = _trainer(data, out_dir=tmp_path, steps=2)
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for pid in (11, 22):
+        (folder / f".step-000000001.safetensors.tmp-{pid}").write_bytes(b"half")
+    (folder / "notes.txt").write_text("mine")
+    tr.fit()
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "step-000000002.safetensors"]
+
+
+def test_8_a_new_folder_is_fsynced_into_its_parent(tmp_path, monkeypatch):
+    synced = []
+    real = ckpt.fsync_dir
+    monkeypatch.setattr(ckpt, "fsync_dir", lambda d: (synced.append(str(d)), real(d)))
+    ckpt.make_dir(tmp_path / "a" / "b")
+    assert synced == [str(tmp_path), str(tmp_path / "a")]
+
+
+def test_bad_train_config_values_name_the_argument():
+    for kw, match in ((dict(steps=-5), "steps: expected a positive int"), (dict(batch_size=0), "batch_size: expected"),
+                      (dict(ema_decay=2), r"ema_decay: expected a number in \[0, 1\)"), (dict(lr=float("nan")), "lr: expected"),
+                      (dict(seed=2**23), r"seed: expected an int in \[0, 2\*\*23\)"), (dict(schedule="quad"), "schedule: expected one of"),
+                      (dict(T=0), "T: expected"), (dict(log_every=0), "log_every: expected")):
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(**kw)
+    with pytest.raises(TypeError, match="fused: expected True or False"):
+        TrainConfig(fused="yes")
+
+
+def test_training_images_must_fit_the_model(data):
+    with pytest.raises(ValueError, match="data: images are 16x16, the model expects sample_size=8"):
+        _trainer(torch.nn.functional.interpolate(data[:64], size=16))
+    with pytest.raises(ValueError, match="data: expected a non-empty set of images"):
+        _trainer(data[:0])

@@ -133,3 +133,68 @@ def test_cpu_backend_names():
     with pytest.raises(ValueError, match="cpu_backend: expected 'torch' or 'triton'"):
         with K.cpu_backend("cuda"):
             pass
+
+
+def test_empty_batches_and_images_are_clear_errors(impl, device):
+    # Decided: a kernel given no samples or no pixels is a ValueError naming the argument (an
+    # empty batch has only ever come from a bug upstream: batch_size=0, an empty data set).
+    table = SCHEDULE.table(device=device)
+    for shape in ((0, 3, 8, 8), (2, 0, 8, 8), (2, 3, 0, 8)):
+        x = torch.zeros(shape, device=device)
+        t = torch.zeros(shape[0], dtype=torch.int64, device=device)
+        with pytest.raises(ValueError, match=r"x0: expected a non-empty \(B, C, H, W\) batch"):
+            K.q_sample(x, t, table, seeds=0)
+        with pytest.raises(ValueError, match=r"x: expected a non-empty"):
+            K.reverse_step(x, x, t, table, seeds=0)
+        with pytest.raises(ValueError, match=r"eps_hat: expected a non-empty"):
+            K.eps_mse_loss(x, t, seeds=0)
+    with pytest.raises(ValueError, match=r"shape: expected \(B, C, H, W\) of positive ints"):
+        K.randn((0, 3, 8, 8), 0)
+
+
+def test_seeds_that_do_not_fit_int64(impl, device):
+    x, t, table = _ok(device)
+    with pytest.raises(ValueError, match=r"seeds: expected s, \.\.\., s \+ 1 to fit int64"):
+        K.q_sample(x, t, table, seeds=2**63 - 1)
+    with pytest.raises(ValueError, match="seeds: expected s"):
+        K.q_sample(x, t, table, seeds=-(2**63) - 1)
+    K.q_sample(x, t, table, seeds=2**63 - 2)  # the last two int64 keys: fine
+
+
+def test_flags_must_be_bools(impl, device):
+    x, t, table = _ok(device)
+    for bad in ("no", 1, None):
+        with pytest.raises(TypeError, match="clip: expected True or False"):
+            K.reverse_step(x, x, t, table, seeds=0, clip=bad)
+
+
+def test_sampler_step_arguments(impl, device):
+    x, _, table = _ok(device)
+    k = torch.tensor([0, 3], device=device)
+    ts = torch.arange(table.shape[0], device=device)
+    with pytest.raises(ValueError, match=r"k: expected every table row in \[0, 1000\)"):
+        K.sampler_step(x, x, torch.tensor([0, 1000], device=device), table, ts)
+    with pytest.raises(ValueError, match=r"timesteps: expected an int64 tensor of shape \(1000,\)"):
+        K.sampler_step(x, x, k, table, ts[:5])
+    with pytest.raises(ValueError, match="pass at most one of seeds="):
+        K.sampler_step(x, x, k, table, ts, seeds=0, noise=x)
+    with pytest.raises(ValueError, match="out_h: only a multistep step"):
+        K.sampler_step(x, x, k, table, ts, out_h=x)
+    with pytest.raises(ValueError, match=r"h: expected shape"):
+        K.sampler_step(x, x, k, table, ts, h=x[:1])
+    with pytest.raises(ValueError, match=r"nonfinite: expected an int64 tensor of shape \(2,\)"):
+        K.sampler_step(x, x, k, table, ts, nonfinite=torch.zeros(2, device=device))
+
+
+def test_nonfinite_flag_names_the_first_bad_timestep(impl, device):
+    # The step raises a per-sample flag itself: max(flag, t) where x_s is not finite.
+    x = torch.zeros(3, 3, 33, 35, device=device)
+    eps = torch.zeros_like(x)
+    eps[1, 2, 30, 34] = float("inf")  # one element of sample 1, in the last tile
+    table = SCHEDULE.table(device=device)
+    ts = torch.arange(1000, device=device)
+    flags = torch.full((3,), -1, dtype=torch.int64, device=device)
+    K.sampler_step(x, eps, torch.tensor([500, 500, 500], device=device), table, ts, nonfinite=flags)
+    assert flags.tolist() == [-1, 500, -1]
+    K.sampler_step(x, eps, torch.tensor([499, 499, 499], device=device), table, ts, nonfinite=flags)
+    assert flags.tolist() == [-1, 500, -1]  # the first bad timestep stays
