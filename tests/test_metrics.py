@@ -224,3 +224,11 @@ def test_feature_network_training_is_deterministic(tmp_path):
         torch.set_num_threads(threads)
     assert a["test_accuracy"] == b["test_accuracy"]
     assert (tmp_path / "a" / "digits.safetensors").read_bytes() == (tmp_path / "b" / "digits.safetensors").read_bytes()
+
+
+def test_numpy_shards_are_read_like_tensors():
+    # generate's shards come back as NumPy NHWC uint8: the metrics take them as they are
+    u8 = torch.randint(0, 256, (5, 8, 8, 1), dtype=torch.uint8)
+    torch.testing.assert_close(metrics.check_batch(u8.numpy(), "digits"), metrics.check_batch(u8, "digits"), rtol=0, atol=0)
+    with pytest.raises(TypeError, match="samples: expected a tensor or NumPy array"):
+        metrics.check_batch([[0]], "digits")

@@ -11,6 +11,7 @@ not comparable with published FID figures.
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import features, stats
@@ -22,11 +23,13 @@ CACHE = Path(os.environ.get("FASTDDPM_CACHE", Path.home() / ".cache" / "fastddpm
 
 
 def check_batch(x: torch.Tensor, data: str, what: str = "samples") -> torch.Tensor:
-    """uint8 images (N, 1, S, S) or (N, S, S, 1) or (N, S, S) of data's size -> (N, 1, S, S)
+    """uint8 images (a tensor or NumPy array: N, 1, S, S or N, S, S, 1 or N, S, S) of data's size -> (N, 1, S, S)
     float32 in [-1, 1]; anything else is a clear error."""
     S = features.CONFIGS[data].image_size
+    if isinstance(x, np.ndarray):  # generate's shards (shard_images) are NumPy
+        x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{what}: expected a tensor of uint8 images, got {type(x).__name__}")
+        raise TypeError(f"{what}: expected a tensor or NumPy array of uint8 images, got {type(x).__name__}")
     if x.dtype != torch.uint8:
         lo, hi = (float(x.min()), float(x.max())) if x.numel() else (0.0, 0.0)
         raise ValueError(f"{what}: expected uint8 images with values 0..255, got {x.dtype} with values in [{lo:.3g}, {hi:.3g}] "
