@@ -9,8 +9,11 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     # kernels/ is installed as fastddpm.kernels: a PyPI package named `kernels` exists.
-    packages=["fastddpm", "fastddpm.kernels"],
-    package_dir={"fastddpm": "fastddpm", "fastddpm.kernels": "kernels"},
+    packages=["fastddpm", "fastddpm.kernels", "fastddpm.metrics"],
+    package_dir={"fastddpm": "fastddpm", "fastddpm.kernels": "kernels", "fastddpm.metrics": "fastddpm/metrics"},
+    # shipped weights, each made by a command recorded in the JSON beside it
+    package_data={"fastddpm": ["weights/*.safetensors", "weights/*.json"],
+                  "fastddpm.metrics": ["weights/*.safetensors", "weights/*.json"]},
     install_requires=[
         "torch>=2.11",
         "triton>=3.6,<3.10; platform_system == 'Linux'",
@@ -18,8 +21,8 @@ setup(
         "safetensors",
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "scipy", "diffusers>=0.30", "nvidia-ml-py", "scikit-learn"],
-        "bench": ["nvidia-ml-py", "pytest-benchmark", "matplotlib", "diffusers>=0.30"],
+        "test": ["pytest", "pytest-benchmark", "scipy", "diffusers>=0.30", "nvidia-ml-py", "scikit-learn", "matplotlib"],
+        "bench": ["nvidia-ml-py", "pytest-benchmark", "matplotlib", "diffusers>=0.30", "scikit-learn"],
         "digits": ["scikit-learn"],
     },
 )

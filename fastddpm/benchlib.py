@@ -77,8 +77,30 @@ def time_fn(fn, device, *, warmup: int = 3, reps: int = 20, min_s: float = 0.0) 
             t0 = time.perf_counter()
             fn()
             times.append(1e3 * (time.perf_counter() - t0))
-    q = statistics.quantiles(times, n=5) if len(times) >= 5 else [min(times)] * 4
-    return {"median_ms": statistics.median(times), "p20_ms": q[0], "p80_ms": q[3], "reps": len(times)}
+    return summarize(times)
+
+
+def summarize(times: list) -> dict:
+    """Median and, from two repetitions on, the 20th and 80th percentiles (linear
+    interpolation between order statistics, so median ∈ [p20, p80] always); None below."""
+    out = {"median_ms": statistics.median(times), "p20_ms": None, "p80_ms": None, "reps": len(times)}
+    if len(times) >= 2:
+        q = statistics.quantiles(times, n=5, method="inclusive")
+        out.update(p20_ms=q[0], p80_ms=q[3])
+    return out
+
+
+def host_load() -> dict:
+    """The 1-minute load average against the CPU count: above it, timings on this host are
+    shared with other work and mean little."""
+    import os
+
+    cpus = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return {"cpus": cpus, "load_1min": None, "overloaded": None}
+    return {"cpus": cpus, "load_1min": load, "overloaded": load > cpus}
 
 
 def time_kernel(fn, device) -> dict:

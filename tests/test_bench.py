@@ -30,21 +30,101 @@ def test_flop_count_hand_count():
     assert unet_flops(model, (3, 16, 16), "cpu") == 2 * 3 * 8 * 9 * 256 + 2 * 8 * 3 * 256
 
 
+def test_percentiles_hold_the_median_for_few_repetitions():
+    from fastddpm.benchlib import summarize
+
+    for times in ([3.0, 1.0], [5.0, 1.0, 2.0], [4.0, 1.0, 9.0, 2.0]):
+        r = summarize(times)
+        assert r["p20_ms"] <= r["median_ms"] <= r["p80_ms"], r
+    assert summarize([2.0]) == {"median_ms": 2.0, "p20_ms": None, "p80_ms": None, "reps": 1}
+
+
+def test_overloaded_host_is_reported(monkeypatch):
+    from fastddpm import benchlib
+
+    monkeypatch.setattr(benchlib.os if hasattr(benchlib, "os") else __import__("os"), "getloadavg", lambda: (9.0, 0, 0))
+    monkeypatch.setattr(__import__("os"), "cpu_count", lambda: 2)
+    assert benchlib.host_load() == {"cpus": 2, "load_1min": 9.0, "overloaded": True}
+
+
+def test_damaged_compile_cache_is_explained():
+    from fastddpm.sampler import _compile_errors_explained, compile_cache_damaged
+
+    err = ImportError("/tmp/torchinductor_root/xx/main.so: file too short")
+    assert compile_cache_damaged(RuntimeError("wrapped")) is False
+    wrapped = RuntimeError("backend compiler failed")
+    wrapped.__cause__ = err
+    assert compile_cache_damaged(wrapped)
+    with pytest.raises(RuntimeError, match="left half-written by an interrupted compile: delete the cache .*TORCHINDUCTOR_CACHE_DIR"):
+        with _compile_errors_explained():
+            raise wrapped
+
+
+def test_plot_ticks_are_plain_batch_sizes(tmp_path):
+    pytest.importorskip("matplotlib")
+    from fastddpm.bench import plot
+
+    rows = [dict(batch=2, sampler_images_per_s=3.0, unet_images_per_s=4.0, reference_images_per_s=1.0)]
+    assert plot(rows, tmp_path / "one.png") == str(tmp_path / "one.png")
+    rows = [dict(batch=b, sampler_images_per_s=b, unet_images_per_s=2 * b, reference_images_per_s=b / 2) for b in (1, 8, 1024)]
+    assert plot(rows, tmp_path / "three.png") and (tmp_path / "three.png").stat().st_size > 1000
+
+
+def test_train_cli_help_names_every_option_and_default(capsys):
+    from fastddpm.train import parser
+
+    text = parser().format_help()
+    for flag in ("--steps", "--batch-size", "--lr", "--schedule", "--fused, --no-fused", "--compile, --no-compile", "--keep"):
+        assert flag in text, flag
+    flat = " ".join(text.split())
+    assert "{linear,cosine}" in text and "(default: 10000; digits: 3000)" in flat and "(default: None)" not in flat
+
+
 @pytest.mark.slow
-def test_cpu_run_end_to_end_writes_valid_json(tmp_path):
-    path = tmp_path / "bench.json"
-    rep = bench.main(["--quick", "--device", "cpu", "--json", str(path)])
-    data = json.loads(path.read_text())
+def test_cpu_run_end_to_end_writes_valid_json(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    rep = bench.main(["--quick", "--device", "cpu"])  # no --json: the default results folder
+    folders = list((tmp_path / "bench-results").iterdir())
+    assert len(folders) == 1 and (folders[0] / "bench.json").exists() and (folders[0] / "bench.png").exists()
+    out = capsys.readouterr().out
+    assert "config: U-Net small built-in (CPU)" in out and "wrote bench-results/" in out
+    assert "not measured on a CPU" in out and "capture -" in out
+    data = json.loads((folders[0] / "bench.json").read_text())
     assert data["schema"] == bench.SCHEMA and data == json.loads(json.dumps(rep, default=str))
-    assert set(data) >= {"env", "device", "kernels", "sampler", "train", "notes"}
+    assert set(data) >= {"env", "device", "kernels", "sampler", "train", "notes", "host", "config"}
     assert {"torch", "triton", "python", "commit", "date"} <= set(data["env"])
     assert any("not the product's target" in n for n in data["notes"])
     ops = {(r["op"], r["impl"]) for r in data["kernels"]}
     assert ops == {(o, i) for o in ("q_sample", "reverse_step", "loss") for i in ("fused", "eager", "compiled")}
     for r in data["kernels"]:
         assert r["median_ms"] > 0 and r["gbs"] > 0 and r["bytes"] == kernel_bytes(r["op"], r["shape"], getattr(torch, r["dtype"]))
+        assert r["frac_copy_bw"] is None  # no copy bandwidth on a CPU: not measured, not 0
     for r in data["sampler"]:
         for key in ("unet_ms", "sampler_ms", "reference_ms", "sampler_images_per_s", "flops_per_image", "sampler_compile_s"):
             assert isinstance(r[key], (int, float)) and r[key] > 0, key
+        assert "mfu" not in r
+    methods = [(m["method"], m["steps"]) for m in data["sampler"][-1]["methods"]]
+    assert ("ddim", 50) in methods and ("dpm++2m", 10) in methods
     assert [r["impl"] for r in data["train"]] == ["fused", "reference"]
     assert all(r["images_per_s"] > 0 for r in data["train"])
+
+
+def test_quality_rows_table_and_plot_on_a_tiny_configuration(tmp_path):
+    # the --quality pipeline end to end (generate -> shards -> metrics -> table, plot), small
+    from fastddpm import quality
+
+    configs = [("DDIM η=0, 2", "ddim", dict(steps=2)), ("DDPM respaced 2", "ddpm", dict(steps=2))]
+    seen = []
+    rows = quality.measure("digits", "digits", tmp_path, 80, configs, progress=False, on_row=lambda r: seen.append(len(r)),
+                           real=True)
+    real, rows = rows[0], rows[1:]
+    assert seen == [2, 3] and [r["label"] for r in rows] == [c[0] for c in configs]
+    assert real["method"] == "real" and real["fd"] < min(r["fd"] for r in rows)  # 2-step samplers are far from real
+    for r in rows:
+        assert r["n"] == 80 and r["evaluations"] == 2 and r["fd"] > 0 and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1
+    assert (tmp_path / "samples" / "DDIM-eta0-2" / "manifest.json").is_file()
+    md = quality.table([real, *rows], "digits")
+    assert md.count("\n") == 3 + len(rows) and "| DDIM η=0, 2 | 2 |" in md and "| real training images (the floor) | - |" in md
+    assert quality.plot(rows, tmp_path / "q.png", "digits") == str(tmp_path / "q.png") and (tmp_path / "q.png").stat().st_size > 0
+    again = quality.measure("digits", "digits", tmp_path, 80, configs[:1], progress=False)  # a rerun reuses the shards
+    assert again[0]["fd"] == rows[0]["fd"] and again[0]["generate_seconds"] == rows[0]["generate_seconds"]
