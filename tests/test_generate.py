@@ -124,8 +124,7 @@ def test_another_configuration_into_the_same_folder_is_refused(run, tmp_path):
 
 
 def test_bad_input_is_refused_before_any_sampling(run, tmp_path, monkeypatch):
-    g = sys.modules["fastddpm.generate"]  # the module (callable: fastddpm.generate(...) is the function)
-    monkeypatch.setattr(g, "load_model", lambda *a: (_ for _ in ()).throw(AssertionError("sampled after a bad input")))
+    monkeypatch.setattr("fastddpm.pretrained.load_model", lambda *a: (_ for _ in ()).throw(AssertionError("sampled after a bad input")))
     afile = tmp_path / "f"
     afile.write_text("x")
     for extra, match in (
