@@ -38,6 +38,7 @@ SAMPLES = {"digits": 500, "fashion-mnist": 500}  # images a row: seeds 0 .. n-1
 # rows a data set leaves out: on Fashion-MNIST the two 1000-step rows alone are 10^6 model
 # evaluations, over an hour on a 2-core CPU (README, "Which sampler")
 SKIP = {"fashion-mnist": ("DDPM 1000 (σ²=β)", "DDPM 1000 (posterior σ)")}
+REPORTED = ("fd", "kid", "kid_std", "precision", "recall", "density", "coverage")  # a row's metrics
 DIGITS_RUN = ["--data", "digits"]  # the README's training command, into OUT/model
 
 
@@ -81,7 +82,7 @@ def real_row(data: str, n: int) -> dict:
     images = to_uint8(labelled(data, "train")[0][:n])
     rep = metrics.evaluate(images, data, kid_subsets=50)
     return dict(label="real training images (the floor)", method="real", steps=0, evaluations=0, n=n, generate_seconds=0.0,
-                **{k: rep[k] for k in ("fd", "kid", "kid_std", "precision", "recall", "density", "coverage")},
+                **{k: rep[k] for k in REPORTED},
                 feature_network=rep["feature_network"])
 
 
@@ -106,7 +107,7 @@ def measure(model: str, data: str, out: Path, n: int, configs=CONFIGS, batch: in
         seconds = json.loads(timing.read_text())
         rep = metrics.evaluate((shard_images(folder, s, "npz") for s in m["shards"]), data, kid_subsets=50)
         row = dict(label=label, method=method, **opts, evaluations=opts["steps"], n=n, generate_seconds=round(seconds, 1),
-                   **{k: rep[k] for k in ("fd", "kid", "kid_std", "precision", "recall", "density", "coverage")},
+                   **{k: rep[k] for k in REPORTED},
                    feature_network=rep["feature_network"])
         rows.append(row)
         if on_row is not None:
