@@ -2,7 +2,7 @@
 
 import torch
 
-from fastddpm import Schedule
+from fastddpm import Schedule, UNet, UNetConfig
 
 # fp32 and fp64: PyTorch's own defaults for torch.testing.assert_close.
 DEFAULT_TOL = {torch.float32: dict(rtol=1.3e-6, atol=1e-5), torch.float64: dict(rtol=1e-7, atol=1e-7)}
@@ -99,3 +99,11 @@ def case_id(case) -> str:
 
 def ops_id(ops) -> str:
     return ops.__name__.rsplit(".", 1)[-1]
+
+
+def tiny_unet() -> UNet:
+    """The sampler tests' model: an 8x8, 3-channel U-Net with attention, seed 0, eval mode."""
+    torch.manual_seed(0)
+    cfg = UNetConfig(in_channels=3, out_channels=3, sample_size=8, base_channels=16, channel_mult=(1, 2),
+                     layers_per_block=1, attn_resolutions=(4,), norm_groups=8)
+    return UNet(cfg).eval()

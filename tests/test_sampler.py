@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from fastddpm import Sampler, Schedule, UNet, UNetConfig, reference, save_grid
+from helpers import tiny_unet
+
+from fastddpm import Sampler, Schedule, reference, save_grid
 
 SHAPE = (3, 8, 8)
 SHORT = Schedule.linear(T=12, beta_start=1e-3, beta_end=0.2)  # a whole schedule, quickly
@@ -14,10 +16,7 @@ SHORT = Schedule.linear(T=12, beta_start=1e-3, beta_end=0.2)  # a whole schedule
 
 @pytest.fixture(scope="module")
 def net():
-    torch.manual_seed(0)
-    cfg = UNetConfig(in_channels=3, out_channels=3, sample_size=8, base_channels=16, channel_mult=(1, 2),
-                     layers_per_block=1, attn_resolutions=(4,), norm_groups=8)
-    return UNet(cfg).eval()
+    return tiny_unet()
 
 
 def _sampler(net, schedule=SHORT, **kw):

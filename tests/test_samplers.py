@@ -9,9 +9,9 @@ import types
 
 import pytest
 import torch
-from helpers import DEFAULT_TOL, half_ulp, triton_backend
+from helpers import DEFAULT_TOL, half_ulp, tiny_unet, triton_backend
 
-from fastddpm import Plan, Sampler, Schedule, UNet, UNetConfig
+from fastddpm import Plan, Sampler, Schedule
 from fastddpm import kernels as K
 from fastddpm import reference as R
 from fastddpm.plan import Method, timesteps
@@ -271,10 +271,7 @@ PINNED_T1000 = ([-0.784565, -0.100137], 9.01768)  # variance large, seeds 5, 6, 
 
 @pytest.fixture(scope="module")
 def net():
-    torch.manual_seed(0)
-    cfg = UNetConfig(in_channels=3, out_channels=3, sample_size=8, base_channels=16, channel_mult=(1, 2),
-                     layers_per_block=1, attn_resolutions=(4,), norm_groups=8)
-    return UNet(cfg).eval()
+    return tiny_unet()
 
 
 @pytest.mark.parametrize("variance,clip", list(PINNED))
