@@ -1,5 +1,7 @@
 from setuptools import setup
 
+LAYERS = ("io", "core", "models", "metrics", "sampling", "training", "bench")  # fastddpm's subpackages
+
 setup(
     name="fastddpm",
     version="0.1.0",
@@ -9,10 +11,10 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     # kernels/ is installed as fastddpm.kernels: a PyPI package named `kernels` exists.
-    packages=["fastddpm", "fastddpm.kernels", "fastddpm.metrics"],
-    package_dir={"fastddpm": "fastddpm", "fastddpm.kernels": "kernels", "fastddpm.metrics": "fastddpm/metrics"},
+    packages=["fastddpm", "fastddpm.kernels", *(f"fastddpm.{p}" for p in LAYERS)],
+    package_dir={"fastddpm": "fastddpm", "fastddpm.kernels": "kernels"},
     # shipped weights, each made by a command recorded in the JSON beside it
-    package_data={"fastddpm": ["weights/*.safetensors", "weights/*.json"],
+    package_data={"fastddpm.models": ["weights/*.safetensors", "weights/*.json"],
                   "fastddpm.metrics": ["weights/*.safetensors", "weights/*.json"]},
     install_requires=[
         "torch>=2.11",

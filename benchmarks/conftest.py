@@ -4,7 +4,7 @@ Without one every benchmark is skipped, and says so."""
 import pytest
 import torch
 
-from fastddpm.benchlib import sync
+from fastddpm.bench.timing import sync
 
 
 def pytest_collection_modifyitems(config, items):

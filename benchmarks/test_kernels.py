@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from fastddpm import Schedule
-from fastddpm.bench import kernel_cases
-from fastddpm.benchlib import kernel_bytes
+from fastddpm.bench.suites import kernel_cases
+from fastddpm.bench.timing import kernel_bytes
 
 SHAPES = [(1024, 3, 32, 32), (128, 3, 256, 256)]
 OPS = ["q_sample", "reverse_step", "loss"]

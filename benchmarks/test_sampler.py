@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fastddpm import Sampler, Schedule, UNet, UNetConfig
-from fastddpm.bench import graphed_unet
+from fastddpm.bench.suites import graphed_unet
 
 
 @pytest.fixture(scope="module")

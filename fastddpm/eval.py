@@ -13,70 +13,14 @@ same data and network (its hash is in the report), not with Inception FID.
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from . import metrics
-from .images import read_png
-
-
-def iter_samples(path, batch: int = 1000):
-    """uint8 image batches from a PNG folder, an .npz, or a generate output folder."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"SAMPLES: {path} does not exist")
-    if path.is_file():
-        if path.suffix != ".npz":
-            raise ValueError(f"SAMPLES: expected a folder or an .npz file, got {path.name}")
-        yield _npz_images(path)
-        return
-    manifest = path / "manifest.json"
-    if manifest.exists():
-        from .generate import read_manifest, shard_images
-
-        m = read_manifest(path)
-        for shard in m["shards"]:
-            yield torch.from_numpy(shard_images(path, shard, m["config"]["format"]))
-        return
-    pngs = sorted(p for p in path.rglob("*.png"))
-    if not pngs:
-        raise ValueError(f"SAMPLES: {path} holds no PNG images, no .npz and no manifest.json")
-    for i in range(0, len(pngs), batch):
-        imgs = [read_png(p) for p in pngs[i : i + batch]]
-        shapes = {tuple(im.shape) for im in imgs}
-        if len(shapes) != 1:
-            raise ValueError(f"SAMPLES: images of different shapes {sorted(shapes)[:3]} in {path}")
-        yield torch.stack(imgs)
-
-
-def _npz_images(path) -> torch.Tensor:
-    try:
-        with np.load(path) as f:
-            key = "images" if "images" in f.files else (f.files[0] if len(f.files) == 1 else None)
-            if key is None:
-                raise ValueError(f"SAMPLES: {path} has arrays {f.files}; expected one named 'images'")
-            return torch.from_numpy(np.ascontiguousarray(f[key]))
-    except (OSError, EOFError, ValueError) as e:
-        if str(e).startswith("SAMPLES"):
-            raise
-        raise ValueError(f"SAMPLES: {path} is not a readable .npz ({type(e).__name__}: {e})") from e
+from .io.samples import iter_samples
 
 
 def default_json(samples: Path, data: str, split: str) -> Path:
     return samples / f"eval-{data}-{split}.json" if samples.is_dir() else samples.with_suffix(samples.suffix + ".eval.json")
-
-
-def print_table(r: dict, out=None) -> None:
-    out = out or sys.stdout
-    out.write(f"{r['samples']} samples against {r['reference']} real {r['data']} images ({r['split']} split), "
-              f"in the features of network {r['feature_network']} (test accuracy {r['feature_network_accuracy']})\n")
-    out.write(f"  Fréchet distance  {r['fd']:.4f}\n  KID               {r['kid']:.5f} ± {r['kid_std']:.5f}\n"
-              f"  precision         {r['precision']:.3f}\n  recall            {r['recall']:.3f}\n"
-              f"  density           {r['density']:.3f}\n  coverage          {r['coverage']:.3f}\n")
-    out.write("  (not Inception FID: comparable only with figures in the same feature network)\n")
 
 
 def main(argv=None) -> dict:
@@ -89,7 +33,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--k", type=int, default=5, help="precision/recall: neighbours of the balls (default 5)")
     args = ap.parse_args(argv)
     report = metrics.evaluate(iter_samples(args.samples), args.data, args.split, kid_subsets=args.kid_subsets, k=args.k)
-    print_table(report)
+    metrics.print_report(report)
     path = Path(args.json) if args.json else default_json(Path(args.samples), args.data, args.split)
     path.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {path}")

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from . import data as datasets
-from .trainer import SCHEDULES, TrainConfig, Trainer
-from .unet import UNet, UNetConfig
+from .io import data as datasets
+from .training.trainer import SCHEDULES, TrainConfig, Trainer
+from .models.unet import UNet, UNetConfig
 
 MODELS = {  # a U-Net sized for each built-in dataset
     "digits": UNetConfig(in_channels=1, out_channels=1, sample_size=8, base_channels=32, channel_mult=(1, 2),

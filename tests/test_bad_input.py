@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 
-from fastddpm import Plan, Sampler, Schedule, TrainConfig, Trainer, UNet, UNetConfig, generate
+from fastddpm import Plan, Sampler, Schedule, TrainConfig, Trainer, UNet, UNetConfig
+from fastddpm.generate import generate
 from fastddpm import kernels as K
-from fastddpm.data import digits
+from fastddpm.io.data import digits
 
 X = torch.zeros(2, 3, 8, 8)
 T2 = torch.tensor([0, 5])

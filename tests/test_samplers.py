@@ -14,7 +14,7 @@ from helpers import DEFAULT_TOL, half_ulp, tiny_unet, triton_backend
 from fastddpm import Plan, Sampler, Schedule
 from fastddpm import kernels as K
 from fastddpm import reference as R
-from fastddpm.plan import Method, timesteps
+from fastddpm.core.plan import Method, timesteps
 
 diffusers = pytest.importorskip("diffusers")
 import diffusers.schedulers.scheduling_ddpm as ddpm_module  # noqa: E402

@@ -13,7 +13,8 @@ import sys
 
 import pytest
 
-from fastddpm import aot, staticcost
+from fastddpm.bench import aot
+from fastddpm.bench import static as staticcost
 
 
 def _run(code: str) -> str:
@@ -25,7 +26,7 @@ def _run(code: str) -> str:
 
 @pytest.fixture(scope="module")
 def rows():
-    return json.loads(_run("import json, fastddpm.staticcost as s; print(json.dumps(s.report()))"))
+    return json.loads(_run("import json, fastddpm.bench.static as s; print(json.dumps(s.report()))"))
 
 
 @pytest.mark.slow
@@ -77,7 +78,7 @@ def test_the_sampler_step_is_bandwidth_bound_on_h200(rows):
 def test_i64_stream_words_compile():
     # Triton passes a stream word >= 2**31 as i64: the counter must wrap it, not fail to bitcast.
     code = (
-        "import fastddpm.aot as a\n"
+        "import fastddpm.bench.aot as a\n"
         "vs = [v for v in a.variants(channels=(3,), dtypes=('float32',)) if v.noise == 'drawn']\n"
         "print(sum(len(a.compile_variant(v, 90, stream_i64=True).asm['cubin']) > 0 for v in vs))"
     )

@@ -1,13 +1,143 @@
-"""The seams the code promises: one owner per contract, the engine using only public names,
-the reference path independent of the fast path, no citation of a file outside the repo."""
+"""The seams the code promises: the package's layers, imports pointing down only and no
+circle, one owner per contract, the engine using only public names, the reference path
+independent of the fast path, the public names and CLIs where users find them, no citation
+of a file outside the repo."""
 
 import ast
+import importlib
 import pathlib
 import re
+import subprocess
+import sys
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-ENGINE = sorted((ROOT / "fastddpm").glob("*.py"))
+ENGINE = sorted((ROOT / "fastddpm").rglob("*.py"))
 KERNELS = sorted((ROOT / "kernels").glob("*.py"))
+
+# fastddpm's layers, lowest first: a module imports only from a lower layer or its own package.
+LAYERS = [("kernels",), ("io",), ("core",), ("models", "metrics"), ("sampling",), ("training",),
+          ("train", "generate", "eval", "pretrained"), ("bench",), ("__init__",)]
+RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
+COMMANDS = ("bench", "eval", "generate", "pretrained", "train")
+
+
+def module_name(path: pathlib.Path) -> str:
+    """fastddpm.x.y for a file of the engine; kernels/ is installed as fastddpm.kernels."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    parts = ("fastddpm",) + parts if parts[0] == "kernels" else parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def is_package(path: pathlib.Path) -> bool:
+    return path.name == "__init__.py"
+
+
+MODULES = {module_name(p): p for p in ENGINE + KERNELS}
+
+
+def targets(path: pathlib.Path) -> set:
+    """The fastddpm modules a file imports (at any depth of the file: lazy imports count)."""
+    me = module_name(path)
+    pkg = me if is_package(path) else me.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            if not base.startswith("fastddpm"):
+                continue
+            for a in node.names:
+                out.add(f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base)
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("fastddpm")}
+    return out - {me}
+
+
+def layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def test_every_module_has_a_layer():
+    for m in MODULES:
+        assert layer(m) in RANK, f"{m}: add its folder to LAYERS"
+
+
+def graph() -> dict:
+    """module -> the fastddpm modules it imports; a package's __init__ re-exporting its own
+    modules is not counted as an edge back up."""
+    g = {m: {t for t in targets(p) if t in MODULES} for m, p in MODULES.items()}
+    return {m: {t for t in ts if not m.startswith(t + ".")} for m, ts in g.items()}
+
+
+def upward_imports(g: dict) -> list:
+    return [f"{m} imports {t}: from layer {layer(m)} up to {layer(t)}" for m, ts in g.items() for t in ts
+            if layer(t) != layer(m) and RANK[layer(t)] >= RANK[layer(m)]]
+
+
+def circle(g: dict):
+    """One import circle as a list of modules, or None."""
+    state = {}
+
+    def visit(m, stack):
+        state[m] = "open"
+        for t in sorted(g.get(m, ())):
+            if state.get(t) == "open":
+                return stack[stack.index(t):] + [t]
+            if t not in state and (found := visit(t, stack + [t])):
+                return found
+        state[m] = "done"
+        return None
+
+    for m in sorted(g):
+        if m not in state and (found := visit(m, [m])):
+            return found
+    return None
+
+
+def test_imports_point_down_only():
+    assert upward_imports(graph()) == []
+
+
+def test_no_import_circle():
+    assert circle(graph()) is None
+
+
+def test_the_layer_checks_catch_what_they_look_for():
+    made_up = {"fastddpm.io.a": {"fastddpm.sampling.s"}, "fastddpm.sampling.s": {"fastddpm.core.c"},
+               "fastddpm.core.c": {"fastddpm.io.a"}}
+    assert upward_imports(made_up) == ["fastddpm.io.a imports fastddpm.sampling.s: from layer io up to sampling"]
+    assert circle(made_up) == ["fastddpm.core.c", "fastddpm.io.a", "fastddpm.sampling.s", "fastddpm.core.c"]
+    assert circle({"fastddpm.io.a": {"fastddpm.io.b"}, "fastddpm.io.b": set()}) is None
+    assert upward_imports({"fastddpm.generate": {"fastddpm.eval"}}) != []  # CLIs do not import each other
+
+
+@pytest.mark.parametrize("name", ["Sampler", "Trainer", "TrainConfig", "UNet", "UNetConfig", "Schedule", "Plan", "Method",
+                                  "save_grid", "to_uint8", "kernels", "metrics", "reference", "fused"])
+def test_public_names(name):
+    import fastddpm
+
+    assert getattr(fastddpm, name) is not None and name in fastddpm.__all__
+
+
+def test_modules_the_readme_names_are_reachable_from_import_fastddpm():
+    code = ("import fastddpm; fastddpm.pretrained.load_model; fastddpm.generate.generate; fastddpm.eval.main; "
+            "fastddpm.train.main; fastddpm.bench.main; fastddpm.reference.sample; fastddpm.fused.sampler_step; "
+            "fastddpm.kernels.q_sample; fastddpm.metrics.evaluate")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+
+
+@pytest.mark.parametrize("module", COMMANDS)
+def test_every_cli_imports_and_answers_help(module):
+    assert callable(importlib.import_module(f"fastddpm.{module}").main)
+    run = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", f"fastddpm.{module}", "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "usage:" in run.stdout, run.stderr
 
 
 def imports(path: pathlib.Path):
@@ -34,11 +164,12 @@ def test_the_engine_uses_only_public_kernel_names():
 
 
 def test_the_reference_path_imports_nothing_of_the_fast_path():
-    fast = {".sampler", ".fused", ".trainer", ".bench", ".aot", ".staticcost"}
-    for mod, name in imports(ROOT / "fastddpm" / "reference.py"):
+    fast = {".fused", "..sampling", "..training", "..bench"}
+    for mod, name in imports(ROOT / "fastddpm" / "core" / "reference.py"):
         assert mod not in fast, f"reference.py imports {mod}"
-        if mod == "." and name:
-            assert "." + name not in fast, f"reference.py imports {name}"
+        assert not any(mod.startswith(f) for f in fast), f"reference.py imports {mod}"
+        if mod in (".", "..") and name:
+            assert mod + name not in fast and name != "fused", f"reference.py imports {name}"
         assert "kernels." not in mod or mod.endswith("kernels"), f"reference.py imports kernel internals: {mod}"
 
 
@@ -46,6 +177,9 @@ def test_kernels_never_import_the_engine():
     for path in KERNELS:
         for mod, _ in imports(path):
             assert not mod.startswith("fastddpm") and not mod.startswith(".."), f"kernels/{path.name} imports {mod}"
+    for m, path in MODULES.items():
+        if layer(m) == "kernels":
+            assert all(layer(t) == "kernels" for t in targets(path)), m
 
 
 def test_contracts_are_defined_once():

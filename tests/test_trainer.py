@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from fastddpm import UNet, UNetConfig
-from fastddpm import checkpoint as ckpt
+from fastddpm.io import checkpoint as ckpt
 from fastddpm import kernels as K
-from fastddpm.data import digits
-from fastddpm.trainer import TrainConfig, Trainer
+from fastddpm.io.data import digits
+from fastddpm.training.trainer import TrainConfig, Trainer
 
 TINY = UNetConfig(in_channels=1, out_channels=1, sample_size=8, base_channels=16, channel_mult=(1, 2),
                   layers_per_block=1, attn_resolutions=(4,), norm_groups=8)

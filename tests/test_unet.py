@@ -5,7 +5,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from fastddpm import UNet, UNetConfig
-from fastddpm.unet import config_from_diffusers
+from fastddpm.models.unet import config_from_diffusers
 
 diffusers = pytest.importorskip("diffusers")
 

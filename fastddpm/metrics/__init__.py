@@ -9,6 +9,7 @@ not comparable with published FID figures.
 """
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,7 @@ def reference_features(data: str, split: str = "test", cache=CACHE) -> FeatureSt
     """The real split's features, computed once and cached (keyed by the feature network's hash)."""
     from safetensors.torch import load_file, save_file
 
-    from .. import data as datasets
+    from ..io import data as datasets
 
     net = features.load(data)
     path = Path(cache) / f"{data}-{split}-{features.network_hash(data)}.safetensors"
@@ -133,3 +134,14 @@ def evaluate(images, data: str, split: str = "test", cache=CACHE, **options) -> 
     out.update(data=data, split=split, feature_network=features.network_hash(data),
                feature_network_accuracy=features.card(data).get("test_accuracy"))
     return out
+
+
+def print_report(r: dict, out=None) -> None:
+    """A report of `evaluate` as a short table (stdout by default)."""
+    out = out or sys.stdout
+    out.write(f"{r['samples']} samples against {r['reference']} real {r['data']} images ({r['split']} split), "
+              f"in the features of network {r['feature_network']} (test accuracy {r['feature_network_accuracy']})\n")
+    out.write(f"  Fréchet distance  {r['fd']:.4f}\n  KID               {r['kid']:.5f} ± {r['kid_std']:.5f}\n"
+              f"  precision         {r['precision']:.3f}\n  recall            {r['recall']:.3f}\n"
+              f"  density           {r['density']:.3f}\n  coverage          {r['coverage']:.3f}\n")
+    out.write("  (not Inception FID: comparable only with figures in the same feature network)\n")

@@ -13,7 +13,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .. import data as datasets
+from ..io import data as datasets
 from . import features
 
 RECIPES = {  # epochs, batch, lr: a few CPU minutes each

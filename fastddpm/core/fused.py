@@ -10,7 +10,7 @@ or a Plan instead of a coefficient table, so that tests, benchmarks and the Trai
 
 import torch
 
-from . import kernels as K
+from .. import kernels as K
 from .plan import Plan
 from .schedule import Schedule
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .kernels import coef_table
+from ..kernels import coef_table
 
 
 @dataclass(frozen=True, eq=False)

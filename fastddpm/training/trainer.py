@@ -23,13 +23,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from . import checkpoint as ckpt
-from . import fused, reference
-from . import kernels as K
-from .data import as_images, check_images
-from .images import save_grid
-from .sampler import Sampler, _compile_errors_explained
-from .schedule import Schedule
+from ..io import checkpoint as ckpt
+from ..core import fused
+from ..core import reference
+from .. import kernels as K
+from ..io.data import as_images, check_images
+from ..io.images import save_grid
+from ..sampling.sampler import Sampler, compile_errors_explained
+from ..core.schedule import Schedule
 
 
 @dataclass(frozen=True)
@@ -240,7 +241,7 @@ class Trainer:
             self.lock.acquire()
             ckpt.remove_stale_temps(self._ckpt_dir())
         try:
-            with _compile_errors_explained():
+            with compile_errors_explained():
                 self._loop(end)
         finally:
             if self.lock is not None:

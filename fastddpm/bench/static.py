@@ -198,7 +198,7 @@ def predict(row: Row, spec: dict, B: int, C: int, HW: int, block: int) -> dict:
 
 def _work(args):
     i, arch = args
-    from .kernels import geometry
+    from ..kernels import geometry
 
     v = aot.variants()[i]
     L = geometry(1, v.C, 32 * 32)  # the launch a 32x32 (or larger) image gets

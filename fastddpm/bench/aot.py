@@ -43,7 +43,7 @@ class Variant:
         return sum(self.reads) + sum(self.writes)
 
     def fn(self):
-        from .kernels import TRITON_KERNELS
+        from ..kernels import TRITON_KERNELS
 
         return TRITON_KERNELS[self.kernel.split("_")[0] if self.kernel.startswith("loss") else self.kernel]
 
@@ -102,7 +102,7 @@ def compile_variant(v: Variant, arch: int, block: int = None, num_warps: int = N
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from .kernels import MAX_REGISTERS, geometry
+    from ..kernels import MAX_REGISTERS, geometry
 
     L = geometry(1, v.C, 32 * 32)
     block, num_warps = block or L.block, num_warps or L.num_warps(v.heavy)

@@ -21,8 +21,8 @@ and the plan's timesteps; never a kernel's arithmetic, never a coefficient table
 
 import torch
 
-from . import kernels as K
-from .models import checked_output
+from .. import kernels as K
+from .outputs import checked_output
 from .plan import Plan
 from .schedule import Schedule
 

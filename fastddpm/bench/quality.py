@@ -49,12 +49,12 @@ def model_for(data: str, out: Path, train: bool = False) -> str:
     if data == "fashion-mnist":
         if train:
             raise ValueError("train: only the digits model trains in a table run (fashion-mnist-small's command "
-                             "is in fastddpm/weights/fashion-mnist-small.json)")
+                             "is in fastddpm/models/weights/fashion-mnist-small.json)")
         return "fashion-mnist-small"
     if not train:
         return "digits"
-    from . import checkpoint as ckpt
-    from .train import main as train_main
+    from ..io import checkpoint as ckpt
+    from ..train import main as train_main
 
     run = out / "model"
     found = ckpt.newest_valid(run / "checkpoints") if (run / "checkpoints").is_dir() else None
@@ -75,9 +75,9 @@ def slug(label: str) -> str:
 def real_row(data: str, n: int) -> dict:
     """The floor: n real training images against the same held-out split. What a perfect
     sampler would score with n samples (FD is biased upwards at small n; KID is not)."""
-    from . import metrics
-    from .data import labelled
-    from .images import to_uint8
+    from .. import metrics
+    from ..io.data import labelled
+    from ..io.images import to_uint8
 
     images = to_uint8(labelled(data, "train")[0][:n])
     rep = metrics.evaluate(images, data, kid_subsets=50)
@@ -91,8 +91,8 @@ def measure(model: str, data: str, out: Path, n: int, configs=CONFIGS, batch: in
     """One row a configuration (after the real-data floor, with real); on_row(rows) after each
     (the CLI rewrites its files, so an interrupted run shows what it measured, and a rerun
     reuses the shards already written, and the wall time of the run that wrote them)."""
-    from . import metrics
-    from .generate import generate, shard_images
+    from .. import metrics
+    from ..sampling.generate import generate, shard_images
 
     rows = [real_row(data, n)] if real else []
     for label, method, opts in configs:

@@ -25,10 +25,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import kernels as K
-from .models import checked_output, image_shape
-from .plan import Method, Plan
-from .schedule import Schedule
+from .. import kernels as K
+from ..core.outputs import checked_output, image_shape
+from ..core.plan import Method, Plan
+from ..core.schedule import Schedule
 
 
 @dataclass
@@ -164,7 +164,7 @@ class Sampler:
             compiled = torch.compile(self._step, fullgraph=True, dynamic=False)
             step = (lambda: compiled(b))
         self._reset(b)
-        with _compile_errors_explained():
+        with compile_errors_explained():
             if self.cuda_graph:
                 side = torch.cuda.Stream()
                 side.wait_stream(torch.cuda.current_stream())
@@ -294,7 +294,7 @@ def _flag(v, name: str) -> bool:
     return v
 
 
-class _compile_errors_explained:
+class compile_errors_explained:
     """Turn Inductor's failure to load a half-written cache entry (a compile killed by a
     timeout or SIGKILL leaves a zero-byte .so behind) into an error that says what to do."""
 

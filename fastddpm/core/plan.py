@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import kernels as K
-from .kernels.tables import C_EPS, C_H, C_X, C_X0, NCOEF, SIGMA, SQRT_1M_AB, SQRT_AB, X0_EPS, X0_X
+from .. import kernels as K
+from ..kernels.tables import C_EPS, C_H, C_X, C_X0, NCOEF, SIGMA, SQRT_1M_AB, SQRT_AB, X0_EPS, X0_X
 from .schedule import Schedule
 
 METHODS = ("ddpm", "ddim", "dpm++2m", "sde-dpm++2m")

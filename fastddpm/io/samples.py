@@ -1,0 +1,212 @@
+"""The sample sets on disk, one owner for their format: what `fastddpm.generate` writes and
+`fastddpm.eval` reads.
+
+    manifest.json          {"schema", "config", "complete", "shards", ...}; config first, shards once complete
+    shard-000000.npz       uint8 NHWC "images" and int64 "seeds"; or, as PNGs, a folder shard-000000/ of <seed>.png
+    shard-000000.json      the shard's sidecar: index, file, seeds (as [first, last] runs), count, sha256
+    .shard-000000.lock     the lock a process holds while it writes that shard
+
+Every file is written to a temporary name, fsynced and renamed. Readers take a generate
+folder, a folder of PNGs or an .npz of uint8 images.
+"""
+
+import fcntl
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoint as ckpt
+from .images import read_png, write_png
+
+FORMATS = ("npz", "png")
+SCHEMA = "fastddpm.generate/1"
+
+
+
+
+def seed_spec(seeds: list) -> list:
+    """Seeds as [first, last] runs of consecutive ints: a compact, exact record."""
+    runs = []
+    for s in seeds:
+        if runs and s == runs[-1][1] + 1:
+            runs[-1][1] = s
+        else:
+            runs.append([s, s])
+    return runs
+
+
+def shard_name(i: int, fmt: str) -> str:
+    return f"shard-{i:06d}.npz" if fmt == "npz" else f"shard-{i:06d}"
+
+
+def digest_path(path: Path) -> str:
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(path.glob("*.png"))
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def shard_images(out, shard: dict, fmt: str) -> np.ndarray:
+    """The uint8 NHWC images of one shard, in seed order."""
+    from ..io.images import read_png
+
+    path = Path(out) / shard["file"]
+    if fmt == "npz":
+        with np.load(path) as f:
+            return f["images"]
+    return np.stack([read_png(path / f"{s:020d}.png").permute(1, 2, 0).numpy() for s in expand_seeds(shard["seeds"])])
+
+
+def expand_seeds(runs) -> list:
+    return [s for a, b in runs for s in range(a, b + 1)]
+
+
+def complete_shard(out: Path, i: int, fmt: str):
+    """The sidecar of shard i if its data exists and matches its checksum, else None."""
+    side = out / f"shard-{i:06d}.json"
+    data = out / shard_name(i, fmt)
+    if not side.exists() or not data.exists():
+        return None
+    try:
+        meta = json.loads(side.read_text())
+        return meta if digest_path(data) == meta["sha256"] else None
+    except (json.JSONDecodeError, KeyError, OSError, ValueError):
+        return None
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_shard(out: Path, i: int, fmt: str, images: np.ndarray, seeds: list) -> dict:
+    name = shard_name(i, fmt)
+    if fmt == "npz":
+        buf = io.BytesIO()
+        np.savez(buf, images=images, seeds=np.asarray(seeds, dtype=np.int64))
+        write_atomic(out / name, buf.getvalue())
+    else:
+        tmp = out / f".{name}.tmp-{os.getpid()}"
+        if tmp.exists():
+            for f in tmp.iterdir():
+                f.unlink()
+        tmp.mkdir(exist_ok=True)
+        for img, s in zip(images, seeds):
+            p = write_png(torch.from_numpy(img).permute(2, 0, 1), tmp / f"{s:020d}.png")
+            with open(p, "rb+") as f:
+                os.fsync(f.fileno())
+        ckpt.fsync_dir(tmp)
+        old = out / name
+        if old.exists():  # a damaged earlier attempt
+            for f in old.iterdir():
+                f.unlink()
+            old.rmdir()
+        os.replace(tmp, old)
+    ckpt.fsync_dir(out)
+    meta = {"index": i, "file": name, "seeds": seed_spec(seeds), "count": len(seeds), "sha256": digest_path(out / name)}
+    write_atomic(out / f"shard-{i:06d}.json", (json.dumps(meta) + "\n").encode())
+    ckpt.fsync_dir(out)
+    return meta
+
+
+def read_manifest(out) -> dict:
+    path = Path(out) / "manifest.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"out: {path} is unreadable ({type(e).__name__}: {e})") from e
+
+
+def claim_manifest(out: Path, config: dict) -> None:
+    """Write the manifest's configuration if the folder has none (atomically, create-if-absent),
+    else refuse a different configuration, naming what differs."""
+    path = out / "manifest.json"
+    if not path.exists():
+        tmp = out / f".manifest.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps({"schema": SCHEMA, "config": config, "complete": False, "shards": []}, indent=1) + "\n")
+        try:
+            os.link(tmp, path)  # fails if another process got there first: then compare below
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+        ckpt.fsync_dir(out)
+    theirs = read_manifest(out).get("config", {})
+    diff = {k: (theirs.get(k), config.get(k)) for k in sorted(set(theirs) | set(config)) if theirs.get(k) != config.get(k)}
+    if diff:
+        lines = "; ".join(f"{k}: {str(a)[:60]} in the folder, {str(b)[:60]} now" for k, (a, b) in diff.items())
+        raise ValueError(f"out: {out} holds a generation with another configuration ({lines}); use another --out, "
+                         f"or the same settings to resume it")
+
+
+class ShardLock:
+    def __init__(self, out: Path, i: int):
+        self.path = out / f".shard-{i:06d}.lock"
+        self.fd = None
+
+    def try_acquire(self) -> bool:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            return False
+
+    def release(self):
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+def iter_samples(path, batch: int = 1000):
+    """uint8 image batches from a PNG folder, an .npz, or a generate output folder."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"SAMPLES: {path} does not exist")
+    if path.is_file():
+        if path.suffix != ".npz":
+            raise ValueError(f"SAMPLES: expected a folder or an .npz file, got {path.name}")
+        yield npz_images(path)
+        return
+    manifest = path / "manifest.json"
+    if manifest.exists():
+        m = read_manifest(path)
+        for shard in m["shards"]:
+            yield torch.from_numpy(shard_images(path, shard, m["config"]["format"]))
+        return
+    pngs = sorted(p for p in path.rglob("*.png"))
+    if not pngs:
+        raise ValueError(f"SAMPLES: {path} holds no PNG images, no .npz and no manifest.json")
+    for i in range(0, len(pngs), batch):
+        imgs = [read_png(p) for p in pngs[i : i + batch]]
+        shapes = {tuple(im.shape) for im in imgs}
+        if len(shapes) != 1:
+            raise ValueError(f"SAMPLES: images of different shapes {sorted(shapes)[:3]} in {path}")
+        yield torch.stack(imgs)
+
+
+def npz_images(path) -> torch.Tensor:
+    try:
+        with np.load(path) as f:
+            key = "images" if "images" in f.files else (f.files[0] if len(f.files) == 1 else None)
+            if key is None:
+                raise ValueError(f"SAMPLES: {path} has arrays {f.files}; expected one named 'images'")
+            return torch.from_numpy(np.ascontiguousarray(f[key]))
+    except (OSError, EOFError, ValueError) as e:
+        if str(e).startswith("SAMPLES"):
+            raise
+        raise ValueError(f"SAMPLES: {path} is not a readable .npz ({type(e).__name__}: {e})") from e
