@@ -24,7 +24,7 @@ from .noise import philox_words, randn, randn_
 from .noising import q_sample
 from .philox import STREAM_NOISING, STREAM_PRIOR, STREAM_REVERSE, STREAM_TIMESTEP, STREAMS, philox
 from .step import reverse_step, sampler_step
-from .tables import NCOEF, VARIANCES, coef_table
+from .tables import NCOEF, PREDICTIONS, VARIANCES, coef_table, for_prediction, prediction_name
 
 # The @triton.jit functions themselves, for tools that compile or inspect them ahead of time
 # (fastddpm.aot, `python -m fastddpm.bench --static`); launch them through the functions above.
@@ -43,6 +43,7 @@ __all__ = [
     "TRITON_KERNELS",
     "geometry",
     "NCOEF",
+    "PREDICTIONS",
     "STREAMS",
     "STREAM_NOISING",
     "STREAM_PRIOR",
@@ -52,8 +53,10 @@ __all__ = [
     "coef_table",
     "cpu_backend",
     "eps_mse_loss",
+    "for_prediction",
     "philox",
     "philox_words",
+    "prediction_name",
     "q_sample",
     "randn",
     "randn_",

@@ -4,10 +4,12 @@ The kernels take schedule knowledge as one (rows, NCOEF) table, so any trainer w
 schedule can use them: `coef_table(scheduler.alphas_cumprod)` is all a diffusers user needs.
 Every reverse step, of every sampler, is one row of the same columns (docs/notation.md):
 
-    x̂_0 = X0_X · x_t − X0_EPS · ε̂                  (clamped to [-1, 1] when clipping)
-    x_s = C_X0 · x̂_0 + C_X · x_t + C_EPS · ε̂ + C_H · h + SIGMA · z
+    x̂_0 = X0_X · x_t − X0_EPS · m                  (clamped to [-1, 1] when clipping)
+    x_s = C_X0 · x̂_0 + C_X · x_t + C_EPS · m + C_H · h + SIGMA · z
 
-with h the previous step's x̂_0 (multistep solvers). The columns are constexprs, read by the
+with m the model's output and h the previous step's x̂_0 (multistep solvers). For an
+ε-prediction model m = ε̂; a v- or x₀-prediction model gets other rows for the same kernel
+(`for_prediction`): x̂_0 and ε̂ are linear in (x_t, m) for all three. The columns are constexprs, read by the
 kernels as they are and by host code as int(column) (torch indexing wants a plain int). In the seed notation ᾱ_t² = alphas_cumprod[t].
 """
 
@@ -26,6 +28,43 @@ SIGMA = tl.constexpr(8)  # weight of z, the step's noise
 NCOEF = tl.constexpr(9)  # host code: int(NCOEF)
 
 VARIANCES = ("large", "small", "none")
+PREDICTIONS = ("epsilon", "v", "sample")  # what the model predicts: ε, v = √a ε − √(1−a) x_0 (Salimans & Ho), x_0
+PREDICTION_SYNONYMS = {"v_prediction": "v"}  # diffusers' prediction_type values
+
+
+def prediction_name(prediction) -> str:
+    """'epsilon', 'v' or 'sample' (diffusers' 'v_prediction' accepted), else a ValueError."""
+    name = PREDICTION_SYNONYMS.get(prediction, prediction) if isinstance(prediction, str) else None
+    if name not in PREDICTIONS:
+        raise ValueError(f"prediction: expected one of {PREDICTIONS} (or diffusers' 'v_prediction'), got {prediction!r}")
+    return name
+
+
+def for_prediction(rows: torch.Tensor, prediction: str) -> torch.Tensor:
+    """Rows written for ε̂ rewritten for a model that predicts `prediction`, float64.
+
+    With a = ᾱ_t = SQRT_AB and b = β̄_t = SQRT_1M_AB of each row, and m the model's output:
+        epsilon   x̂_0 = (x − b m)/a      ε̂ = m
+        v         x̂_0 = a x − b m        ε̂ = b x + a m          (Salimans & Ho 2022, eq. 17 and App. D)
+        sample    x̂_0 = m                ε̂ = (x − a m)/b
+    The ε̂ weight C_EPS is spread over x_t and m; the x̂_0 columns are replaced, so clipping
+    x̂_0 (and ε re-derived from the clipped x̂_0, already folded into C_X0/C_X) stays exact.
+    """
+    prediction = prediction_name(prediction)
+    if prediction == "epsilon":
+        return rows
+    rows = rows.to(torch.float64)
+    a, b = rows[:, int(SQRT_AB)], rows[:, int(SQRT_1M_AB)]
+    if prediction == "v":
+        x0x, x0m, ex, em = a, b, b, a
+    else:
+        x0x, x0m, ex, em = torch.zeros_like(a), -torch.ones_like(a), 1 / b, -a / b
+    out = rows.clone()
+    out[:, int(X0_X)], out[:, int(X0_EPS)] = x0x, x0m
+    ce = rows[:, int(C_EPS)]
+    out[:, int(C_X)] = rows[:, int(C_X)] + torch.where(ce != 0, ce * ex, torch.zeros_like(ce))
+    out[:, int(C_EPS)] = ce * em
+    return out
 
 
 def check_alphas_cumprod(alphas_cumprod) -> torch.Tensor:
@@ -37,14 +76,16 @@ def check_alphas_cumprod(alphas_cumprod) -> torch.Tensor:
     if ac.dim() != 1 or ac.numel() < 1:
         raise ValueError(f"alphas_cumprod: expected a 1-D tensor of length T >= 1, got shape {tuple(ac.shape)}")
     if not bool(torch.isfinite(ac).all()) or not bool(((ac > 0) & (ac < 1)).all()):
-        raise ValueError("alphas_cumprod: expected every value in (0, 1)")
+        # zero terminal SNR (Lin et al. 2024): ᾱ = 0 at the last step only
+        if not (bool(((ac[:-1] > 0) & (ac[:-1] < 1)).all()) and float(ac[-1]) == 0.0 and ac.numel() > 1):
+            raise ValueError("alphas_cumprod: expected every value in (0, 1) (0 allowed at the last step: zero terminal SNR)")
     if ac.numel() > 1 and not bool((ac[1:] <= ac[:-1]).all()):
         raise ValueError("alphas_cumprod: expected a non-increasing sequence")
     return ac
 
 
 def coef_table(alphas_cumprod, variance: str = "large", device=None, *, t=None, prev=None,
-               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+               dtype: torch.dtype = torch.float32, prediction: str = "epsilon") -> torch.Tensor:
     """Rows of the DDPM posterior step t -> prev (Ho et al. eq. 6-7), (len(t), NCOEF).
 
     alphas_cumprod: ᾱ_t² for t in [0, T) (diffusers' `alphas_cumprod`).
@@ -55,9 +96,13 @@ def coef_table(alphas_cumprod, variance: str = "large", device=None, *, t=None, 
     variance: "large" σ = √β' (diffusers fixed_large), "small" σ = √(β'(1 - a_s)/(1 - a_t))
               (the posterior; fixed_small), "none" σ = 0. A step to the end has σ = 0
               whatever the variance: the last step adds no noise, by table, not by branch.
+    prediction: what the model predicts, "epsilon" (default), "v" or "sample" (for_prediction).
     The mean is written in the posterior form C_X0 x̂_0 + C_X x_t, which with an unclipped
     x̂_0 is the same function as Ho et al. eq. 11 and with a clipped one is eq. 7 on it.
+    With zero terminal SNR (ᾱ = 0 at the last step) an ε row there has infinite x̂_0
+    columns: such a step needs a v or x₀ model.
     """
+    prediction = prediction_name(prediction)
     if variance not in VARIANCES:
         raise ValueError(f"variance: expected one of {VARIANCES}, got {variance!r}")
     ac = check_alphas_cumprod(alphas_cumprod)
@@ -88,4 +133,4 @@ def coef_table(alphas_cumprod, variance: str = "large", device=None, *, t=None, 
     rows[:, int(C_X0)] = a_s.sqrt() * beta / (1.0 - a_t)
     rows[:, int(C_X)] = (a_t / a_s).sqrt() * (1.0 - a_s) / (1.0 - a_t)
     rows[:, int(SIGMA)] = var.sqrt()
-    return rows.to(device=device, dtype=dtype).contiguous()
+    return for_prediction(rows, prediction).to(device=device, dtype=dtype).contiguous()

@@ -46,6 +46,8 @@ class Method:
     variance: str = "large"  # ddpm: "large" (β'), "small" (posterior), "none"
     clip: bool = False  # ddpm, ddim: clamp x̂_0 to [-1, 1]
     clipped_eps: bool = False  # ddim with clip: recompute ε from the clipped x̂_0 (diffusers' use_clipped_model_output)
+    prediction: str = "epsilon"  # what the model predicts: "epsilon", "v" or "sample" (x_0); diffusers' names accepted
+    offset: int = 0  # diffusers' steps_offset: added to every timestep of the "leading" spacing
 
     def checked(self, T: int) -> "Method":
         """This configuration with its steps filled in, or a ValueError naming the argument."""
@@ -73,7 +75,13 @@ class Method:
             raise ValueError(f"clip: only ddpm and ddim clip x̂_0 (diffusers' {self.name} has no clip_sample to match)")
         if self.clipped_eps and not (self.name == "ddim" and self.clip):
             raise ValueError("clipped_eps: only ddim with clip=True recomputes ε from the clipped x̂_0")
-        return Method(self.name, steps, self.spacing, float(self.eta), self.variance, self.clip, self.clipped_eps)
+        prediction = K.prediction_name(self.prediction)
+        if isinstance(self.offset, bool) or not isinstance(self.offset, int) or self.offset < 0:
+            raise ValueError(f"offset: expected an int >= 0 (diffusers' steps_offset), got {self.offset!r}")
+        if self.offset and self.spacing != "leading":
+            raise ValueError(f"offset: diffusers adds steps_offset to the 'leading' spacing only, got spacing {self.spacing!r}")
+        return Method(self.name, steps, self.spacing, float(self.eta), self.variance, self.clip, self.clipped_eps, prediction,
+                      self.offset)
 
     @property
     def multistep(self) -> bool:
@@ -82,7 +90,8 @@ class Method:
 
     def label(self) -> str:
         extra = {"ddpm": f" {self.variance}", "ddim": f" η={self.eta:g}"}.get(self.name, "")
-        return f"{self.name}{extra} {self.steps} steps ({self.spacing})" + (" clip" if self.clip else "")
+        pred = "" if self.prediction == "epsilon" else f", {self.prediction}-prediction"
+        return f"{self.name}{extra} {self.steps} steps ({self.spacing}{pred})" + (" clip" if self.clip else "")
 
 
 def timesteps(T: int, method: Method) -> list:
@@ -94,21 +103,21 @@ def timesteps(T: int, method: Method) -> list:
         if spacing == "linspace":
             t = np.linspace(0, T - 1, N + 1).round()[::-1][:-1].astype(np.int64)
         elif spacing == "leading":
-            t = (np.arange(0, N + 1) * (T // (N + 1))).round()[::-1][:-1].astype(np.int64)
+            t = (np.arange(0, N + 1) * (T // (N + 1))).round()[::-1][:-1].astype(np.int64) + method.offset
         else:
             t = np.arange(T, 0, -T / N).round().astype(np.int64) - 1
     else:  # DDPMScheduler, DDIMScheduler
         if spacing == "linspace":
             t = np.linspace(0, T - 1, N).round()[::-1].astype(np.int64)
         elif spacing == "leading":
-            t = (np.arange(0, N) * (T // N)).round()[::-1].astype(np.int64)
+            t = (np.arange(0, N) * (T // N)).round()[::-1].astype(np.int64) + method.offset
         else:
             t = np.round(np.arange(T, 0, -T / N)).astype(np.int64) - 1
     t = [int(v) for v in t]
     if len(t) != N or len(set(t)) != N or min(t) < 0 or max(t) >= T:
         raise ValueError(
-            f"spacing: {spacing!r} with steps={N} on a schedule of T={T} gives repeated or out-of-range "
-            f"timesteps ({t[:6]}...): use fewer steps, another spacing, or a longer schedule"
+            f"spacing: {spacing!r} with steps={N}{f' and offset={method.offset}' if method.offset else ''} on a schedule "
+            f"of T={T} gives repeated or out-of-range timesteps ({t[:6]}...): use fewer steps, another spacing, or a longer schedule"
         )
     return t
 
@@ -133,8 +142,13 @@ class Plan:
             raise TypeError(f"schedule: expected a fastddpm.Schedule, got {type(schedule).__name__}")
         m = (method if isinstance(method, Method) else Method(method, **options)).checked(schedule.T)
         ts = timesteps(schedule.T, m)
+        if m.prediction == "epsilon" and schedule.zero_terminal_snr and ts[0] == schedule.T - 1:
+            raise ValueError(f"prediction: an ε-prediction model is undefined at t = {schedule.T - 1} of a zero-terminal-SNR "
+                             f"schedule (ᾱ = 0 there, and x̂_0 = (x - β̄ ε̂)/ᾱ divides by it); Lin et al. (2024) pair such "
+                             f"schedules with v-prediction: pass prediction='v' for a v model, or start below that step "
+                             f"(spacing='leading')")
         prev = ts[1:] + [-1]
-        rows = _rows(schedule.alphas_cumprod, m, ts, prev)
+        rows = K.for_prediction(_rows(schedule.alphas_cumprod, m, ts, prev), m.prediction)
         return cls(schedule, m, tuple(ts), tuple(prev), rows, bool((rows[:, int(SIGMA)] > 0).any()),
                    bool((rows[:, int(C_EPS)] != 0).any()))
 
@@ -173,6 +187,8 @@ def _rows(alphas_cumprod: torch.Tensor, m: Method, ts: list, prev: list) -> torc
     if m.name == "ddpm":  # the posterior of the respaced chain (Nichol & Dhariwal), in the kernels' own builder
         return K.coef_table(alphas_cumprod, m.variance, t=ts, prev=prev, dtype=torch.float64)
     a = alphas_cumprod.to(torch.float64)
+    if m.multistep and float(a[-1]) == 0.0:  # zero terminal SNR: diffusers' DPMSolverMultistepScheduler sets ᾱ_{T-1} to
+        a = torch.cat([a[:-1], a.new_tensor([2.0**-24])])  # 2**-24 ("close to 0 without being 0, so the first σ is not inf")
     t = torch.tensor(ts)
     s = torch.tensor(prev)
     a_t = a[t]

@@ -45,6 +45,17 @@ def _at(schedule: Schedule, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor
     return torch.where(t >= 0, a[t.clamp(min=0)], torch.ones_like(a[:1])).view(-1, 1, 1, 1)
 
 
+class _SolverAlphas:
+    """ᾱ² as DPM-Solver++ takes it under zero terminal SNR: diffusers' DPMSolverMultistepScheduler
+    sets ᾱ²_{T-1} = 2**-24 instead of 0, so that λ_{T-1} is finite (its ᾱ then rises at the end)."""
+
+    def __init__(self, schedule: Schedule):
+        self.alphas_cumprod = torch.cat([schedule.alphas_cumprod[:-1], torch.tensor([2.0**-24], dtype=torch.float64)])
+
+    def on(self, name: str, device) -> torch.Tensor:
+        return getattr(self, name).to(device)
+
+
 def _lo(coef: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return coef.to(like.dtype)
 
@@ -56,14 +67,33 @@ def q_sample(x0: torch.Tensor, t: torch.Tensor, schedule: Schedule, *, seeds=Non
     return _lo(a.sqrt(), x0) * x0 + _lo((1 - a).sqrt(), x0) * eps
 
 
-def ddpm_step(x, eps_hat, t, s, schedule, z, variance="large", clip=False) -> torch.Tensor:
+def predictions(x, out, t, schedule, prediction="epsilon") -> tuple:
+    """(x̂_0, ε̂) from the model's output `out` for what the model predicts."""
+    a = _at(schedule, t, x)
+    al, sg = _lo(a.sqrt(), x), _lo((1 - a).sqrt(), x)
+    prediction = K.prediction_name(prediction)
+    if prediction == "epsilon":
+        return (x - sg * out) / al, out                         # (Ho et al. eq. 15)
+    if prediction == "v":
+        # v = α ε − σ x_0, so x_0 = α x − σ v and ε = σ x + α v   (Salimans & Ho 2022, §4 and App. D)
+        return al * x - sg * out, sg * x + al * out
+    return out, (x - al * out) / sg                             # x_0-prediction: ε from x_t = α x_0 + σ ε
+
+
+def ddpm_step(x, eps_hat, t, s, schedule, z, variance="large", clip=False, prediction="epsilon") -> torch.Tensor:
     """One step t -> s of the (respaced) DDPM chain (Ho et al.; Nichol & Dhariwal's
-    respacing: the chain's own β' = 1 - a_t/a_s). s = t - 1 is the ancestral step."""
+    respacing: the chain's own β' = 1 - a_t/a_s). s = t - 1 is the ancestral step.
+    eps_hat is the model's output: ε̂, or v or x̂_0 as `prediction` says."""
     if variance not in K.VARIANCES:
         raise ValueError(f"variance: expected one of {K.VARIANCES}, got {variance!r}")
     a_t, a_s = _at(schedule, t, x), _at(schedule, s, x)
     beta = 1 - a_t / a_s  # β' (β_t when s = t - 1)
-    if clip:
+    if K.prediction_name(prediction) != "epsilon":
+        x0 = predictions(x, eps_hat, t, schedule, prediction)[0]
+        x0 = x0.clamp(-1.0, 1.0) if clip else x0
+        # the posterior mean of q(x_s | x_t, x̂_0)               (Ho et al. eq. 7)
+        mean = _lo(a_s.sqrt() * beta / (1 - a_t), x) * x0 + _lo((1 - beta).sqrt() * (1 - a_s) / (1 - a_t), x) * x
+    elif clip:
         # x̂_0, clipped                                          (Ho et al. eq. 15)
         x0 = ((x - _lo((1 - a_t).sqrt(), x) * eps_hat) / _lo(a_t.sqrt(), x)).clamp(-1.0, 1.0)
         # the posterior mean of q(x_s | x_t, x̂_0)               (Ho et al. eq. 7)
@@ -77,11 +107,12 @@ def ddpm_step(x, eps_hat, t, s, schedule, z, variance="large", clip=False) -> to
     return mean + _lo(sigma, x) * z                           # (Ho et al. Algorithm 2)
 
 
-def ddim_step(x, eps_hat, t, s, schedule, z, eta=0.0, clip=False, clipped_eps=False) -> tuple:
-    """One DDIM step t -> s (Song et al. 2021). Returns (x_s, x̂_0)."""
+def ddim_step(x, eps_hat, t, s, schedule, z, eta=0.0, clip=False, clipped_eps=False, prediction="epsilon") -> tuple:
+    """One DDIM step t -> s (Song et al. 2021). Returns (x_s, x̂_0). eps_hat is the model's
+    output: ε̂, or v or x̂_0 as `prediction` says."""
     a_t, a_s = _at(schedule, t, x), _at(schedule, s, x)
     # x̂_0, "predicted x_0"                                      (Song et al. eq. 12)
-    x0 = (x - _lo((1 - a_t).sqrt(), x) * eps_hat) / _lo(a_t.sqrt(), x)
+    x0, eps_hat = predictions(x, eps_hat, t, schedule, prediction)
     if clip:
         x0 = x0.clamp(-1.0, 1.0)
     eps = (x - _lo(a_t.sqrt(), x) * x0) / _lo((1 - a_t).sqrt(), x) if clipped_eps else eps_hat
@@ -149,17 +180,17 @@ def sampler_step(x, eps_hat, k, plan: Plan, *, seeds=None, noise=None, h=None) -
     # z: the addressed draw when some step of the plan adds noise (σ = 0 steps ignore it)
     z = _noise(noise, seeds, t, K.STREAM_REVERSE, x) if plan.stochastic else torch.zeros_like(x)
     if m.name == "ddpm":
-        return ddpm_step(x, eps_hat, t, s, plan.schedule, z, m.variance, m.clip), None
+        return ddpm_step(x, eps_hat, t, s, plan.schedule, z, m.variance, m.clip, m.prediction), None
     if m.name == "ddim":
-        return ddim_step(x, eps_hat, t, s, plan.schedule, z, m.eta, m.clip, m.clipped_eps)[0], None
-    a_t = _at(plan.schedule, t, x)
-    x0 = (x - _lo((1 - a_t).sqrt(), x) * eps_hat) / _lo(a_t.sqrt(), x)  # data prediction (Lu et al. eq. 4)
+        return ddim_step(x, eps_hat, t, s, plan.schedule, z, m.eta, m.clip, m.clipped_eps, m.prediction)[0], None
+    schedule = _SolverAlphas(plan.schedule) if plan.schedule.zero_terminal_snr else plan.schedule
+    x0 = predictions(x, eps_hat, t, schedule, m.prediction)[0]  # data prediction (Lu et al. eq. 4)
     second = bool(((k > 0) & (s >= 0)).all())  # 2M after the first step; first order into the end
     if bool(((k > 0) & (s >= 0)).any()) != second:
         raise ValueError("k: a batch mixing first- and second-order steps is not supported by the reference")
     t_prev = torch.tensor(plan.timesteps)[(k - 1).clamp(min=0)]
     z = z if m.name == "sde-dpm++2m" else None
-    return dpm_solver_step(x, x0, t, s, plan.schedule, z, h if second else None, t_prev if second else None), x0
+    return dpm_solver_step(x, x0, t, s, schedule, z, h if second else None, t_prev if second else None), x0
 
 
 @torch.no_grad()

@@ -39,12 +39,15 @@ class Schedule:
         if b.dtype != torch.float64 or b.device.type != "cpu":
             raise ValueError("betas: expected a float64 CPU tensor; use Schedule.from_betas() to convert")
         if not bool(torch.isfinite(b).all()) or not bool(((b > 0) & (b < 1)).all()):
-            raise ValueError("betas: expected every variance in (0, 1)")
+            if not (bool(((b[:-1] > 0) & (b[:-1] < 1)).all()) and float(b[-1]) == 1.0 and b.numel() > 1):
+                raise ValueError("betas: expected every variance in (0, 1) (1 allowed at the last step: zero terminal SNR)")
         ac = self.alphas_cumprod
-        if not bool((ac > 0).all()):
+        if not bool((ac[:-1] > 0).all()) or not (ac[-1] > 0 or self.zero_terminal_snr):
             raise ValueError(f"betas: alphas_cumprod underflows to 0 at t = {int((ac > 0).sum())}: x_0 is gone long before "
                              f"the last step; use smaller variances or fewer steps")
         table = coef_table(ac)  # what the kernels will read: it must be finite in float32
+        if self.zero_terminal_snr:  # x̂_0 from ε is undefined at ᾱ = 0: only a v or x₀ model samples from there
+            table = table[:-1]
         if not bool(torch.isfinite(table).all()):
             raise ValueError(f"betas: the schedule's float32 coefficient table is not finite (alphas_cumprod falls to "
                              f"{float(self.alphas_cumprod.min()):.3g}, and 1/√ᾱ overflows float32); use a gentler schedule")
@@ -67,6 +70,28 @@ class Schedule:
         if not 0 < beta_start <= beta_end < 1:
             raise ValueError(f"beta_start, beta_end: expected 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
         return cls(torch.linspace(beta_start, beta_end, T, dtype=torch.float64))
+
+    @classmethod
+    def scaled_linear(cls, T: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> "Schedule":
+        """Standard deviations √β_t evenly spaced (diffusers' and Stable Diffusion's scaled_linear)."""
+        _check_T(T)
+        if not 0 < beta_start <= beta_end < 1:
+            raise ValueError(f"beta_start, beta_end: expected 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
+        return cls(torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64) ** 2)
+
+    def rescale_zero_snr(self) -> "Schedule":
+        """Zero terminal SNR (Lin et al. 2024, Algorithm 1): √ᾱ shifted so that the last step's
+        is 0 and scaled so that the first step's is unchanged; ᾱ_{T-1} = 0, so x_{T-1} holds no
+        signal and ε-prediction is undefined there (use v). diffusers' rescale_betas_zero_snr."""
+        ab = self.alphas_cumprod.sqrt()
+        ab = (ab - ab[-1]) * (ab[0] / (ab[0] - ab[-1]))
+        ac = ab**2
+        return Schedule(1 - torch.cat([ac[:1], ac[1:] / ac[:-1]]))
+
+    @property
+    def zero_terminal_snr(self) -> bool:
+        """ᾱ = 0 at the last step (Lin et al. 2024)."""
+        return float(self.betas[-1]) == 1.0
 
     @classmethod
     def cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> "Schedule":

@@ -27,7 +27,8 @@ from torch import nn
 
 from .. import kernels as K
 from ..core.outputs import checked_output, image_shape
-from ..core.plan import Method, Plan
+from ..core import conventions
+from ..core.plan import Plan
 from ..core.schedule import Schedule
 
 
@@ -46,20 +47,25 @@ class _Buffers:
 
 
 class Sampler:
-    """A sampler for any ε-prediction model `model(x, t)`.
+    """A sampler for any diffusion model `model(x, t)` predicting ε, v or x_0.
 
-    model:         a callable (x (B, C, H, W), t (B,) int64) -> ε̂, or returning an object
-                   with `.sample` (a diffusers UNet2DModel). An nn.Module is run in eval
-                   mode; if it must change dtype or layout, a copy is made, never the
-                   caller's model changed.
+    model:         a callable (x (B, C, H, W), t (B,) int64) -> its prediction, or returning
+                   an object with `.sample` (a diffusers UNet2DModel). An nn.Module is run in
+                   eval mode; if it must change dtype or layout, a copy is made, never the
+                   caller's model changed. A model from `fastddpm.pretrained.load_model`
+                   carries its conventions (`model.conventions`: prediction, variance, clip,
+                   spacing, steps_offset): every option left None takes the model's value;
+                   `sampler.conventions` says which value was used and where it came from.
     schedule:      default Schedule.linear() (T = 1000).
     method:        "ddpm" (default: ancestral, all T steps), "ddim", "dpm++2m", "sde-dpm++2m".
     steps:         model evaluations (default T for ddpm, 50 for ddim, 20 for DPM-Solver++).
     spacing:       "trailing" (default), "leading", "linspace", "quad": which timesteps.
     eta:           ddim only: 0 deterministic, 1 the ancestral variance.
-    variance:      ddpm only: "large" (σ² = β'), "small" (the posterior), "none".
-    clip:          ddpm/ddim: clamp the predicted x̂_0 to [-1, 1].
+    variance:      ddpm only: "large" (σ² = β', the default), "small" (the posterior), "none".
+    clip:          ddpm/ddim: clamp the predicted x̂_0 to [-1, 1] (default off).
     clipped_eps:   ddim with clip: recompute ε from the clipped x̂_0.
+    prediction:    what the model predicts: "epsilon" (default), "v" or "sample" (x_0);
+                   diffusers' "v_prediction" accepted. The same fused step serves all three.
     dtype:         the model's compute dtype: default bf16 on CUDA, fp32 on CPU. The
                    state x_t stays fp32.
     channels_last: feed the model channels-last input (and convert its weights).
@@ -76,11 +82,12 @@ class Sampler:
         *,
         method: str = "ddpm",
         steps: Optional[int] = None,
-        spacing: str = "trailing",
+        spacing: Optional[str] = None,
         eta: float = 0.0,
-        variance: str = "large",
-        clip: bool = False,
+        variance: Optional[str] = None,
+        clip: Optional[bool] = None,
         clipped_eps: bool = False,
+        prediction: Optional[str] = None,
         dtype: Optional[torch.dtype] = None,
         channels_last: bool = True,
         compile: Optional[bool] = None,
@@ -92,7 +99,9 @@ class Sampler:
     ):
         if not callable(model):
             raise TypeError(f"model: expected a callable model(x, t), got {type(model).__name__}")
-        self.plan = Plan.build(schedule, Method(method, steps, spacing, eta, variance, clip, clipped_eps))
+        m, self.conventions = conventions.of(model).resolve(method, steps, spacing=spacing, eta=eta, variance=variance, clip=clip,
+                                                            clipped_eps=clipped_eps, prediction=prediction)
+        self.plan = Plan.build(schedule, m)
         self.schedule = self.plan.schedule
         self.shape = image_shape(model, shape)
         params = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None

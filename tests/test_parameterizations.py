@@ -1,0 +1,194 @@
+"""Every parameterization (ε, v, x₀) and zero-terminal-SNR schedules: whole chains in float64
+against diffusers' DDPMScheduler, DDIMScheduler and DPMSolverMultistepScheduler with their
+`prediction_type`, variance types, clipping and `rescale_betas_zero_snr`; the fused step
+(both CPU backends) against the reference; one model written in the three
+parameterizations samples the same images; bad input."""
+
+import pytest
+import torch
+
+
+from fastddpm import Plan, Sampler, Schedule
+from fastddpm import kernels as K
+from fastddpm import reference as R
+from fastddpm.core.conventions import Conventions
+
+diffusers = pytest.importorskip("diffusers")
+import diffusers.schedulers.scheduling_ddpm as ddpm_module  # noqa: E402
+import diffusers.schedulers.scheduling_dpmsolver_multistep as dpm_module  # noqa: E402
+from test_samplers import _Float32MeansFloat64, follows_diffusers  # noqa: E402
+
+SHAPE = (3, 6, 5)
+SEEDS = torch.tensor([3, 11])
+LINEAR, ZSNR = Schedule.linear(), Schedule.linear().rescale_zero_snr()
+DIFFUSERS_NAME = {"epsilon": "epsilon", "v": "v_prediction", "sample": "sample"}
+CONFIGS = [  # (method, options)
+    ("ddpm", dict(variance="large")), ("ddpm", dict(variance="small")), ("ddpm", dict(variance="small", clip=True)),
+    ("ddim", dict()), ("ddim", dict(eta=1.0)), ("ddim", dict(clip=True)), ("ddim", dict(eta=0.5, clip=True, clipped_eps=True)),
+    ("dpm++2m", dict()), ("sde-dpm++2m", dict()),
+]
+
+
+def config_id(c):
+    return c[0] + "".join(f"-{k}={v}" for k, v in c[1].items())
+
+
+def toy_x0(x, t, S):
+    """A denoiser's x̂_0: the exact posterior mean for data N(0.3, 0.5²) plus a smooth,
+    channel-mixing nonlinearity; finite at ᾱ = 0 (zero terminal SNR)."""
+    a = S.alphas_cumprod.to(x.device)[t.long()].to(x.dtype).view(-1, 1, 1, 1)
+    w = torch.tensor([[0.6, -0.3, 0.2], [0.1, 0.5, -0.4], [-0.2, 0.3, 0.7]], dtype=x.dtype, device=x.device)
+    post = 0.3 + a.sqrt() * 0.25 * (x - a.sqrt() * 0.3) / (a * 0.25 + 1 - a)
+    return post + 0.1 * torch.tanh(torch.einsum("oc,bchw->bohw", w, x)) * torch.cos(t.to(x.dtype) / 300).view(-1, 1, 1, 1)
+
+
+def toy_model(prediction, S):
+    """The same denoiser as an ε, v or x₀ model (Salimans & Ho's identities)."""
+
+    def model(x, t):
+        a = S.alphas_cumprod.to(x.device)[t.long()].to(x.dtype).view(-1, 1, 1, 1)
+        al, sg = a.sqrt(), (1 - a).sqrt()
+        x0 = toy_x0(x, t, S)
+        eps = (x - al * x0) / sg
+        return {"epsilon": eps, "v": al * eps - sg * x0, "sample": x0}[prediction]
+
+    return model
+
+
+def diffusers_chain(method, S, prediction, steps, monkeypatch, variance="large", clip=False, eta=0.0, clipped_eps=False,
+                    spacing="trailing"):
+    """diffusers' own loop in float64 with its prediction_type, on our schedule, our prior, our noise."""
+    a = S.alphas_cumprod.clone()
+    common = dict(num_train_timesteps=S.T, timestep_spacing=spacing, prediction_type=DIFFUSERS_NAME[prediction])
+    if method == "ddpm":
+        sc = diffusers.DDPMScheduler(**common, variance_type="fixed_" + variance, clip_sample=clip)
+    elif method == "ddim":
+        sc = diffusers.DDIMScheduler(**common, clip_sample=clip)
+    else:
+        sc = diffusers.DPMSolverMultistepScheduler(**common, solver_order=2,
+                                                   algorithm_type="dpmsolver++" if method == "dpm++2m" else "sde-dpmsolver++")
+        monkeypatch.setattr(dpm_module, "torch", _Float32MeansFloat64("torch"))
+        if S.zero_terminal_snr:
+            a[-1] = 2.0**-24  # what its rescale_betas_zero_snr does
+    sc.betas, sc.alphas, sc.alphas_cumprod = S.betas.clone(), S.alphas.clone(), a
+    sc.one = sc.final_alpha_cumprod = torch.tensor(1.0, dtype=torch.float64)
+    sc.alpha_t, sc.sigma_t = a.sqrt(), (1 - a).sqrt()
+    sc.lambda_t = sc.alpha_t.log() - sc.sigma_t.log()
+    sc.set_timesteps(steps)
+    if method not in ("ddpm", "ddim"):
+        sc.sigmas = torch.cat([((1 - a) / a).sqrt()[sc.timesteps.long()], torch.zeros(1, dtype=torch.float64)])
+    model = toy_model(prediction, S)
+    B = SEEDS.numel()
+    x = K.randn((B, *SHAPE), SEEDS, torch.zeros(B, dtype=torch.int64), K.STREAM_PRIOR).double()
+    ts = [int(v) for v in sc.timesteps]
+    for i, t in enumerate(ts):
+        tt = torch.full((B,), t)
+        out = model(x, tt)
+        z = K.randn(x.shape, SEEDS, tt, K.STREAM_REVERSE).double()
+        if method == "ddpm":
+            last = torch.zeros_like(z) if i == len(ts) - 1 else z  # fastddpm ends with the mean (test_samplers.py)
+            monkeypatch.setattr(ddpm_module, "randn_tensor", lambda *args, _z=last, **kw: _z)
+            x = sc.step(out, t, x).prev_sample
+        elif method == "ddim":
+            x = sc.step(out, t, x, eta=eta, use_clipped_model_output=clipped_eps, variance_noise=z if eta > 0 else None).prev_sample
+        else:
+            x = sc.step(out, t, x, variance_noise=z).prev_sample
+    monkeypatch.undo()
+    return x
+
+
+def reference_chain(method, S, prediction, steps, dtype=torch.float64, **options):
+    return R.sample(toy_model(prediction, S), S, SEEDS, SHAPE, method, steps=steps, dtype=dtype, prediction=prediction, **options)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
+@pytest.mark.parametrize("prediction", ["v", "sample"])
+def test_reference_chains_equal_diffusers(config, prediction, monkeypatch):
+    method, options = config
+    for steps in (1, 3, 10, 50):
+        if not follows_diffusers(method, "trailing", steps):
+            continue  # diffusers' DDIM steps to t - T//N, not its next timestep (test_samplers.py)
+        ours = reference_chain(method, LINEAR, prediction, steps, **options)
+        theirs = diffusers_chain(method, LINEAR, prediction, steps, monkeypatch, **options)
+        torch.testing.assert_close(ours, theirs, msg=lambda m: f"{steps} steps: {m}")
+
+
+@pytest.mark.parametrize("method", ["ddpm", "ddim", "dpm++2m", "sde-dpm++2m"])
+def test_zero_terminal_snr_with_v_equals_diffusers(method, monkeypatch):
+    for steps in (1, 10, 50):
+        if not follows_diffusers(method, "trailing", steps):
+            continue
+        ours = reference_chain(method, ZSNR, "v", steps)
+        theirs = diffusers_chain(method, ZSNR, "v", steps, monkeypatch)
+        assert torch.isfinite(ours).all()
+        torch.testing.assert_close(ours, theirs, msg=lambda m: f"{steps} steps: {m}")
+
+
+def test_zero_snr_schedule_is_diffusers_rescale():
+    theirs = diffusers.DDPMScheduler(rescale_betas_zero_snr=True).alphas_cumprod.double()
+    assert ZSNR.zero_terminal_snr and float(ZSNR.alphas_cumprod[-1]) == 0.0
+    torch.testing.assert_close(ZSNR.alphas_cumprod, theirs, rtol=1e-5, atol=1e-7)  # diffusers computes it in fp32
+    torch.testing.assert_close(ZSNR.alphas_cumprod[0], LINEAR.alphas_cumprod[0])  # ᾱ_0 unchanged (Lin et al.)
+    sl = diffusers.DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).betas.double()
+    torch.testing.assert_close(Schedule.scaled_linear().betas, sl, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
+@pytest.mark.parametrize("prediction", ["v", "sample"])
+def test_fused_sampler_equals_reference(config, prediction, backend):
+    method, options = config
+    S = ZSNR if prediction == "v" and method != "ddpm" else LINEAR  # zero SNR, where an ε model could not go
+    exact = reference_chain(method, S, prediction, 10, **options)
+    plain = reference_chain(method, S, prediction, 10, dtype=torch.float32, **options)
+    with K.cpu_backend(backend):
+        fast = Sampler(toy_model(prediction, S), S, method=method, steps=10, prediction=prediction, shape=SHAPE,
+                       progress=False, **options).run(seeds=SEEDS)
+    err, plain_err = (fast.double() - exact).abs().max().item(), (plain.double() - exact).abs().max().item()
+    assert err <= 2 * plain_err + 10 * 2.0**-24 * max(exact.abs().max().item(), 4.0), (err, plain_err)
+
+
+@pytest.mark.parametrize("method", ["ddpm", "ddim", "dpm++2m"])
+def test_one_model_in_three_parameterizations_samples_the_same_images(method):
+    chains = [Sampler(toy_model(p, LINEAR), LINEAR, method=method, steps=20, prediction=p, shape=SHAPE, progress=False,
+                      dtype=torch.float32).run(seeds=SEEDS) for p in ("epsilon", "v", "sample")]
+    for c in chains[1:]:
+        torch.testing.assert_close(c, chains[0], rtol=1e-4, atol=1e-4)
+
+
+def test_standalone_kernel_rows_for_each_prediction():
+    # kernels users: coef_table(prediction=...) gives x̂_0 = X0_X x - X0_EPS m for each parameterization
+    a = LINEAR.alphas_cumprod
+    x, eps = torch.randn(4, 3, 2, 2, dtype=torch.float64), torch.randn(4, 3, 2, 2, dtype=torch.float64)
+    t = torch.tensor([0, 10, 500, 999])
+    al, sg = a[t].sqrt().view(-1, 1, 1, 1), (1 - a[t]).sqrt().view(-1, 1, 1, 1)
+    x0 = (x - sg * eps) / al
+    for prediction, m in (("epsilon", eps), ("v", al * eps - sg * x0), ("sample", x0), ("v_prediction", al * eps - sg * x0)):
+        rows = K.coef_table(a, prediction=prediction, dtype=torch.float64)[t]
+        got = rows[:, 2].view(-1, 1, 1, 1) * x - rows[:, 3].view(-1, 1, 1, 1) * m
+        torch.testing.assert_close(got, x0)
+
+
+def test_conventions_fill_what_the_user_left_open():
+    conv = Conventions(prediction="v", variance="small", clip=True, spacing="leading", offset=1,
+                       sources={"prediction": "scheduler_config.json: prediction_type"})
+    m, used = conv.resolve("ddpm", 10)
+    assert (m.prediction, m.variance, m.clip, m.spacing, m.offset) == ("v", "small", True, "leading", 1)
+    assert used["prediction"] == ("v", "scheduler_config.json: prediction_type")
+    m, used = conv.resolve("dpm++2m", 10, prediction="epsilon", spacing="trailing")
+    assert (m.prediction, m.variance, m.clip, m.offset) == ("epsilon", "large", False, 0) and used["prediction"][1] == "given"
+    assert "does not apply" in used["clip"][1]
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(prediction="x0"), "prediction: expected one of"),
+    (dict(prediction="eps"), "prediction: expected one of"),
+    (dict(prediction=None, schedule=ZSNR), "prediction: an ε-prediction model is undefined"),
+    (dict(offset=-1, spacing="leading"), "offset: expected an int >= 0"),
+    (dict(offset=1, spacing="trailing"), "offset: diffusers adds steps_offset to the 'leading' spacing only"),
+    (dict(offset=1, spacing="leading", steps=1000), "spacing: 'leading' with steps=1000 and offset=1"),
+])
+def test_bad_input(bad, match):
+    schedule = bad.pop("schedule", LINEAR)
+    with pytest.raises(ValueError, match=match):
+        Plan.build(schedule, "ddpm", **{"prediction": "epsilon", **{k: v for k, v in bad.items() if v is not None}})
