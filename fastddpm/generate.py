@@ -25,10 +25,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--seeds", default=None, help="seeds: 'a-b' (inclusive), 'a,b,c' or a mix (default 0 .. n-1)")
     ap.add_argument("--method", default="ddpm", choices=METHODS, help="sampler (default ddpm)")
     ap.add_argument("--steps", type=int, default=None, help="model evaluations (default: T for ddpm, 50 ddim, 20 dpm++)")
-    ap.add_argument("--spacing", default="trailing", choices=SPACINGS, help="timestep spacing (default trailing)")
+    ap.add_argument("--spacing", default=None, choices=SPACINGS, help="timestep spacing (default: the model's, else trailing)")
     ap.add_argument("--eta", type=float, default=0.0, help="ddim's η (default 0)")
-    ap.add_argument("--variance", default="large", choices=("large", "small", "none"), help="ddpm's σ (default large)")
-    ap.add_argument("--clip", action=argparse.BooleanOptionalAction, default=False, help="clamp x̂_0 to [-1, 1] (ddpm, ddim)")
+    ap.add_argument("--variance", default=None, choices=("large", "small", "none"),
+                    help="ddpm's σ (default: the model's, else large)")
+    ap.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
+                    help="clamp x̂_0 to [-1, 1] (ddpm, ddim; default: the model's, else off)")
+    ap.add_argument("--prediction", default=None, choices=("epsilon", "v", "sample", "v_prediction"),
+                    help="what the model predicts (default: the model's, read by load_model, else epsilon)")
     ap.add_argument("--shard", type=int, default=1000, help="images a shard (default 1000)")
     ap.add_argument("--format", default="npz", choices=FORMATS, help="uint8 NHWC .npz shards, or a folder of PNGs a shard")
     ap.add_argument("--batch", type=int, default=1024, help="micro-batch (default 1024); the same --batch gives the same bytes")

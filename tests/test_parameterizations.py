@@ -192,3 +192,90 @@ def test_bad_input(bad, match):
     schedule = bad.pop("schedule", LINEAR)
     with pytest.raises(ValueError, match=match):
         Plan.build(schedule, "ddpm", **{"prediction": "epsilon", **{k: v for k, v in bad.items() if v is not None}})
+
+
+# ------------------------------------------------------------------ a diffusers folder's conventions
+
+
+def diffusers_folder(path, **scheduler):
+    """A DDPMPipeline save_pretrained folder: a tiny UNet2DModel and a DDPMScheduler."""
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(16, 32),
+                                 down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                                 norm_num_groups=8)
+    diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler(**scheduler)).save_pretrained(str(path))
+    return path
+
+
+def test_a_v_prediction_folder_samples_as_its_pipeline_would_and_says_so(tmp_path, capsys):
+    # the issue's case: prediction_type=v_prediction, variance_type=fixed_small, clip_sample=True
+    from fastddpm.generate import generate
+    from fastddpm.pretrained import load_model
+
+    folder = diffusers_folder(tmp_path / "pipe", prediction_type="v_prediction", variance_type="fixed_small", clip_sample=True)
+    net, schedule, info = load_model(str(folder))
+    conv = info["conventions"]
+    assert (conv.prediction, conv.variance, conv.clip) == ("v", "small", True)
+    assert conv.sources["prediction"] == "scheduler/scheduler_config.json: prediction_type"
+    m = generate(str(folder), n=2, out=tmp_path / "out", method="ddpm", steps=5, spacing="trailing", batch=2, device="cpu")
+    assert "prediction 'v' (scheduler/scheduler_config.json: prediction_type)" in capsys.readouterr().err
+    assert {k: v["value"] for k, v in m["config"]["conventions"].items()} == dict(
+        spacing="trailing", variance="small", clip=True, prediction="v", offset=0)
+    assert m["config"]["conventions"]["variance"]["from"] == "scheduler/scheduler_config.json: variance_type"
+    assert m["config"]["conventions"]["spacing"]["from"] == "given"
+    # the images are those of the reference sampled under the model's conventions, not under ε
+    from fastddpm.io.samples import shard_images
+    from fastddpm import to_uint8
+
+    got = torch.from_numpy(shard_images(tmp_path / "out", m["shards"][0], "npz"))
+    want = R.sample(net, schedule, torch.arange(2), (1, 8, 8), "ddpm", steps=5, prediction="v", variance="small", clip=True)
+    as_eps = R.sample(net, schedule, torch.arange(2), (1, 8, 8), "ddpm", steps=5)
+    want_u8 = to_uint8(want).permute(0, 2, 3, 1)
+    assert (got.int() - want_u8.int()).abs().max() <= 1  # uint8 rounding of fp32 chains
+    assert (got.int() - to_uint8(as_eps).permute(0, 2, 3, 1).int()).abs().max() > 10
+
+
+def test_every_scheduler_key_is_honoured_or_refused():
+    from fastddpm.models.loading import read_scheduler_config
+
+    full = dict(diffusers.DDPMScheduler(prediction_type="v_prediction", variance_type="fixed_large_log", clip_sample=False,
+                                        timestep_spacing="leading", steps_offset=1, rescale_betas_zero_snr=True).config)
+    schedule, conv = read_scheduler_config(full)
+    assert schedule.zero_terminal_snr and (conv.prediction, conv.variance, conv.clip, conv.spacing, conv.offset) == (
+        "v", "large", False, "leading", 1)
+    for cls in (diffusers.DDIMScheduler, diffusers.DPMSolverMultistepScheduler):  # their defaults are all honoured
+        read_scheduler_config(dict(cls().config))
+    sl, _ = read_scheduler_config(dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012))
+    torch.testing.assert_close(sl.betas, Schedule.scaled_linear().betas)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("variance_type", "learned_range"), ("variance_type", "learned"), ("thresholding", True), ("use_karras_sigmas", True),
+    ("solver_order", 3), ("algorithm_type", "dpmsolver"), ("set_alpha_to_one", False), ("prediction_type", "flow_prediction"),
+    ("beta_schedule", "sigmoid"), ("timestep_spacing", "uniform"), ("no_such_key", 1), ("final_sigmas_type", "sigma_min"),
+])
+def test_scheduler_values_fastddpm_cannot_honour_are_refused_by_name(key, value):
+    from fastddpm.models.loading import read_scheduler_config
+
+    with pytest.raises(ValueError, match=f"has {key}="):
+        read_scheduler_config({key: value})
+    with pytest.raises(ValueError, match="has clip_sample_range=2"):
+        read_scheduler_config({"clip_sample": True, "clip_sample_range": 2.0})
+    read_scheduler_config({"clip_sample": False, "clip_sample_range": 2.0})  # unused without clipping
+
+
+def test_a_scheduler_config_that_is_not_json_is_named(tmp_path):
+    from fastddpm.pretrained import load_model
+
+    folder = diffusers_folder(tmp_path / "pipe")
+    (folder / "scheduler" / "scheduler_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="scheduler_config.json is not readable JSON"):
+        load_model(str(folder))
+
+
+def test_an_epsilon_folder_on_a_zero_snr_schedule_is_refused(tmp_path):
+    from fastddpm.generate import generate
+
+    folder = diffusers_folder(tmp_path / "pipe", rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    with pytest.raises(ValueError, match="prediction: an ε-prediction model is undefined"):
+        generate(str(folder), n=2, out=tmp_path / "out", steps=5, device="cpu", progress=False)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 
 from ..io import checkpoint as ckpt
+from .. import kernels as K
+from ..core.conventions import Conventions
 from ..core.schedule import Schedule
 from .unet import UNet, UNetConfig
 
@@ -72,26 +74,109 @@ def _from_diffusers(folder: Path):
         raise ValueError(f"model: {folder} is not a loadable diffusers UNet2DModel folder ({type(e).__name__}: {e})") from e
     net = UNet.from_diffusers(theirs).eval()
     sched_cfg = folder / "scheduler" / "scheduler_config.json"
-    schedule = Schedule.linear()
+    schedule, net.conventions = Schedule.linear(), Conventions()
     if sched_cfg.exists():
-        c = json.loads(sched_cfg.read_text())
-        if c.get("trained_betas") is not None:
-            schedule = Schedule.from_betas(c["trained_betas"])
-        elif c.get("beta_schedule", "linear") == "linear":
-            schedule = Schedule.linear(c.get("num_train_timesteps", 1000), c.get("beta_start", 1e-4), c.get("beta_end", 0.02))
-        elif c.get("beta_schedule") == "squaredcos_cap_v2":
-            schedule = Schedule.cosine(c.get("num_train_timesteps", 1000))
-        else:
-            raise ValueError(f"model: {sched_cfg} has beta_schedule {c.get('beta_schedule')!r}; expected linear or squaredcos_cap_v2")
+        try:
+            c = json.loads(sched_cfg.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"model: {sched_cfg} is not readable JSON ({type(e).__name__}: {e})") from e
+        if not isinstance(c, dict):
+            raise ValueError(f"model: {sched_cfg} holds a {type(c).__name__}, expected a JSON object")
+        schedule, net.conventions = read_scheduler_config(c, str(sched_cfg.relative_to(folder)))
     sd = {k: v for k, v in net.state_dict().items()}
-    return net, schedule, {"source": str(folder), "kind": "diffusers", "step": None, "hash": weights_hash(sd)}
+    return net, schedule, {"source": str(folder), "kind": "diffusers", "step": None, "hash": weights_hash(sd),
+                           "conventions": net.conventions}
+
+
+# What each diffusers scheduler-config key means to fastddpm. A key is honoured (read into the
+# schedule or the conventions), accepted because its value changes nothing here, or refused by
+# name; a key not in this table is refused too, never ignored.
+VARIANCE_TYPES = {"fixed_small": "small", "fixed_small_log": "small", "fixed_large": "large", "fixed_large_log": "large"}
+NEUTRAL = {  # key: the values at which it changes nothing fastddpm does (or a test of the value)
+    "_class_name": lambda v: isinstance(v, str), "_diffusers_version": lambda v: True,  # diffusers metadata
+    "_use_default_values": lambda v: True, "_name_or_path": lambda v: True,
+    "thresholding": lambda v: v is False,
+    "dynamic_thresholding_ratio": lambda v: True, "sample_max_value": lambda v: True,  # read only with thresholding
+    "set_alpha_to_one": lambda v: v is True,  # DDIM: the last step lands on ᾱ = 1, as fastddpm's do
+    "solver_order": lambda v: v == 2, "solver_type": lambda v: v == "midpoint",
+    "algorithm_type": lambda v: v in ("dpmsolver++", "sde-dpmsolver++"),
+    "lower_order_final": lambda v: v is True, "euler_at_final": lambda v: v is False,
+    "use_karras_sigmas": lambda v: v is False, "use_exponential_sigmas": lambda v: v is False,
+    "use_beta_sigmas": lambda v: v is False, "use_lu_lambdas": lambda v: v is False,
+    "use_flow_sigmas": lambda v: v is False, "use_dynamic_shifting": lambda v: v is False,
+    "flow_shift": lambda v: True, "time_shift_type": lambda v: True,  # read only with flow sigmas / dynamic shifting
+    "final_sigmas_type": lambda v: v == "zero", "lambda_min_clipped": lambda v: v is None or v == float("-inf"),
+}
+HONOURED = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "rescale_betas_zero_snr",
+            "prediction_type", "variance_type", "clip_sample", "clip_sample_range", "timestep_spacing", "steps_offset")
+
+
+def read_scheduler_config(c: dict, where: str = "scheduler_config.json") -> tuple:
+    """(Schedule, Conventions) from a diffusers scheduler config; a ValueError naming the first
+    key whose value fastddpm cannot honour."""
+
+    def refuse(key, why):
+        raise ValueError(f"model: {where} has {key}={c[key]!r}: {why}")
+
+    for key in c:
+        if key not in HONOURED and key not in NEUTRAL:
+            refuse(key, "fastddpm does not know this key, and refuses it rather than sample the model under other conventions")
+        if key in NEUTRAL and not NEUTRAL[key](c[key]):
+            refuse(key, "fastddpm cannot honour this value (it implements DPM-Solver++(2M) midpoint with zero final σ, no "
+                        "thresholding, no Karras/exponential/beta/flow σ grids, and DDIM with set_alpha_to_one)")
+    T = c.get("num_train_timesteps", 1000)
+    if c.get("trained_betas") is not None:
+        schedule = Schedule.from_betas(c["trained_betas"])
+    else:
+        kind = c.get("beta_schedule", "linear")
+        start, end = c.get("beta_start", 1e-4), c.get("beta_end", 0.02)
+        if kind == "linear":
+            schedule = Schedule.linear(T, start, end)
+        elif kind == "scaled_linear":
+            schedule = Schedule.scaled_linear(T, start, end)
+        elif kind == "squaredcos_cap_v2":
+            schedule = Schedule.cosine(T)
+        else:
+            refuse("beta_schedule", "expected linear, scaled_linear or squaredcos_cap_v2")
+    if c.get("rescale_betas_zero_snr", False):
+        schedule = schedule.rescale_zero_snr()
+    conv, src = {}, {}
+
+    def take(ours, key, value):
+        conv[ours], src[ours] = value, f"{where}: {key}"
+
+    if "prediction_type" in c:
+        try:
+            take("prediction", "prediction_type", K.prediction_name(c["prediction_type"]))
+        except ValueError:
+            refuse("prediction_type", "expected epsilon, v_prediction or sample")
+    if c.get("variance_type") is not None:
+        if c["variance_type"] not in VARIANCE_TYPES:
+            refuse("variance_type", f"expected one of {sorted(VARIANCE_TYPES)} (a learned variance needs the model's "
+                                    f"second output, which fastddpm does not sample with)")
+        take("variance", "variance_type", VARIANCE_TYPES[c["variance_type"]])
+    if "clip_sample" in c:
+        take("clip", "clip_sample", bool(c["clip_sample"]))
+    if conv.get("clip") and c.get("clip_sample_range", 1.0) != 1.0:
+        refuse("clip_sample_range", "fastddpm clips x̂_0 to [-1, 1] only")
+    if "timestep_spacing" in c:
+        if c["timestep_spacing"] not in ("leading", "trailing", "linspace"):
+            refuse("timestep_spacing", "expected leading, trailing or linspace")
+        take("spacing", "timestep_spacing", c["timestep_spacing"])
+    if "steps_offset" in c:
+        take("offset", "steps_offset", c["steps_offset"])
+    return schedule, Conventions(**conv, sources=src)
 
 
 def load_model(spec):
     """(UNet in eval mode, Schedule, info) from a run folder, a checkpoint file, a diffusers
-    folder or the name of a shipped model; a clear error when there is nothing usable."""
+    folder or the name of a shipped model; a clear error when there is nothing usable. The
+    model carries its conventions (`net.conventions`, also `info["conventions"]`): what it
+    predicts, its variance, clipping and timestep spacing, each with where it was read."""
     if isinstance(spec, str) and spec in shipped():
         net, schedule, info = _from_shipped(spec)
+        net.conventions = info["conventions"] = Conventions(sources={"prediction": "shipped: fastddpm's Trainer trains "
+                                                                                   "ε-prediction"})
         return net.eval(), schedule, info
     path = Path(spec)
     if not path.exists():
@@ -110,6 +195,9 @@ def load_model(spec):
     else:
         raise ValueError(f"model: {path} has no usable weights (no checkpoints/, no .safetensors checkpoint, "
                          f"no diffusers config.json)")
+    if "conventions" not in info:  # trained by fastddpm's Trainer, which trains ε-prediction
+        net.conventions = info["conventions"] = Conventions(sources={"prediction": f"{info['kind']}: fastddpm's Trainer "
+                                                                                   f"trains ε-prediction"})
     return net.eval(), schedule, info
 
 

@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from ..core.plan import Method
+from ..core import conventions
 from ..models.loading import load_model
 from ..io import checkpoint as ckpt
 from ..io.images import to_uint8
@@ -67,12 +67,15 @@ def _positive(v, name):
     return v
 
 
-def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm", steps: int = None, spacing: str = "trailing",
-             eta: float = 0.0, variance: str = "large", clip: bool = False, clipped_eps: bool = False, shard: int = 1000,
+def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm", steps: int = None, spacing: str = None,
+             eta: float = 0.0, variance: str = None, clip: bool = None, clipped_eps: bool = False, prediction: str = None,
+             shard: int = 1000,
              format: str = "npz", batch: int = 1024, device=None, dtype=None, compile=None, eval: str = None,
              progress: bool = True, rank: int = None, world: int = None) -> dict:
     """Generate images into `out` (see the module's docstring); returns the manifest (or,
-    while other processes still hold shards, what this one knows of it)."""
+    while other processes still hold shards, what this one knows of it). spacing, variance,
+    clip and prediction left None take the model's conventions (load_model); the manifest
+    records the value of each and where it came from."""
     # ---- every argument checked before any sampling
     if out is None:
         raise ValueError("out: expected a folder for the shards")
@@ -88,7 +91,6 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
     if format not in FORMATS:
         raise ValueError(f"format: expected one of {FORMATS}, got {format!r}")
     out = ckpt.check_writable(out, "out")
-    m = Method(method, steps, spacing, eta, variance, clip, clipped_eps)
     if eval is not None:
         from ..metrics import features
 
@@ -100,16 +102,21 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
                                                                          if torch.cuda.is_available() else "cpu")
 
     net, schedule, info = load_model(model)
+    m, used = conventions.of(net).resolve(method, steps, spacing=spacing, eta=eta, variance=variance, clip=clip,
+                                          clipped_eps=clipped_eps, prediction=prediction)
     m = m.checked(schedule.T)
     net = net.to(dev)
     sampler = Sampler(net, schedule, method=m.name, steps=m.steps, spacing=m.spacing, eta=m.eta, variance=m.variance, clip=m.clip,
-                      clipped_eps=m.clipped_eps, dtype=dtype, compile=compile, progress=False)
+                      clipped_eps=m.clipped_eps, prediction=m.prediction, dtype=dtype, compile=compile, progress=False)
+    if progress:
+        sys.stderr.write("generate: sampling as " + ", ".join(f"{k} {v!r} ({src})" for k, (v, src) in used.items()) + "\n")
     micro = min(batch, len(seeds))  # every micro-batch this size: an image's arithmetic never depends on the sharding
     config = {
         "model": info["source"], "model_hash": info["hash"], "schedule": {"T": schedule.T, "betas_sha256":
                   hashlib.sha256(schedule.betas.numpy().tobytes()).hexdigest()[:16]},
         "method": {"name": m.name, "steps": m.steps, "spacing": m.spacing, "eta": m.eta, "variance": m.variance, "clip": m.clip,
-                   "clipped_eps": m.clipped_eps},
+                   "clipped_eps": m.clipped_eps, "prediction": m.prediction, "offset": m.offset},
+        "conventions": {k: {"value": v, "from": src} for k, (v, src) in used.items()},
         "seeds": seed_spec(seeds), "n": len(seeds), "shard": shard, "format": format, "micro_batch": micro,
         "model_dtype": str(sampler.dtype).replace("torch.", ""), "device_type": dev.type, "image_shape": list(sampler.shape),
     }
