@@ -43,6 +43,9 @@ HELP = {
     "seed": "the run's seed, in [0, 2**23)", "schedule": "noise schedule", "T": "timesteps of the schedule",
     "fused": "the fused kernels (--no-fused: the eager reference path)", "compile": "torch.compile the forward and loss",
     "steps": "optimizer steps in the whole run (may grow on --resume)", "log_every": "steps between loss read-backs",
+    "prediction": "what the model predicts: epsilon, v or sample (x_0)",
+    "min_snr_gamma": "min-SNR-γ loss weighting (Hang et al.; 5 is usual; 0: off)",
+    "zero_snr": "rescale the schedule to zero terminal SNR (Lin et al.; with --prediction v)",
     "checkpoint_every": "steps between checkpoints (0: only at the end)", "sample_every": "steps between EMA sample grids "
     "(0: one at the end)", "sample_batch": "images in a sample grid", "keep": "the run's newest checkpoints kept",
 }
@@ -65,6 +68,8 @@ def parser() -> argparse.ArgumentParser:
             ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"{HELP[f.name]} (default: {shown})")
         elif f.name == "schedule":
             ap.add_argument(flag, choices=SCHEDULES, default=None, help=f"{HELP[f.name]} (default: {shown})")
+        elif f.name == "prediction":
+            ap.add_argument(flag, choices=("epsilon", "v", "sample"), default=None, help=f"{HELP[f.name]} (default: {shown})")
         else:
             ap.add_argument(flag, type=type(default), default=None, metavar=f.name.upper(), help=f"{HELP[f.name]} (default: {shown})")
     return ap

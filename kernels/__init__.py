@@ -24,7 +24,7 @@ from .noise import philox_words, randn, randn_
 from .noising import q_sample
 from .philox import STREAM_NOISING, STREAM_PRIOR, STREAM_REVERSE, STREAM_TIMESTEP, STREAMS, philox
 from .step import reverse_step, sampler_step
-from .tables import NCOEF, PREDICTIONS, VARIANCES, coef_table, for_prediction, prediction_name
+from .tables import NCOEF, PREDICTIONS, VARIANCES, coef_table, for_prediction, min_snr_weights, prediction_name
 
 # The @triton.jit functions themselves, for tools that compile or inspect them ahead of time
 # (fastddpm.aot, `python -m fastddpm.bench --static`); launch them through the functions above.
@@ -54,6 +54,7 @@ __all__ = [
     "cpu_backend",
     "eps_mse_loss",
     "for_prediction",
+    "min_snr_weights",
     "philox",
     "philox_words",
     "prediction_name",

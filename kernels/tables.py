@@ -67,6 +67,32 @@ def for_prediction(rows: torch.Tensor, prediction: str) -> torch.Tensor:
     return out
 
 
+def min_snr_weights(alphas_cumprod, gamma: float = 5.0, prediction: str = "epsilon", device=None) -> torch.Tensor:
+    """Min-SNR-γ loss weights per timestep (Hang et al. 2023), float32 (T,), for the loss's weights=.
+
+    With SNR_t = ᾱ_t²/β̄_t² the weight on the MSE of each target is the same weight on x_0's
+    error: min(SNR, γ)/SNR for ε, min(SNR, γ) for x_0, min(SNR, γ)/(SNR + 1) for v (as diffusers'
+    training scripts' compute_snr). At ᾱ = 0 (zero terminal SNR) the v weight is 0 and the ε
+    weight undefined (an ε model cannot train there): a ValueError.
+    """
+    prediction = prediction_name(prediction)
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma > 0 or gamma != gamma or gamma == float("inf"):
+        raise ValueError(f"gamma: expected a finite number > 0 (5 is the paper's), got {gamma!r}")
+    ac = check_alphas_cumprod(alphas_cumprod)
+    snr = ac / (1 - ac)
+    clipped = snr.clamp(max=float(gamma))
+    if prediction == "epsilon":
+        if bool((snr == 0).any()):
+            raise ValueError("prediction: min-SNR weights for an ε target are undefined where ᾱ = 0 (zero terminal SNR); "
+                             "train a v model there")
+        w = clipped / snr
+    elif prediction == "sample":
+        w = clipped
+    else:
+        w = clipped / (snr + 1)
+    return w.to(device=device, dtype=torch.float32).contiguous()
+
+
 def check_alphas_cumprod(alphas_cumprod) -> torch.Tensor:
     """ᾱ_t² (diffusers' `alphas_cumprod`) as a float64 CPU tensor, validated."""
     ac = torch.as_tensor(alphas_cumprod).detach().to("cpu")

@@ -323,3 +323,42 @@ def test_training_images_must_fit_the_model(data):
         _trainer(torch.nn.functional.interpolate(data[:64], size=16))
     with pytest.raises(ValueError, match="data: expected a non-empty set of images"):
         _trainer(data[:0])
+
+
+@pytest.mark.parametrize("kw", [dict(prediction="v", min_snr_gamma=5.0, zero_snr=True), dict(prediction="sample", min_snr_gamma=5.0)],
+                         ids=["v-minsnr-zerosnr", "x0-minsnr"])
+def test_v_and_x0_training_fused_equals_reference_and_resumes_exactly(data, tmp_path, kw):
+    curves = {}
+    for fused in (True, False):
+        tr = _trainer(data, steps=20, batch_size=16, log_every=1, fused=fused, **kw)
+        curves[fused] = torch.tensor([v for _, v in tr.fit()])
+    torch.testing.assert_close(curves[True], curves[False], rtol=1e-4, atol=1e-6)
+    straight = _trainer(data, **kw)
+    straight.fit(20)
+    first = _trainer(data, out_dir=tmp_path, **kw)
+    first.fit(10)
+    with pytest.raises(ValueError, match="prediction"):  # a resume may not change what the model predicts
+        _trainer(data, out_dir=tmp_path, resume=True, **{**kw, "prediction": "epsilon", "zero_snr": False})
+    resumed = _trainer(data, out_dir=tmp_path, resume=True, **kw)
+    resumed.fit(20)
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # the checkpoint carries the conventions: load_model samples it as what it is
+    from fastddpm.pretrained import load_model
+
+    net, schedule, info = load_model(str(tmp_path))
+    assert net.conventions.prediction == kw["prediction"] and net.conventions.sources["prediction"] == (
+        "checkpoint: train_config.prediction")
+    assert schedule.zero_terminal_snr == kw.get("zero_snr", False)
+
+
+def test_train_config_refuses_what_cannot_train():
+    with pytest.raises(ValueError, match="zero_snr: an ε-prediction model is undefined"):
+        TrainConfig(zero_snr=True)
+    with pytest.raises(ValueError, match="prediction: expected one of"):
+        TrainConfig(prediction="x0")
+    with pytest.raises(ValueError, match="min_snr_gamma: expected a finite number >= 0"):
+        TrainConfig(min_snr_gamma=-1.0)
+    with pytest.raises(TypeError, match="zero_snr: expected True or False"):
+        TrainConfig(prediction="v", zero_snr="yes")
+    assert TrainConfig(prediction="v_prediction").prediction == "v"

@@ -5,6 +5,7 @@ or a Plan instead of a coefficient table, so that tests, benchmarks and the Trai
     q_sample(x0, t, schedule, *, seeds=None, noise=None)
     reverse_step(x, eps_hat, t, schedule, *, seeds=None, noise=None, variance="large", clip=False)
     eps_mse_loss(eps_hat, t, *, seeds=None, noise=None, weights=None, reduction="mean")
+    diffusion_loss(out, t, schedule, *, x0=None, seeds=None, noise=None, weights=None, prediction="epsilon", reduction="mean")
     sampler_step(x, eps_hat, k, plan, *, seeds=None, noise=None, h=None) -> (x_s, x̂_0 or None)
 """
 
@@ -25,6 +26,15 @@ def reverse_step(x, eps_hat, t, schedule: Schedule, *, seeds=None, noise=None, v
 
 def eps_mse_loss(eps_hat, t, *, seeds=None, noise=None, weights=None, reduction="mean") -> torch.Tensor:
     return K.eps_mse_loss(eps_hat, t, seeds=seeds, noise=noise, weights=weights, reduction=reduction)
+
+
+def diffusion_loss(out, t, schedule: Schedule, *, x0=None, seeds=None, noise=None, weights=None, prediction="epsilon",
+                   reduction="mean") -> torch.Tensor:
+    """The loss of a model predicting ε, v or x_0 (x0: the clean images, read by the v and x_0 targets)."""
+    pred = K.prediction_name(prediction)
+    table = schedule.table("large", out.device) if pred == "v" else None
+    return K.eps_mse_loss(out, t, seeds=seeds, noise=noise, weights=weights, reduction=reduction, prediction=pred,
+                          x0=x0 if pred != "epsilon" else None, table=table)
 
 
 def sampler_step(x, eps_hat, k, plan: Plan, *, seeds=None, noise=None, h=None) -> tuple:

@@ -13,6 +13,7 @@ The signatures are those of `fastddpm.fused`, so tests and the Trainer pick eith
     q_sample(x0, t, schedule, *, seeds=None, noise=None)
     reverse_step(x, eps_hat, t, schedule, *, seeds=None, noise=None, variance="large", clip=False)
     eps_mse_loss(eps_hat, t, *, seeds=None, noise=None, weights=None, reduction="mean")
+    diffusion_loss(out, t, schedule, *, x0=None, seeds=None, noise=None, weights=None, prediction="epsilon", reduction="mean")
     sampler_step(x, eps_hat, k, plan, *, seeds=None, noise=None, h=None) -> (x_s, x̂_0 or None)
 
 Of the fast path it imports only the noise contract (kernels.randn, the stream numbers)
@@ -166,6 +167,24 @@ def eps_mse_loss(eps_hat, t, *, seeds=None, noise=None, weights=None, reduction=
     if reduction == "none":
         return per_sample
     raise ValueError(f"reduction: expected 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def diffusion_loss(out, t, schedule: Schedule, *, x0=None, seeds=None, noise=None, weights=None, prediction="epsilon",
+                   reduction="mean") -> torch.Tensor:
+    """w_t ‖y - m‖² for the target y of what the model predicts, computed in at least float32:
+    ε (Ho et al. eq. 14), v = √ᾱ ε − √(1−ᾱ) x_0 (Salimans & Ho 2022, §4), or x_0."""
+    prediction = K.prediction_name(prediction)
+    if prediction == "epsilon":
+        return eps_mse_loss(out, t, seeds=seeds, noise=noise, weights=weights, reduction=reduction)
+    m = out.to(torch.promote_types(out.dtype, torch.float32))
+    x0 = x0.to(m.dtype)
+    if prediction == "sample":
+        target = x0
+    else:
+        eps = _noise(noise, seeds, t, K.STREAM_NOISING, m)
+        a = _at(schedule, t, m)
+        target = _lo(a.sqrt(), m) * eps - _lo((1 - a).sqrt(), m) * x0
+    return eps_mse_loss(m, t, noise=target, weights=weights, reduction=reduction)
 
 
 def sampler_step(x, eps_hat, k, plan: Plan, *, seeds=None, noise=None, h=None) -> tuple:

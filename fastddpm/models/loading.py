@@ -45,9 +45,20 @@ def _from_checkpoint(path: Path, tensors: dict, meta: dict):
         raise ValueError(f"model: checkpoint {path} holds no EMA weights for {missing[:3]}")
     ema = {n: tensors[f"ema.{n}"] for n in names}
     net.load_state_dict(ema, strict=True)
-    tc = meta.get("train_config", {})
+    schedule, conv = _trained_conventions(meta.get("train_config", {}), "checkpoint")
+    net.conventions = conv
+    return net, schedule, {"source": str(path), "kind": "checkpoint", "step": meta.get("step"), "hash": weights_hash(ema),
+                           "conventions": conv}
+
+
+def _trained_conventions(tc: dict, kind: str) -> tuple:
+    """(Schedule, Conventions) of a model trained by fastddpm's Trainer, from its TrainConfig
+    (older ones, without prediction / zero_snr, trained ε on the plain schedule)."""
     schedule = getattr(Schedule, tc.get("schedule", "linear"))(T=tc.get("T", 1000))
-    return net, schedule, {"source": str(path), "kind": "checkpoint", "step": meta.get("step"), "hash": weights_hash(ema)}
+    if tc.get("zero_snr", False):
+        schedule = schedule.rescale_zero_snr()
+    where = f"{kind}: train_config.prediction" if "prediction" in tc else f"{kind}: fastddpm's Trainer trained ε-prediction"
+    return schedule, Conventions(prediction=tc.get("prediction", "epsilon"), sources={"prediction": where})
 
 
 def _from_shipped(name: str):
@@ -58,8 +69,10 @@ def _from_shipped(name: str):
     tensors = load_file(str(path))
     net = UNet(_config(card["model_config"]))
     net.load_state_dict(tensors, strict=True)
-    schedule = getattr(Schedule, card["schedule"])(T=card["T"])
-    return net, schedule, {"source": name, "kind": "shipped", "step": card.get("step"), "hash": weights_hash(tensors)}
+    schedule, conv = _trained_conventions({"schedule": card["schedule"], "T": card["T"], **card.get("train_config", {})}, "shipped")
+    net.conventions = conv
+    return net, schedule, {"source": name, "kind": "shipped", "step": card.get("step"), "hash": weights_hash(tensors),
+                           "conventions": conv}
 
 
 def _from_diffusers(folder: Path):
@@ -175,8 +188,6 @@ def load_model(spec):
     predicts, its variance, clipping and timestep spacing, each with where it was read."""
     if isinstance(spec, str) and spec in shipped():
         net, schedule, info = _from_shipped(spec)
-        net.conventions = info["conventions"] = Conventions(sources={"prediction": "shipped: fastddpm's Trainer trains "
-                                                                                   "ε-prediction"})
         return net.eval(), schedule, info
     path = Path(spec)
     if not path.exists():
@@ -195,9 +206,6 @@ def load_model(spec):
     else:
         raise ValueError(f"model: {path} has no usable weights (no checkpoints/, no .safetensors checkpoint, "
                          f"no diffusers config.json)")
-    if "conventions" not in info:  # trained by fastddpm's Trainer, which trains ε-prediction
-        net.conventions = info["conventions"] = Conventions(sources={"prediction": f"{info['kind']}: fastddpm's Trainer "
-                                                                                   f"trains ε-prediction"})
     return net.eval(), schedule, info
 
 

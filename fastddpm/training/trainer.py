@@ -45,8 +45,11 @@ class TrainConfig:
     ema_decay: float = 0.9999  # reached gradually: min(decay, (1 + s) / (10 + s))
     weight_decay: float = 0.0
     seed: int = 0  # in [0, 2**23): sample k's noise seed is seed * 2**40 + k
-    schedule: str = "linear"  # or "cosine"
+    schedule: str = "linear"  # or "cosine", "scaled_linear"
     T: int = 1000
+    prediction: str = "epsilon"  # what the model learns to predict: "epsilon", "v" or "sample" (x_0)
+    min_snr_gamma: float = 0.0  # > 0: min-SNR-γ loss weights (Hang et al. 2023; 5 is usual); 0: unweighted
+    zero_snr: bool = False  # rescale the schedule to zero terminal SNR (Lin et al. 2024; needs prediction="v" or "sample")
     fused: bool = True  # False: the reference path (materialised ε, eager)
     compile: bool = False  # torch.compile the forward + loss
     steps: int = 10_000  # optimizer steps in the whole run (may grow on resume)
@@ -78,7 +81,12 @@ class TrainConfig:
         check("seed", lambda v: is_int(v) and 0 <= v < 2**23, "an int in [0, 2**23) (sample k's noise seed is seed * 2**40 + k)")
         check("T", lambda v: is_int(v) and v >= 1, "a positive int number of timesteps")
         check("schedule", lambda v: v in SCHEDULES, f"one of {SCHEDULES}")
-        for flag in ("fused", "compile"):
+        object.__setattr__(self, "prediction", K.prediction_name(self.prediction))
+        check("min_snr_gamma", lambda v: is_num(v) and v >= 0, "a finite number >= 0 (0: no min-SNR weighting)")
+        if self.zero_snr is True and self.prediction == "epsilon":
+            raise ValueError("zero_snr: an ε-prediction model is undefined at the last step of a zero-terminal-SNR schedule "
+                             "(ᾱ = 0): train with prediction='v' (Lin et al. 2024) or 'sample'")
+        for flag in ("fused", "compile", "zero_snr"):
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"{flag}: expected True or False, got {getattr(self, flag)!r}")
         check("log_every", lambda v: is_int(v) and v >= 1, "a positive int")
@@ -88,11 +96,19 @@ class TrainConfig:
         check("keep", lambda v: is_int(v) and v >= 1, "a positive int (this run's newest checkpoints kept)")
 
     def schedule_obj(self) -> Schedule:
-        return getattr(Schedule, self.schedule)(T=self.T)
+        s = getattr(Schedule, self.schedule)(T=self.T)
+        return s.rescale_zero_snr() if self.zero_snr else s
+
+    def loss_weights(self, schedule: Schedule, device) -> Optional[torch.Tensor]:
+        """The min-SNR-γ weights for this prediction type, or None (unweighted)."""
+        if not self.min_snr_gamma:
+            return None
+        return K.min_snr_weights(schedule.alphas_cumprod, self.min_snr_gamma, self.prediction, device)
 
 
-SCHEDULES = ("linear", "cosine")
+SCHEDULES = ("linear", "cosine", "scaled_linear")
 EXACT = ("batch_size", "lr", "warmup", "grad_clip", "ema_decay", "weight_decay", "seed", "schedule", "T", "fused", "compile")
+EXACT_SINCE_V = {"prediction": "epsilon", "min_snr_gamma": 0.0, "zero_snr": False}  # exact too; absent in older checkpoints
 SAFE = ("steps", "log_every", "checkpoint_every", "sample_every", "sample_batch", "keep")
 
 
@@ -119,6 +135,7 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress = progress and self.rank == 0
         self.schedule = config.schedule_obj()
+        self.loss_weights = config.loss_weights(self.schedule, self.device)
         self.lock = None
         if self.out_dir is not None and self.rank == 0:
             ckpt.check_writable(self.out_dir, "out_dir")  # before any work: not after the training
@@ -163,7 +180,8 @@ class Trainer:
 
     def identity(self) -> dict:
         """What makes two runs the same run: the EXACT settings, the model, the data, the world."""
-        return {**{k: getattr(self.cfg, k) for k in EXACT}, "model_config": _config_dict(self.model),
+        newer = {k: getattr(self.cfg, k) for k, default in EXACT_SINCE_V.items() if getattr(self.cfg, k) != default}
+        return {**{k: getattr(self.cfg, k) for k in EXACT}, **newer, "model_config": _config_dict(self.model),
                 "data": self.data_hash, "world": self.world}
 
     def close(self) -> None:
@@ -207,7 +225,8 @@ class Trainer:
         ops = fused if self.cfg.fused else reference
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
             x_t = ops.q_sample(x0, t, self.schedule, seeds=seeds)
-            return ops.eps_mse_loss(self.net(x_t, t), t, seeds=seeds)
+            return ops.diffusion_loss(self.net(x_t, t), t, self.schedule, x0=x0, seeds=seeds, weights=self.loss_weights,
+                                      prediction=self.cfg.prediction)
 
     def train_step(self) -> None:
         cfg = self.cfg
@@ -300,6 +319,7 @@ class Trainer:
         """EMA samples through the Sampler, as a PNG grid (out_dir/samples-<step>.png)."""
         c = self.model.config
         sampler = Sampler(self.ema, self.schedule, dtype=torch.float32, channels_last=self.cuda, compile=False,
+                          prediction=self.cfg.prediction,
                           shape=(c.in_channels, c.sample_size, c.sample_size), progress=self.progress)
         if self.progress:
             sys.stderr.write("\n")
