@@ -25,7 +25,7 @@ DIFFUSERS_NAME = {"epsilon": "epsilon", "v": "v_prediction", "sample": "sample"}
 CONFIGS = [  # (method, options)
     ("ddpm", dict(variance="large")), ("ddpm", dict(variance="small")), ("ddpm", dict(variance="small", clip=True)),
     ("ddim", dict()), ("ddim", dict(eta=1.0)), ("ddim", dict(clip=True)), ("ddim", dict(eta=0.5, clip=True, clipped_eps=True)),
-    ("dpm++2m", dict()), ("sde-dpm++2m", dict()),
+    ("dpm++2m", dict()), ("sde-dpm++2m", dict()), ("dpm++2m", dict(spacing="karras")), ("sde-dpm++2m", dict(spacing="karras")),
 ]
 
 
@@ -57,6 +57,8 @@ def toy_model(prediction, S):
 
 def diffusers_chain(method, S, prediction, steps, monkeypatch, variance="large", clip=False, eta=0.0, clipped_eps=False,
                     spacing="trailing"):
+    karras = spacing == "karras"
+    spacing = "linspace" if karras else spacing  # (ignored by diffusers under use_karras_sigmas)
     """diffusers' own loop in float64 with its prediction_type, on our schedule, our prior, our noise."""
     a = S.alphas_cumprod.clone()
     common = dict(num_train_timesteps=S.T, timestep_spacing=spacing, prediction_type=DIFFUSERS_NAME[prediction])
@@ -65,7 +67,7 @@ def diffusers_chain(method, S, prediction, steps, monkeypatch, variance="large",
     elif method == "ddim":
         sc = diffusers.DDIMScheduler(**common, clip_sample=clip)
     else:
-        sc = diffusers.DPMSolverMultistepScheduler(**common, solver_order=2,
+        sc = diffusers.DPMSolverMultistepScheduler(**common, solver_order=2, use_karras_sigmas=karras,
                                                    algorithm_type="dpmsolver++" if method == "dpm++2m" else "sde-dpmsolver++")
         monkeypatch.setattr(dpm_module, "torch", _Float32MeansFloat64("torch"))
         if S.zero_terminal_snr:
@@ -75,7 +77,10 @@ def diffusers_chain(method, S, prediction, steps, monkeypatch, variance="large",
     sc.alpha_t, sc.sigma_t = a.sqrt(), (1 - a).sqrt()
     sc.lambda_t = sc.alpha_t.log() - sc.sigma_t.log()
     sc.set_timesteps(steps)
-    if method not in ("ddpm", "ddim"):
+    if karras:  # its own Karras grid, in float64 (set_timesteps stores it in float32)
+        sig = sc._convert_to_karras(in_sigmas=((1 - a) / a).sqrt().flip(0).numpy(), num_inference_steps=steps)
+        sc.sigmas = torch.cat([torch.as_tensor(sig, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
+    elif method not in ("ddpm", "ddim"):
         sc.sigmas = torch.cat([((1 - a) / a).sqrt()[sc.timesteps.long()], torch.zeros(1, dtype=torch.float64)])
     model = toy_model(prediction, S)
     B = SEEDS.numel()
@@ -106,10 +111,30 @@ def reference_chain(method, S, prediction, steps, dtype=torch.float64, **options
 def test_reference_chains_equal_diffusers(config, prediction, monkeypatch):
     method, options = config
     for steps in (1, 3, 10, 50):
-        if not follows_diffusers(method, "trailing", steps):
+        if not follows_diffusers(method, options.get("spacing", "trailing"), steps):
             continue  # diffusers' DDIM steps to t - T//N, not its next timestep (test_samplers.py)
         ours = reference_chain(method, LINEAR, prediction, steps, **options)
         theirs = diffusers_chain(method, LINEAR, prediction, steps, monkeypatch, **options)
+        torch.testing.assert_close(ours, theirs, msg=lambda m: f"{steps} steps: {m}")
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5, 10, 20, 50])
+def test_karras_timesteps_are_diffusers(steps):
+    from fastddpm.core.plan import Method, timesteps
+
+    for S in (LINEAR, Schedule.cosine(), Schedule.scaled_linear()):
+        sc = diffusers.DPMSolverMultistepScheduler(use_karras_sigmas=True, trained_betas=S.betas.numpy())
+        sc.set_timesteps(steps)
+        m = Method("dpm++2m", steps, "karras").checked(S.T)
+        assert timesteps(S.T, m, S.alphas_cumprod) == [int(v) for v in sc.timesteps]
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+@pytest.mark.parametrize("method", ["dpm++2m", "sde-dpm++2m"])
+def test_karras_chains_equal_diffusers(method, prediction, monkeypatch):
+    for steps in (1, 3, 10, 25):
+        ours = reference_chain(method, LINEAR, prediction, steps, spacing="karras")
+        theirs = diffusers_chain(method, LINEAR, prediction, steps, monkeypatch, spacing="karras")
         torch.testing.assert_close(ours, theirs, msg=lambda m: f"{steps} steps: {m}")
 
 
@@ -245,12 +270,15 @@ def test_every_scheduler_key_is_honoured_or_refused():
         "v", "large", False, "leading", 1)
     for cls in (diffusers.DDIMScheduler, diffusers.DPMSolverMultistepScheduler):  # their defaults are all honoured
         read_scheduler_config(dict(cls().config))
+    _, conv = read_scheduler_config(dict(diffusers.DPMSolverMultistepScheduler(use_karras_sigmas=True).config))
+    assert conv.spacing == "karras" and conv.sources["spacing"].endswith("use_karras_sigmas")
+    assert conv.resolve("dpm++2m", 10)[0].spacing == "karras" and conv.resolve("ddim", 10)[0].spacing == "trailing"
     sl, _ = read_scheduler_config(dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012))
     torch.testing.assert_close(sl.betas, Schedule.scaled_linear().betas)
 
 
 @pytest.mark.parametrize("key, value", [
-    ("variance_type", "learned_range"), ("variance_type", "learned"), ("thresholding", True), ("use_karras_sigmas", True),
+    ("variance_type", "learned_range"), ("variance_type", "learned"), ("thresholding", True), ("use_exponential_sigmas", True),
     ("solver_order", 3), ("algorithm_type", "dpmsolver"), ("set_alpha_to_one", False), ("prediction_type", "flow_prediction"),
     ("beta_schedule", "sigmoid"), ("timestep_spacing", "uniform"), ("no_such_key", 1), ("final_sigmas_type", "sigma_min"),
 ])
@@ -279,3 +307,20 @@ def test_an_epsilon_folder_on_a_zero_snr_schedule_is_refused(tmp_path):
     folder = diffusers_folder(tmp_path / "pipe", rescale_betas_zero_snr=True, timestep_spacing="trailing")
     with pytest.raises(ValueError, match="prediction: an ε-prediction model is undefined"):
         generate(str(folder), n=2, out=tmp_path / "out", steps=5, device="cpu", progress=False)
+
+
+def test_a_karras_grid_that_repeats_timesteps():
+    # the cosine schedule's σ_max is huge: Karras σ_k are distinct but several round to t = 999,
+    # as in diffusers. The deterministic solver samples it (fused = reference); the SDE, whose z
+    # is addressed by t, would draw one z twice: refused by name.
+    S = Schedule.cosine()
+    plan = Plan.build(S, "dpm++2m", steps=10, spacing="karras")
+    assert len(set(plan.timesteps)) < plan.K and len(set(plan.alphas.tolist())) == plan.K
+    exact = R.sample(toy_model("epsilon", S), S, SEEDS, SHAPE, plan, dtype=torch.float64)
+    fast = Sampler(toy_model("epsilon", S), S, method="dpm++2m", steps=10, spacing="karras", shape=SHAPE, progress=False,
+                   dtype=torch.float32).run(seeds=SEEDS)
+    plain = R.sample(toy_model("epsilon", S), S, SEEDS, SHAPE, plan, dtype=torch.float32)
+    err, plain_err = (fast.double() - exact).abs().max().item(), (plain.double() - exact).abs().max().item()
+    assert err <= 2 * plain_err + 10 * 2.0**-24 * 4.0, (err, plain_err)
+    with pytest.raises(ValueError, match="spacing: 'karras' with steps=10 .* repeated"):
+        Plan.build(S, "sde-dpm++2m", steps=10, spacing="karras")

@@ -22,7 +22,7 @@ class Conventions:
     prediction: str = "epsilon"  # "epsilon", "v" or "sample"
     variance: str = "large"  # ddpm's σ: "large" (β), "small" (posterior), "none"
     clip: bool = False  # clamp x̂_0 to [-1, 1] (ddpm, ddim)
-    spacing: str = "trailing"  # timestep spacing of a respaced chain
+    spacing: str = "trailing"  # timestep spacing of a respaced chain; "karras": DPM-Solver++ on Karras's σ grid
     offset: int = 0  # diffusers' steps_offset (leading spacing)
     sources: dict = field(default_factory=dict)  # key -> where its value came from; absent: fastddpm's default
 
@@ -43,7 +43,8 @@ class Conventions:
             used[key] = (getattr(self, key), self.sources.get(key, DEFAULT))
             return getattr(self, key)
 
-        spacing = pick("spacing", spacing)
+        multistep = method in ("dpm++2m", "sde-dpm++2m")
+        spacing = pick("spacing", spacing, self.spacing != "karras" or multistep, "trailing")  # Karras: DPM-Solver++'s grid
         m = Method(method, steps, spacing, eta,
                    pick("variance", variance, method == "ddpm", "large"),
                    pick("clip", clip, method in ("ddpm", "ddim"), False),

@@ -31,7 +31,7 @@ from ..kernels.tables import C_EPS, C_H, C_X, C_X0, NCOEF, SIGMA, SQRT_1M_AB, SQ
 from .schedule import Schedule
 
 METHODS = ("ddpm", "ddim", "dpm++2m", "sde-dpm++2m")
-SPACINGS = ("trailing", "leading", "linspace", "quad")
+SPACINGS = ("trailing", "leading", "linspace", "quad", "karras")
 DEFAULT_STEPS = {"ddim": 50, "dpm++2m": 20, "sde-dpm++2m": 20}  # ddpm: all T
 
 
@@ -94,10 +94,39 @@ class Method:
         return f"{self.name}{extra} {self.steps} steps ({self.spacing}{pred})" + (" clip" if self.clip else "")
 
 
-def timesteps(T: int, method: Method) -> list:
-    """The model's timesteps, descending, for a checked method (diffusers' grids)."""
+def karras_alphas(alphas_cumprod: torch.Tensor, N: int) -> torch.Tensor:
+    """ᾱ² of Karras et al.'s (2022) σ grid, ρ = 7, between the schedule's σ_max and σ_min
+    (σ = √((1 − ᾱ²)/ᾱ²)), descending in σ: diffusers' use_karras_sigmas."""
+    sig = ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
+    lo, hi = float(sig[0]) ** (1 / 7), float(sig[-1]) ** (1 / 7)
+    sigmas = (hi + torch.linspace(0, 1, N, dtype=torch.float64) * (lo - hi)) ** 7
+    return 1 / (1 + sigmas**2)
+
+
+def _sigma_to_t(sigmas: torch.Tensor, alphas_cumprod: torch.Tensor) -> list:
+    """The timestep of each σ, interpolated in log σ between the schedule's, rounded (diffusers' _sigma_to_t)."""
+    log_sig = (((1 - alphas_cumprod) / alphas_cumprod).sqrt()).log().numpy()
+    out = []
+    for s in sigmas.numpy():
+        ls = np.log(max(s, 1e-10))
+        low = min(int(np.cumsum(ls - log_sig >= 0).argmax()), len(log_sig) - 2)
+        w = np.clip((log_sig[low] - ls) / (log_sig[low] - log_sig[low + 1]), 0, 1)
+        out.append(int(np.round((1 - w) * low + w * (low + 1))))
+    return out
+
+
+def timesteps(T: int, method: Method, alphas_cumprod: torch.Tensor = None) -> list:
+    """The model's timesteps, descending, for a checked method (diffusers' grids); the
+    "karras" spacing needs the schedule's alphas_cumprod."""
     N, spacing = method.steps, method.spacing
-    if spacing == "quad":
+    if spacing == "karras":
+        if not method.multistep:
+            raise ValueError(f"spacing: 'karras' is DPM-Solver++'s σ grid (diffusers' use_karras_sigmas): use it with "
+                             f"dpm++2m or sde-dpm++2m, not {method.name!r}")
+        ac = solver_alphas_cumprod(alphas_cumprod)
+        a = karras_alphas(ac, N)
+        t = np.array(_sigma_to_t(((1 - a) / a).sqrt(), ac), dtype=np.int64)
+    elif spacing == "quad":
         t = (np.linspace(0, np.sqrt(T * 0.8), N) ** 2).astype(np.int64)[::-1]
     elif method.multistep:  # DPMSolverMultistepScheduler: N + 1 points, the last dropped
         if spacing == "linspace":
@@ -114,7 +143,10 @@ def timesteps(T: int, method: Method) -> list:
         else:
             t = np.round(np.arange(T, 0, -T / N)).astype(np.int64) - 1
     t = [int(v) for v in t]
-    if len(t) != N or len(set(t)) != N or min(t) < 0 or max(t) >= T:
+    # Karras σ_k are distinct even where their rounded t repeat (as diffusers allows); the
+    # deterministic solver takes that, but the SDE's z is addressed by t and would repeat
+    repeats_ok = spacing == "karras" and method.name == "dpm++2m" and t == sorted(t, reverse=True)
+    if len(t) != N or (len(set(t)) != N and not repeats_ok) or min(t) < 0 or max(t) >= T:
         raise ValueError(
             f"spacing: {spacing!r} with steps={N}{f' and offset={method.offset}' if method.offset else ''} on a schedule "
             f"of T={T} gives repeated or out-of-range timesteps ({t[:6]}...): use fewer steps, another spacing, or a longer schedule"
@@ -131,6 +163,7 @@ class Plan:
     timesteps: tuple  # the model's t at step k
     prev: tuple  # the timestep step k lands on (-1: the end)
     rows: torch.Tensor  # (K, NCOEF) float64
+    alphas: torch.Tensor  # (K,) float64: the ᾱ² step k's coefficients use (ᾱ²[t_k] but on a Karras σ grid, or at ᾱ = 0)
     stochastic: bool  # some step adds noise (σ > 0): a host bool, so compiled steps branch on no tensor
     eps_term: bool  # some step weighs ε̂ directly (C_EPS != 0: DDIM without clipped ε)
     _cache: dict = field(default_factory=dict, init=False, repr=False)
@@ -141,15 +174,16 @@ class Plan:
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule: expected a fastddpm.Schedule, got {type(schedule).__name__}")
         m = (method if isinstance(method, Method) else Method(method, **options)).checked(schedule.T)
-        ts = timesteps(schedule.T, m)
+        ts = timesteps(schedule.T, m, schedule.alphas_cumprod)
         if m.prediction == "epsilon" and schedule.zero_terminal_snr and ts[0] == schedule.T - 1:
             raise ValueError(f"prediction: an ε-prediction model is undefined at t = {schedule.T - 1} of a zero-terminal-SNR "
                              f"schedule (ᾱ = 0 there, and x̂_0 = (x - β̄ ε̂)/ᾱ divides by it); Lin et al. (2024) pair such "
                              f"schedules with v-prediction: pass prediction='v' for a v model, or start below that step "
                              f"(spacing='leading')")
         prev = ts[1:] + [-1]
-        rows = K.for_prediction(_rows(schedule.alphas_cumprod, m, ts, prev), m.prediction)
-        return cls(schedule, m, tuple(ts), tuple(prev), rows, bool((rows[:, int(SIGMA)] > 0).any()),
+        a_t = step_alphas(schedule.alphas_cumprod, m, ts)
+        rows = K.for_prediction(_rows(schedule.alphas_cumprod, m, ts, prev, a_t), m.prediction)
+        return cls(schedule, m, tuple(ts), tuple(prev), rows, a_t, bool((rows[:, int(SIGMA)] > 0).any()),
                    bool((rows[:, int(C_EPS)] != 0).any()))
 
     @property
@@ -182,17 +216,29 @@ class Plan:
         return self._cache[key]
 
 
-def _rows(alphas_cumprod: torch.Tensor, m: Method, ts: list, prev: list) -> torch.Tensor:
-    """(K, NCOEF) float64 rows of the steps t_k -> prev_k."""
+def step_alphas(alphas_cumprod: torch.Tensor, m: Method, ts: list) -> torch.Tensor:
+    """(K,) float64 ᾱ² of each step: alphas_cumprod[t_k]; on the Karras grid its own σ_k (the
+    model still gets the rounded t_k, as in diffusers); for DPM-Solver++ at zero terminal SNR
+    2**-24 instead of 0 (diffusers: "close to 0 without being 0, so the first σ is not inf")."""
+    # Lu et al.'s λ = log(ᾱ/β̄) must be finite at every step the solver starts from
+    if m.spacing == "karras":
+        return karras_alphas(solver_alphas_cumprod(alphas_cumprod), m.steps)
+    a = solver_alphas_cumprod(alphas_cumprod) if m.multistep else alphas_cumprod.to(torch.float64)
+    return a[torch.tensor(ts)]
+
+
+def solver_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """ᾱ² as DPM-Solver++ takes it: a terminal 0 (zero SNR) becomes 2**-24, as diffusers does."""
+    a = alphas_cumprod.to(torch.float64)
+    return torch.cat([a[:-1], a.new_tensor([2.0**-24])]) if float(a[-1]) == 0.0 else a
+
+
+def _rows(alphas_cumprod: torch.Tensor, m: Method, ts: list, prev: list, a_t: torch.Tensor) -> torch.Tensor:
+    """(K, NCOEF) float64 rows of the steps t_k -> prev_k, with a_t the steps' ᾱ² (step_alphas)."""
     if m.name == "ddpm":  # the posterior of the respaced chain (Nichol & Dhariwal), in the kernels' own builder
         return K.coef_table(alphas_cumprod, m.variance, t=ts, prev=prev, dtype=torch.float64)
-    a = alphas_cumprod.to(torch.float64)
-    if m.multistep and float(a[-1]) == 0.0:  # zero terminal SNR: diffusers' DPMSolverMultistepScheduler sets ᾱ_{T-1} to
-        a = torch.cat([a[:-1], a.new_tensor([2.0**-24])])  # 2**-24 ("close to 0 without being 0, so the first σ is not inf")
-    t = torch.tensor(ts)
     s = torch.tensor(prev)
-    a_t = a[t]
-    a_s = torch.where(s >= 0, a[s.clamp(min=0)], torch.ones_like(a_t))  # a_{-1} = 1
+    a_s = torch.cat([a_t[1:], a_t.new_ones(1)])  # each step lands on the next one's ᾱ²; a_{-1} = 1
     rows = torch.zeros(len(ts), int(NCOEF), dtype=torch.float64)
     rows[:, int(SQRT_AB)] = a_t.sqrt()
     rows[:, int(SQRT_1M_AB)] = (1 - a_t).sqrt()
@@ -228,9 +274,9 @@ def _rows(alphas_cumprod: torch.Tensor, m: Method, ts: list, prev: list) -> torc
     second = (k > 0) & (s >= 0)
     r = torch.ones_like(a_t)
     if bool(second.any()):
-        t_prev = torch.tensor([ts[0]] + ts[:-1])  # the previous step's source timestep
+        a_prev = torch.cat([a_t[:1], a_t[:-1]])  # the previous step's source ᾱ²
         h = lam(a_s) - lam(a_t)
-        h_prev = lam(a_t) - lam(a[t_prev])
+        h_prev = lam(a_t) - lam(a_prev)
         r = torch.where(second, h_prev / torch.where(second, h, 1.0), 1.0)
     c = torch.where(second, 0.5 / r, 0.0)
     rows[:, int(C_X0)] = d * (1 + c)

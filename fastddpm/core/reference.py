@@ -46,12 +46,13 @@ def _at(schedule: Schedule, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor
     return torch.where(t >= 0, a[t.clamp(min=0)], torch.ones_like(a[:1])).view(-1, 1, 1, 1)
 
 
-class _SolverAlphas:
-    """ᾱ² as DPM-Solver++ takes it under zero terminal SNR: diffusers' DPMSolverMultistepScheduler
-    sets ᾱ²_{T-1} = 2**-24 instead of 0, so that λ_{T-1} is finite (its ᾱ then rises at the end)."""
+class _StepGrid:
+    """The ᾱ² a DPM-Solver++ plan walks, indexed by step k rather than by timestep: the plan's
+    grid (ᾱ²[t_k]; Karras et al.'s σ grid; 2**-24 for ᾱ² = 0 as diffusers), which the solver's
+    equations below are then written on."""
 
-    def __init__(self, schedule: Schedule):
-        self.alphas_cumprod = torch.cat([schedule.alphas_cumprod[:-1], torch.tensor([2.0**-24], dtype=torch.float64)])
+    def __init__(self, plan: Plan):
+        self.alphas_cumprod = plan.alphas
 
     def on(self, name: str, device) -> torch.Tensor:
         return getattr(self, name).to(device)
@@ -202,14 +203,14 @@ def sampler_step(x, eps_hat, k, plan: Plan, *, seeds=None, noise=None, h=None) -
         return ddpm_step(x, eps_hat, t, s, plan.schedule, z, m.variance, m.clip, m.prediction), None
     if m.name == "ddim":
         return ddim_step(x, eps_hat, t, s, plan.schedule, z, m.eta, m.clip, m.clipped_eps, m.prediction)[0], None
-    schedule = _SolverAlphas(plan.schedule) if plan.schedule.zero_terminal_snr else plan.schedule
-    x0 = predictions(x, eps_hat, t, schedule, m.prediction)[0]  # data prediction (Lu et al. eq. 4)
+    grid = _StepGrid(plan)  # the solver's steps k -> k + 1 (-1: the end) on the plan's ᾱ² grid
+    k_next = torch.where(s >= 0, k + 1, -1)
+    x0 = predictions(x, eps_hat, k, grid, m.prediction)[0]  # data prediction (Lu et al. eq. 4)
     second = bool(((k > 0) & (s >= 0)).all())  # 2M after the first step; first order into the end
     if bool(((k > 0) & (s >= 0)).any()) != second:
         raise ValueError("k: a batch mixing first- and second-order steps is not supported by the reference")
-    t_prev = torch.tensor(plan.timesteps)[(k - 1).clamp(min=0)]
     z = z if m.name == "sde-dpm++2m" else None
-    return dpm_solver_step(x, x0, t, s, schedule, z, h if second else None, t_prev if second else None), x0
+    return dpm_solver_step(x, x0, k, k_next, grid, z, h if second else None, (k - 1) if second else None), x0
 
 
 @torch.no_grad()

@@ -114,14 +114,15 @@ NEUTRAL = {  # key: the values at which it changes nothing fastddpm does (or a t
     "solver_order": lambda v: v == 2, "solver_type": lambda v: v == "midpoint",
     "algorithm_type": lambda v: v in ("dpmsolver++", "sde-dpmsolver++"),
     "lower_order_final": lambda v: v is True, "euler_at_final": lambda v: v is False,
-    "use_karras_sigmas": lambda v: v is False, "use_exponential_sigmas": lambda v: v is False,
+    "use_exponential_sigmas": lambda v: v is False,
     "use_beta_sigmas": lambda v: v is False, "use_lu_lambdas": lambda v: v is False,
     "use_flow_sigmas": lambda v: v is False, "use_dynamic_shifting": lambda v: v is False,
     "flow_shift": lambda v: True, "time_shift_type": lambda v: True,  # read only with flow sigmas / dynamic shifting
     "final_sigmas_type": lambda v: v == "zero", "lambda_min_clipped": lambda v: v is None or v == float("-inf"),
 }
 HONOURED = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "rescale_betas_zero_snr",
-            "prediction_type", "variance_type", "clip_sample", "clip_sample_range", "timestep_spacing", "steps_offset")
+            "prediction_type", "variance_type", "clip_sample", "clip_sample_range", "timestep_spacing", "steps_offset",
+            "use_karras_sigmas")
 
 
 def read_scheduler_config(c: dict, where: str = "scheduler_config.json") -> tuple:
@@ -136,7 +137,7 @@ def read_scheduler_config(c: dict, where: str = "scheduler_config.json") -> tupl
             refuse(key, "fastddpm does not know this key, and refuses it rather than sample the model under other conventions")
         if key in NEUTRAL and not NEUTRAL[key](c[key]):
             refuse(key, "fastddpm cannot honour this value (it implements DPM-Solver++(2M) midpoint with zero final σ, no "
-                        "thresholding, no Karras/exponential/beta/flow σ grids, and DDIM with set_alpha_to_one)")
+                        "thresholding, no exponential/beta/flow σ grids, and DDIM with set_alpha_to_one)")
     T = c.get("num_train_timesteps", 1000)
     if c.get("trained_betas") is not None:
         schedule = Schedule.from_betas(c["trained_betas"])
@@ -178,6 +179,8 @@ def read_scheduler_config(c: dict, where: str = "scheduler_config.json") -> tupl
         take("spacing", "timestep_spacing", c["timestep_spacing"])
     if "steps_offset" in c:
         take("offset", "steps_offset", c["steps_offset"])
+    if c.get("use_karras_sigmas", False) is True:  # DPM-Solver++ on Karras et al.'s σ grid
+        take("spacing", "use_karras_sigmas", "karras")
     return schedule, Conventions(**conv, sources=src)
 
 
