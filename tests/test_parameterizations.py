@@ -324,3 +324,42 @@ def test_a_karras_grid_that_repeats_timesteps():
     assert err <= 2 * plain_err + 10 * 2.0**-24 * 4.0, (err, plain_err)
     with pytest.raises(ValueError, match="spacing: 'karras' with steps=10 .* repeated"):
         Plan.build(S, "sde-dpm++2m", steps=10, spacing="karras")
+
+
+def test_export_diffusers_is_a_pipeline_that_samples_as_fastddpm_does(tmp_path, monkeypatch):
+    from fastddpm import TrainConfig, Trainer, UNet, UNetConfig
+    from fastddpm.io.data import digits
+    from fastddpm.pretrained import export_diffusers, load_model
+    from fastddpm.pretrained import main as pretrained_main
+
+    tiny = UNetConfig(in_channels=1, out_channels=1, sample_size=8, base_channels=16, channel_mult=(1, 2),
+                      layers_per_block=1, attn_resolutions=(4,), norm_groups=8)
+    torch.manual_seed(0)
+    cfg = TrainConfig(steps=3, batch_size=8, warmup=1, checkpoint_every=3, sample_every=0, prediction="v", zero_snr=True)
+    Trainer(UNet(tiny), digits(), cfg, out_dir=tmp_path / "run", device="cpu", progress=False).fit()
+    out = pretrained_main(["export-diffusers", str(tmp_path / "run"), str(tmp_path / "pipe")])
+    with pytest.raises(ValueError, match="out: .* exists; export-diffusers writes a new folder"):
+        export_diffusers(str(tmp_path / "run"), out)
+    pipe = diffusers.DDPMPipeline.from_pretrained(str(out))
+    assert pipe.scheduler.config.prediction_type == "v_prediction" and pipe.scheduler.config.rescale_betas_zero_snr
+    images = pipe(batch_size=2, num_inference_steps=3, output_type="np").images  # diffusers samples with it
+    assert images.shape == (2, 8, 8, 1) and (images >= 0).all() and (images <= 1).all()
+    # diffusers' own loop on the exported folder, fed fastddpm's prior and noise, is fastddpm's chain
+    net, schedule, info = load_model(str(tmp_path / "run"))
+    steps, seeds = 5, torch.tensor([0, 1])
+    sc = pipe.scheduler
+    sc.set_timesteps(steps)
+    x = K.randn((2, 1, 8, 8), seeds, torch.zeros(2, dtype=torch.int64), K.STREAM_PRIOR)
+    ts = [int(t) for t in sc.timesteps]
+    for i, t in enumerate(ts):
+        tt = torch.full((2,), t)
+        z = torch.zeros_like(x) if i == len(ts) - 1 else K.randn(x.shape, seeds, tt, K.STREAM_REVERSE)
+        monkeypatch.setattr(ddpm_module, "randn_tensor", lambda *a, _z=z, **kw: _z)
+        with torch.no_grad():
+            x = sc.step(pipe.unet(x, tt).sample, t, x).prev_sample
+    ours = Sampler(net, schedule, method="ddpm", steps=steps, progress=False, dtype=torch.float32).run(seeds=seeds)
+    torch.testing.assert_close(ours, x, rtol=1e-4, atol=1e-4)  # fp32 chains: ours from float64 tables, theirs fp32
+    # and reading the export back gives the same schedule and conventions
+    net2, schedule2, info2 = load_model(str(out))
+    torch.testing.assert_close(schedule2.alphas_cumprod, schedule.alphas_cumprod, rtol=0, atol=1e-12)
+    assert (info2["conventions"].prediction, info2["conventions"].variance) == ("v", "large")

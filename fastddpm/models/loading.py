@@ -11,8 +11,13 @@ command and curve, beside each other.
 """
 
 import hashlib
+import inspect
 import json
+import os
+import shutil
 from pathlib import Path
+
+import torch
 
 
 from ..io import checkpoint as ckpt
@@ -236,3 +241,63 @@ def export(run, name: str, command: str = "", out=SHIPPED) -> Path:
         card["curve"] = json.loads(curve.read_text())
     target.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
     return target
+
+
+DIFFUSERS_VARIANCE = {"small": "fixed_small", "large": "fixed_large"}
+
+
+def export_diffusers(model, out) -> Path:
+    """A diffusers DDPMPipeline folder (unet/, scheduler/, model_index.json) of `model` (anything
+    load_model reads) that `DDPMPipeline.from_pretrained(out)` loads and samples as fastddpm
+    does: the weights, and the schedule and conventions in a DDPMScheduler config. `out` must
+    not exist; the folder is written under a temporary name and renamed when complete."""
+    out = Path(out)
+    if out.exists():
+        raise ValueError(f"out: {out} exists; export-diffusers writes a new folder and never over another")
+    try:
+        import diffusers
+    except ImportError as e:
+        raise ImportError("export-diffusers needs diffusers installed (pip install diffusers)") from e
+    net, schedule, info = load_model(model)
+    conv = info["conventions"]
+    if conv.variance not in DIFFUSERS_VARIANCE:
+        raise ValueError(f"model: its variance {conv.variance!r} has no diffusers variance_type (fixed_small, fixed_large)")
+    from .unet import config_to_diffusers
+
+    theirs = diffusers.UNet2DModel(**config_to_diffusers(net.config))
+    theirs.load_state_dict(net.state_dict(), strict=True)  # the same keys by construction (UNet mirrors UNet2DModel)
+    scheduler = diffusers.DDPMScheduler(**_scheduler_kwargs(schedule), prediction_type=DIFF_PREDICTION[conv.prediction],
+                                        variance_type=DIFFUSERS_VARIANCE[conv.variance], clip_sample=conv.clip,
+                                        clip_sample_range=1.0, thresholding=False,
+                                        timestep_spacing=conv.spacing if conv.spacing in ("leading", "trailing", "linspace")
+                                        else "trailing", steps_offset=conv.offset)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        diffusers.DDPMPipeline(unet=theirs, scheduler=scheduler).save_pretrained(str(tmp))
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    ckpt.fsync_dir(out.parent)
+    return out
+
+
+DIFF_PREDICTION = {"epsilon": "epsilon", "v": "v_prediction", "sample": "sample"}
+
+
+def _scheduler_kwargs(schedule: Schedule) -> dict:
+    """The schedule by name where it is one of diffusers' (exactly), else its betas; a zero-SNR
+    schedule also sets rescale_betas_zero_snr (idempotent on rescaled betas: DPM-Solver++ then
+    takes its 2**-24 terminal ᾱ², as fastddpm does)."""
+    T, zero = schedule.T, schedule.zero_terminal_snr
+    for name, diff in (("linear", "linear"), ("scaled_linear", "scaled_linear"), ("cosine", "squaredcos_cap_v2")):
+        named = getattr(Schedule, name)(T=T)
+        named = named.rescale_zero_snr() if zero else named
+        if torch.equal(named.betas, schedule.betas):
+            kw = dict(beta_schedule=diff)
+            if name != "cosine":  # the named schedule's own defaults, which made these betas
+                params = inspect.signature(getattr(Schedule, name)).parameters
+                kw.update(beta_start=params["beta_start"].default, beta_end=params["beta_end"].default)
+            return dict(num_train_timesteps=T, rescale_betas_zero_snr=zero, **kw)
+    return dict(num_train_timesteps=T, trained_betas=schedule.betas.tolist(), rescale_betas_zero_snr=zero)

@@ -325,3 +325,18 @@ def config_from_diffusers(dc) -> UNetConfig:
         flip_sin_to_cos=get("flip_sin_to_cos"),
         freq_shift=get("freq_shift"),
     )
+
+
+def config_to_diffusers(c: UNetConfig) -> dict:
+    """The UNet2DModel keyword arguments of this config (config_from_diffusers' inverse)."""
+    levels = len(c.channel_mult)
+    attn = [(c.sample_size >> i) in c.attn_resolutions for i in range(levels)]
+    return dict(
+        sample_size=c.sample_size, in_channels=c.in_channels, out_channels=c.out_channels,
+        block_out_channels=tuple(c.base_channels * m for m in c.channel_mult), layers_per_block=c.layers_per_block,
+        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+        norm_num_groups=c.norm_groups, norm_eps=c.norm_eps, dropout=c.dropout, attention_head_dim=c.attention_head_dim,
+        downsample_padding=c.downsample_padding, flip_sin_to_cos=c.flip_sin_to_cos, freq_shift=c.freq_shift,
+        **_SUPPORTED,
+    )
