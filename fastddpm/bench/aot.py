@@ -84,12 +84,15 @@ def variants(channels=(3, 4), dtypes=tuple(DTYPES), cl: bool = True) -> list:
                     reads=(4, s) + ((4,) if explicit else ()) + ((4,) if has_h else ()),
                     writes=(4,) + ((s,) if dt != "float32" else ()) + ((4,) if has_h else ())))
             for kernel, backward in (("loss_fwd", False), ("loss_bwd", True)):
-                out.append(Variant(
-                    kernel, dt, noise, C,
-                    pointers=dict(e_ptr=f"*{d}", n_ptr=f"*{d}", g_ptr=f"*{d}", part_ptr="*fp32", t_ptr="*i64", seed_ptr="*i64",
-                                  w_ptr="*fp32"),
-                    constexprs=dict(geo, CL_E=cl, CL_N=cl, CL_G=cl, HAS_NOISE=explicit, HAS_W=False, BACKWARD=backward),
-                    reads=(s,) + ((s,) if explicit else ()), writes=((s,) if backward else ())))
+                # the ε target, and (drawn noise) the v target, which also reads x_0
+                for pred, detail in ((0, ""), (1, "v")) if not explicit else ((0, ""),):
+                    out.append(Variant(
+                        kernel, dt, noise, C, detail,
+                        pointers=dict(e_ptr=f"*{d}", n_ptr=f"*{d}", x0_ptr=f"*{d}", g_ptr=f"*{d}", part_ptr="*fp32",
+                                      t_ptr="*i64", seed_ptr="*i64", w_ptr="*fp32", tab_ptr="*fp32"),
+                        constexprs=dict(geo, CL_E=cl, CL_N=cl, CL_X0=cl, CL_G=cl, HAS_NOISE=explicit, HAS_W=False,
+                                        BACKWARD=backward, PRED=pred),
+                        reads=(s,) + ((s,) if explicit else ()) + ((s,) if pred else ()), writes=((s,) if backward else ())))
         out.append(Variant("randn", dt, "drawn", C, pointers=dict(out_ptr=f"*{d}", seed_ptr="*i64", t_ptr="*i64"),
                            constexprs=dict(geo, CL=cl), writes=(s,)))
     return out
