@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from . import metrics
+from . import cli, metrics
 from .io.samples import iter_samples
 
 
@@ -31,6 +31,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", default=None, help="where to write the report (default: beside SAMPLES)")
     ap.add_argument("--kid-subsets", type=int, default=100, help="KID: random subsets (default 100)")
     ap.add_argument("--k", type=int, default=5, help="precision/recall: neighbours of the balls (default 5)")
+    ap.add_argument("--debug", action="store_true", help="a Python stack for every error (also FASTDDPM_DEBUG=1)")
     args = ap.parse_args(argv)
     report = metrics.evaluate(iter_samples(args.samples), args.data, args.split, kid_subsets=args.kid_subsets, k=args.k)
     metrics.print_report(report)
@@ -41,4 +42,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run("python -m fastddpm.eval", main)

@@ -9,6 +9,7 @@ This module is the command line; `generate(...)` below is the same work as a Pyt
 
 import argparse
 
+from . import cli
 from .core.plan import METHODS, SPACINGS
 from .io.samples import FORMATS
 from .sampling.generate import generate
@@ -22,7 +23,8 @@ def main(argv=None) -> dict:
                                                    "or a shipped model's name")
     ap.add_argument("--n", type=int, default=None, help="how many images (default: as many as --seeds)")
     ap.add_argument("--out", required=True, help="the output folder (shards, sidecars, manifest.json)")
-    ap.add_argument("--seeds", default=None, help="seeds: 'a-b' (inclusive), 'a,b,c' or a mix (default 0 .. n-1)")
+    ap.add_argument("--seeds", default=None, help="seeds: 'a-b' (inclusive), 'a,b,c' or a mix (default 0 .. n-1); "
+                                                  "negative ones too: --seeds -5-4")
     ap.add_argument("--method", default="ddpm", choices=METHODS, help="sampler (default ddpm)")
     ap.add_argument("--steps", type=int, default=None, help="model evaluations (default: T for ddpm, 50 ddim, 20 dpm++)")
     ap.add_argument("--spacing", default=None, choices=SPACINGS, help="timestep spacing (default: the model's, else trailing)")
@@ -39,10 +41,29 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default=None, help="default: cuda (the local rank's) if there is one, else cpu")
     ap.add_argument("--eval", default=None, metavar="DATA", help="measure the shards' quality against DATA's test split at the end")
     ap.add_argument("--no-progress", dest="progress", action="store_false", help="no progress line")
-    args = ap.parse_args(argv)
-    kw = {k: v for k, v in vars(args).items() if k not in ("model",)}
+    ap.add_argument("--debug", action="store_true", help="a Python stack for every error (also FASTDDPM_DEBUG=1)")
+    args = ap.parse_args(_negative_values(argv, "--seeds"))
+    kw = {k: v for k, v in vars(args).items() if k not in ("model", "debug")}
     return generate(args.model, **kw)
 
 
+def _negative_values(argv, flag: str) -> list:
+    """`--seeds -5-4` as `--seeds=-5-4`: argparse takes a value that starts with '-' for an option."""
+    argv = list(argv) if argv is not None else None
+    if argv is None:
+        import sys
+
+        argv = sys.argv[1:]
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == flag and i + 1 < len(argv) and argv[i + 1].startswith("-") and argv[i + 1][1:2].isdigit():
+            out.append(f"{flag}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 if __name__ == "__main__":
-    main()
+    cli.run("python -m fastddpm.generate", main)

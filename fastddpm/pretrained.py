@@ -11,6 +11,7 @@ are loaded by `fastddpm.pretrained.load_model`, kept in fastddpm.models.loading.
 import argparse
 import sys
 
+from . import cli
 from .models.loading import export, export_diffusers, load_model, shipped
 
 __all__ = ["export", "export_diffusers", "load_model", "main", "shipped"]
@@ -27,6 +28,7 @@ def main(argv=None):
     d = sub.add_parser("export-diffusers", help="MODEL OUT: a DDPMPipeline folder (unet/, scheduler/, model_index.json)")
     d.add_argument("model", help="a run folder, a checkpoint, a shipped model's name or a diffusers folder")
     d.add_argument("out", help="the new folder (must not exist)")
+    ap.add_argument("--debug", action="store_true", help="a Python stack for every error (also FASTDDPM_DEBUG=1)")
     args = ap.parse_args(argv)
     if args.cmd == "export-diffusers":
         path = export_diffusers(args.model, args.out)
@@ -38,4 +40,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run("python -m fastddpm.pretrained", main)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from . import cli
 from .io import data as datasets
 from .training.trainer import SCHEDULES, TrainConfig, Trainer
 from .models.unet import UNet, UNetConfig
@@ -72,6 +73,7 @@ def parser() -> argparse.ArgumentParser:
             ap.add_argument(flag, choices=("epsilon", "v", "sample"), default=None, help=f"{HELP[f.name]} (default: {shown})")
         else:
             ap.add_argument(flag, type=type(default), default=None, metavar=f.name.upper(), help=f"{HELP[f.name]} (default: {shown})")
+    ap.add_argument("--debug", action="store_true", help="a Python stack for every error (also FASTDDPM_DEBUG=1)")
     return ap
 
 
@@ -91,10 +93,21 @@ def main(argv=None):
     if cfg.sample_every == 0 and "sample_every" not in overrides:
         cfg = TrainConfig(**{**asdict(cfg), "sample_every": cfg.steps})  # a grid at the end
     torch.manual_seed(cfg.seed)
-    model = UNet(MODELS[args.model or args.data])
+    preset = args.model or args.data
+    model = UNet(MODELS[preset])
     out = Path(args.out or f"runs/{args.data}")
+    if args.resume and not (out / "checkpoints").is_dir():
+        raise ValueError(f"resume: {out} holds no run to resume (no {out / 'checkpoints'}); check --out, or start a new run "
+                         f"without --resume")
     t0 = time.perf_counter()
-    trainer = Trainer(model, datasets.load(args.data), cfg, out_dir=out, device=device, resume=args.resume)
+    images = datasets.load(args.data)
+    if world == 1 or int(os.environ.get("RANK", "0")) == 0:
+        sys.stderr.write(f"train: {args.data} ({images.shape[0]} images {'x'.join(map(str, images.shape[1:]))}), U-Net "
+                         f"'{preset}' ({model.num_parameters() / 1e6:.2f} M parameters), {cfg.prediction}-prediction, "
+                         f"{cfg.steps} steps of batch {cfg.batch_size}{f' x {world} ranks' if world > 1 else ''} on "
+                         f"{device or ('cuda' if torch.cuda.is_available() else 'cpu')} -> {out}"
+                         f"{' (resuming)' if args.resume else ''}\n")
+    trainer = Trainer(model, images, cfg, out_dir=out, device=device, resume=args.resume)
     try:
         start = trainer.step
         trainer.fit()
@@ -106,12 +119,14 @@ def main(argv=None):
         old = json.loads(curve.read_text()) if curve.exists() and args.resume else []
         curve.write_text(json.dumps(old + [[s, v] for s, v in trainer.history], separators=(",", ":")) + "\n")
         grids = sorted(out.glob("samples-*.png"))
-        last = trainer.history[-1][1] if trainer.history else float("nan")
-        sys.stderr.write(f"done: steps {start} -> {trainer.step} in {time.perf_counter() - t0:.0f} s, final loss {last:.4f}\n"
+        tail = [v for s, v in trainer.history if s > trainer.step - cfg.log_every]  # the last logged interval
+        loss = (f"loss {sum(tail) / len(tail):.4f} (mean of steps {trainer.step - len(tail) + 1}-{trainer.step}, as last logged)"
+                if tail else "no loss logged")
+        sys.stderr.write(f"done: steps {start} -> {trainer.step} in {time.perf_counter() - t0:.0f} s, {loss}\n"
                          f"  checkpoints: {trainer.last_checkpoint}\n  samples:     {grids[-1] if grids else '-'}\n"
                          f"  curve:       {curve}\n")
     return trainer
 
 
 if __name__ == "__main__":
-    main()
+    cli.run("python -m fastddpm.train", main)

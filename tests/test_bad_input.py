@@ -38,7 +38,8 @@ CASES = [
     # Schedule
     ("Schedule T=0", lambda: Schedule.linear(T=0), "T"),
     ("Schedule complex betas", lambda: Schedule.from_betas(torch.tensor([0.1 + 1j, 0.2])), "betas"),
-    ("Schedule beta 1", lambda: Schedule.from_betas([0.1, 1.0]), "betas"),
+    ("Schedule beta 1", lambda: Schedule.from_betas([0.1, 1.0, 0.2]), "betas"),  # (last only: zero terminal SNR)
+    ("Schedule beta 1 alone", lambda: Schedule.from_betas([1.0]), "betas"),
     ("Schedule non-finite table", lambda: Schedule.from_betas(torch.full((200,), 0.999)), "betas"),
     ("Schedule strings", lambda: Schedule.from_betas(["a", "b"]), "betas"),
     # UNetConfig

@@ -116,11 +116,13 @@ def test_a_damaged_shard_is_found_and_made_again(run, tmp_path):
 def test_another_configuration_into_the_same_folder_is_refused(run, tmp_path):
     out = tmp_path / "g"
     gen(run, out, "--n", "10", "--shard", "5")
-    with pytest.raises(ValueError, match=r"out: .* holds a generation with another configuration \(method: .*'steps': 4.*'steps': 5"):
+    with pytest.raises(ValueError, match=r"out: .* holds a generation with another configuration; every difference:\n"
+                                         r"  method.steps: 4 in the folder, 5 now\nuse another --out"):
         generate_main(["--model", str(run), "--out", str(out), "--n", "10", "--shard", "5", "--method", "ddim", "--steps", "5",
                        "--batch", "8", "--no-progress", "--device", "cpu"])
-    with pytest.raises(ValueError, match=r"out: .*\(n: 10 in the folder, 12 now; seeds"):
+    with pytest.raises(ValueError) as e:  # every difference, in full, one a line
         gen(run, out, "--n", "12", "--shard", "5")
+    assert "\n  n: 10 in the folder, 12 now\n" in str(e.value) and "\n  seeds: [[0, 9]] in the folder, [[0, 11]] now\n" in str(e.value)
 
 
 def test_bad_input_is_refused_before_any_sampling(run, tmp_path, monkeypatch):

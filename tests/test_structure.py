@@ -17,7 +17,7 @@ ENGINE = sorted((ROOT / "fastddpm").rglob("*.py"))
 KERNELS = sorted((ROOT / "kernels").glob("*.py"))
 
 # fastddpm's layers, lowest first: a module imports only from a lower layer or its own package.
-LAYERS = [("kernels",), ("io",), ("core",), ("models", "metrics"), ("sampling",), ("training",),
+LAYERS = [("kernels",), ("io",), ("core",), ("models", "metrics"), ("sampling",), ("training",), ("cli",),
           ("train", "generate", "eval", "pretrained"), ("bench",), ("__init__",)]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 COMMANDS = ("bench", "eval", "generate", "pretrained", "train")

@@ -1,5 +1,6 @@
 """python -m fastddpm.bench (see fastddpm/bench/cli.py)."""
 
+from .. import cli
 from .cli import main
 
-main()
+cli.run("python -m fastddpm.bench", main)

@@ -95,6 +95,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--quality", action="store_true", help="the quality-per-model-evaluation table instead (needs --data)")
     ap.add_argument("--data", default=None, help="--quality: digits or fashion-mnist")
     ap.add_argument("--train", action="store_true", help="--quality --data digits: retrain the model first (README command)")
+    ap.add_argument("--debug", action="store_true", help="a Python stack for every error (also FASTDDPM_DEBUG=1)")
     args = ap.parse_args(argv)
     if args.static:
         from . import static as staticcost
@@ -133,11 +134,16 @@ def main(argv=None) -> dict:
     rep["config"] = {"unet": "CIFAR-10 (Ho et al.)" if p["unet"] == UNetConfig.cifar10() else "small built-in (CPU)",
                      "unet_params": unet.num_parameters(), "image": f"{p['unet'].in_channels}x{p['unet'].sample_size}x{p['unet'].sample_size}",
                      "batches": p["batches"], "steps": p["steps"], "kernel_shapes": ["x".join(map(str, s)) for s in p["kernel_shapes"]]}
+    rep["device"]["cpu"] = device.type == "cpu"
     if device.type == "cpu":
         rep["notes"].append("CPU run: a smoke test of the benchmark, not the product's target (fastddpm is measured on GPUs)")
+        rep["notes"].append("on a CPU the Sampler's step is the U-Net plus the fused update's torch twin, whose addressed "
+                            "noise costs more than torch.randn: at small batches it can trail the reference and diffusers, "
+                            "which draw their noise with torch.randn; on CUDA the update is one Triton kernel")
         rep["notes"].append(NOT_ON_CPU)
     if load["overloaded"]:
-        rep["notes"].append(f"WARNING: the host is busy (load {load['load_1min']:.1f} on {load['cpus']} CPUs at the start): "
+        rep["notes"].append(f"WARNING: the host is busy (other processes kept {load['others_cpus']:.1f} of {load['cpus']} CPUs "
+                            f"busy, {load['how']} at the start): "
                             f"other work shares these cores, and the timings below may be far off")
     rates = {}
     if device.type == "cuda":
@@ -157,7 +163,8 @@ def main(argv=None) -> dict:
     json_path.parent.mkdir(parents=True, exist_ok=True)
     plot_path.parent.mkdir(parents=True, exist_ok=True)
     if rep["sampler"]:
-        rep["plot"] = plot(rep["sampler"], plot_path)
+        rep["plot"] = plot(rep["sampler"], plot_path, f"fastddpm sampler, {name} ({device.type}), "
+                           f"{rep['env']['date'][:10]}")
     print_report(rep)
     json_path.write_text(json.dumps(rep, indent=1, default=str))
     print(f"wrote {json_path}" + (f" and {rep['plot']}" if rep["plot"] and rep["plot"].endswith(".png") else ""))

@@ -25,9 +25,13 @@ def print_report(rep: dict, out=None) -> None:
                   + (f"; bf16 matmul {d['matmul_tflops']:.0f} TFLOP/s measured" if d.get("matmul_tflops") else "") + "\n")
     if rep["kernels"]:
         out.write("\nkernels                                     median ms     GB/s  of copy\n")
+        if rep["device"].get("cpu"):
+            out.write("(fused*: on a CPU the kernels run their torch twin, which draws the addressed Philox noise with small "
+                      "int64 ops; the reference draws with torch.randn. The Triton kernels run on CUDA.)\n")
         for r in rep["kernels"]:
             frac = f"{100 * r['frac_copy_bw']:6.1f}%" if r.get("frac_copy_bw") else f"{'-':>7}"
-            name = f"{r['op']:<12} {r['impl']:<8} {r['dtype']:<8} {'x'.join(map(str, r['shape'])):<14}"
+            impl = "fused*" if r["impl"] == "fused" and rep["device"].get("cpu") else r["impl"]
+            name = f"{r['op']:<12} {impl:<8} {r['dtype']:<8} {'x'.join(map(str, r['shape'])):<14}"
             out.write(f"{name} {r['median_ms']:9.4f} {r['gbs']:8.2f}  {frac}\n")
     if rep["sampler"]:
         out.write("\nsampler (ms/step; images/s of a full 1000-step run)   U-Net alone   fastddpm   reference   diffusers     MFU\n")
@@ -41,14 +45,14 @@ def print_report(rep: dict, out=None) -> None:
             out.write(f"{'':11} warm-up (compile) {r['sampler_compile_s']:.1f} s, {capture}\n")
             for mrow in r.get("methods", []):
                 out.write(f"{'':11} {mrow['method']:<12} {mrow['steps']:>5} steps: {mrow['ms_per_step']:9.3f} ms/step "
-                          f"(+{mrow['overhead_ms']:.3f} over the U-Net)  {mrow['images_per_s']:.3g} images/s\n")
+                          f"({mrow['overhead_ms']:+.3f} over the U-Net)  {mrow['images_per_s']:.3g} images/s\n")
     for r in rep["train"]:
         mem = f"{r['peak_bytes'] / 2**20:.0f} MiB" if r["peak_bytes"] is not None else "-"
         out.write(f"\ntrain step {r['impl']:<9} batch {r['batch']}: {r['images_per_s']:.3g} images/s, peak {mem}")
     out.write("\n")
 
 
-def plot(rows: list, path: Path):
+def plot(rows: list, path: Path, title: str = ""):
     try:
         import matplotlib
 
@@ -73,6 +77,8 @@ def plot(rows: list, path: Path):
         ax.set_xlim(batches[0] / 2, batches[0] * 2)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

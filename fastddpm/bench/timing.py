@@ -90,17 +90,39 @@ def summarize(times: list) -> dict:
     return out
 
 
-def host_load() -> dict:
-    """The 1-minute load average against the CPU count: above it, timings on this host are
-    shared with other work and mean little."""
+def host_load(window_s: float = 1.0, stat=None) -> dict:
+    """How busy the other processes keep this host's CPUs, measured over `window_s` seconds
+    now (while the bench itself sleeps), not the 1-minute load average, which still counts
+    whatever ran just before (the pip install in the same command line). Above half a CPU
+    of other work, timings here are shared and mean little. stat: a callable giving
+    (busy, total) CPU jiffies (default /proc/stat); without one, the load average decides."""
     import os
 
     cpus = os.cpu_count() or 1
+    stat = stat or _proc_stat
     try:
-        load = os.getloadavg()[0]
+        b0, t0 = stat()
+        me0 = sum(os.times()[:2])
+        time.sleep(window_s)
+        b1, t1 = stat()
+        me1 = sum(os.times()[:2])
     except OSError:
-        return {"cpus": cpus, "load_1min": None, "overloaded": None}
-    return {"cpus": cpus, "load_1min": load, "overloaded": load > cpus}
+        try:
+            load = os.getloadavg()[0]
+        except OSError:
+            return {"cpus": cpus, "others_cpus": None, "overloaded": None, "how": "unknown"}
+        return {"cpus": cpus, "others_cpus": load, "overloaded": load > cpus, "how": "1-minute load average"}
+    busy_cpus = (b1 - b0) / max(t1 - t0, 1) * cpus  # CPUs busy over the window, everyone
+    others = max(0.0, busy_cpus - (me1 - me0) / window_s)
+    return {"cpus": cpus, "others_cpus": round(others, 2), "overloaded": others > 0.5, "how": f"{window_s:g} s of /proc/stat"}
+
+
+def _proc_stat() -> tuple:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat's first line."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+    return sum(v) - idle, sum(v)
 
 
 def time_kernel(fn, device) -> dict:

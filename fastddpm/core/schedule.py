@@ -106,6 +106,11 @@ class Schedule:
     def T(self) -> int:
         return self.betas.numel()
 
+    def __repr__(self) -> str:
+        b, ac = self.betas, self.alphas_cumprod
+        return (f"Schedule(T={self.T}, betas {float(b[0]):.3g}..{float(b[-1]):.3g}, alphas_cumprod {float(ac[0]):.6g}.."
+                f"{float(ac[-1]):.3g}{', zero terminal SNR' if self.zero_terminal_snr else ''})")
+
     # diffusers' names (variances)
     @property
     def alphas(self) -> torch.Tensor:

@@ -74,6 +74,25 @@ def make_dir(folder) -> Path:
     return folder
 
 
+def check_can_create(folder, what: str = "out") -> Path:
+    """What check_writable checks, creating nothing: `folder` is a folder or can become one in
+    a writable existing ancestor. Run before other checks, so that a typo creates no folder."""
+    folder = Path(folder)
+    if folder.exists():
+        if not folder.is_dir():
+            raise ValueError(f"{what}: {folder} is a file, not a folder")
+        anchor = folder
+    else:
+        anchor = folder.parent
+        while not anchor.exists():
+            anchor = anchor.parent
+        if not anchor.is_dir():
+            raise ValueError(f"{what}: {folder} cannot hold checkpoints ({anchor} is a file, not a folder)")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise ValueError(f"{what}: {folder} cannot hold checkpoints ({anchor} is not writable)")
+    return folder
+
+
 def check_writable(folder, what: str = "out") -> Path:
     """Create `folder` and write and remove a probe file in it: a folder that cannot hold
     checkpoints is a clear error before any work, not after the training."""
@@ -166,6 +185,10 @@ def latest(folder):
     return found[-1] if found else None
 
 
+class FolderInUse(RuntimeError):
+    """The output folder is locked by another process (a user's situation, not a bug)."""
+
+
 class FolderLock:
     """An exclusive lock on an output folder (flock on OUT/.lock): one trainer at a time. The
     kernel releases it when the holder exits, however it exits; the file says who holds it."""
@@ -186,7 +209,7 @@ class FolderLock:
         except BlockingIOError:
             holder = Path(self.path).read_text().strip() or "another process"
             os.close(fd)
-            raise RuntimeError(f"{self.what}: {self.path.parent} is in use by another trainer ({holder}); "
+            raise FolderInUse(f"{self.what}: {self.path.parent} is in use by another trainer ({holder}); "
                                f"wait for it to finish or choose another folder") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())

@@ -45,9 +45,41 @@ def write_png(img: torch.Tensor, path) -> Path:
     return path
 
 
-def save_grid(x: torch.Tensor, path, nrow: int = None, scale: int = 1) -> Path:
-    """Samples (B, C, H, W) in [-1, 1] -> a PNG grid at `path`."""
-    return write_png(grid(x, nrow, scale=scale), path)
+def save_grid(x, path, nrow: int = None, scale: int = 1, layout: str = "auto") -> Path:
+    """Images -> a PNG grid at `path`. x: samples (B, C, H, W) floats in [-1, 1] (a Sampler's
+    output), or uint8 images (a generate shard's NHWC array, or to_uint8's NCHW), a tensor or
+    a NumPy array. layout: "auto" (uint8: NHWC when the last axis is 1, 3 or 4 channels and the
+    second is not, NCHW the other way round), "nchw" or "nhwc". Non-finite samples are an error."""
+    return write_png(grid(as_samples(x, layout), nrow, scale=scale), path)
+
+
+def as_samples(x, layout: str = "auto") -> torch.Tensor:
+    """(B, C, H, W) floats in [-1, 1] from what save_grid accepts, or a clear error."""
+    import numpy as np
+
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x: expected a tensor or a NumPy array of images, got {type(x).__name__}")
+    if layout not in ("auto", "nchw", "nhwc"):
+        raise ValueError(f"layout: expected 'auto', 'nchw' or 'nhwc', got {layout!r}")
+    if x.dim() != 4 or x.numel() == 0:
+        raise ValueError(f"x: expected a non-empty batch of images (B, C, H, W) or (B, H, W, C), got shape {tuple(x.shape)}")
+    if x.dtype == torch.uint8:
+        if layout == "auto":
+            last, second = x.shape[-1] in (1, 3, 4), x.shape[1] in (1, 3, 4)
+            if last == second:
+                raise ValueError(f"x: uint8 images of shape {tuple(x.shape)} could be NCHW or NHWC; pass layout='nchw' or 'nhwc'")
+            layout = "nhwc" if last else "nchw"
+        x = x.permute(0, 3, 1, 2) if layout == "nhwc" else x
+        return x.float() / 127.5 - 1
+    if not x.is_floating_point():
+        raise TypeError(f"x: expected float samples in [-1, 1] or uint8 images, got {x.dtype}")
+    if layout == "nhwc":
+        x = x.permute(0, 3, 1, 2)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"x: {int((~torch.isfinite(x)).sum())} values are NaN or infinite: no picture of them")
+    return x
 
 
 def read_png(path) -> torch.Tensor:

@@ -15,6 +15,8 @@ import hashlib
 import io
 import json
 import os
+import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -82,12 +84,16 @@ def complete_shard(out: Path, i: int, fmt: str):
 
 
 def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary name, fsync, rename; a failed write (a full disk) leaves nothing."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_shard(out: Path, i: int, fmt: str, images: np.ndarray, seeds: list) -> dict:
@@ -98,26 +104,61 @@ def write_shard(out: Path, i: int, fmt: str, images: np.ndarray, seeds: list) ->
         write_atomic(out / name, buf.getvalue())
     else:
         tmp = out / f".{name}.tmp-{os.getpid()}"
-        if tmp.exists():
-            for f in tmp.iterdir():
-                f.unlink()
-        tmp.mkdir(exist_ok=True)
-        for img, s in zip(images, seeds):
-            p = write_png(torch.from_numpy(img).permute(2, 0, 1), tmp / f"{s:020d}.png")
-            with open(p, "rb+") as f:
-                os.fsync(f.fileno())
-        ckpt.fsync_dir(tmp)
-        old = out / name
-        if old.exists():  # a damaged earlier attempt
-            for f in old.iterdir():
-                f.unlink()
-            old.rmdir()
-        os.replace(tmp, old)
+        remove_tree(tmp)
+        try:
+            tmp.mkdir()
+            for img, s in zip(images, seeds):
+                p = write_png(torch.from_numpy(img).permute(2, 0, 1), tmp / f"{s:020d}.png")
+                with open(p, "rb+") as f:
+                    os.fsync(f.fileno())
+            ckpt.fsync_dir(tmp)
+            remove_tree(out / name)  # a damaged earlier attempt
+            os.replace(tmp, out / name)
+        finally:
+            remove_tree(tmp)
     ckpt.fsync_dir(out)
     meta = {"index": i, "file": name, "seeds": seed_spec(seeds), "count": len(seeds), "sha256": digest_path(out / name)}
     write_atomic(out / f"shard-{i:06d}.json", (json.dumps(meta) + "\n").encode())
     ckpt.fsync_dir(out)
     return meta
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a shard's PNG folder (or a temporary one), if it exists."""
+    if path.is_dir():
+        for f in path.iterdir():
+            f.unlink()
+        path.rmdir()
+
+
+SHARD_TEMP = re.compile(r"^\.shard-(\d{6})(?:\.npz|\.json)?\.tmp-\d+$")
+MANIFEST_TEMP = re.compile(r"^\.manifest(?:\.json)?\.tmp-\d+$")
+
+
+def remove_stale_temps(out: Path, stale_after: float = 600.0) -> list:
+    """Remove what killed or failed runs left: a shard's temporaries when nobody holds that
+    shard's lock (so a live writer's are never touched), its lock file, and manifest
+    temporaries older than `stale_after` seconds (a manifest write takes milliseconds)."""
+    removed = []
+    for p in sorted(out.iterdir()):
+        m = SHARD_TEMP.match(p.name)
+        if m:
+            lock = ShardLock(out, int(m.group(1)))
+            if lock.try_acquire():
+                try:
+                    remove_tree(p) if p.is_dir() else p.unlink(missing_ok=True)
+                    removed.append(p.name)
+                finally:
+                    lock.release(remove=True)
+        elif MANIFEST_TEMP.match(p.name) and time.time() - p.stat().st_mtime > stale_after:
+            p.unlink(missing_ok=True)
+            removed.append(p.name)
+    for p in sorted(out.glob(".shard-*.lock")):  # locks of finished or killed writers
+        i = int(p.name[7:13])
+        lock = ShardLock(out, i)
+        if lock.try_acquire():
+            lock.release(remove=True)
+    return removed
 
 
 def read_manifest(out) -> dict:
@@ -143,11 +184,23 @@ def claim_manifest(out: Path, config: dict) -> None:
             tmp.unlink()
         ckpt.fsync_dir(out)
     theirs = read_manifest(out).get("config", {})
-    diff = {k: (theirs.get(k), config.get(k)) for k in sorted(set(theirs) | set(config)) if theirs.get(k) != config.get(k)}
+    diff = config_differences(theirs, json.loads(json.dumps(config)))
     if diff:
-        lines = "; ".join(f"{k}: {str(a)[:60]} in the folder, {str(b)[:60]} now" for k, (a, b) in diff.items())
-        raise ValueError(f"out: {out} holds a generation with another configuration ({lines}); use another --out, "
-                         f"or the same settings to resume it")
+        lines = "".join(f"\n  {k}: {a} in the folder, {b} now" for k, a, b in diff)
+        raise ValueError(f"out: {out} holds a generation with another configuration; every difference:{lines}\n"
+                         f"use another --out, or the same settings to resume it")
+
+
+def config_differences(theirs: dict, ours: dict, prefix: str = "") -> list:
+    """(key, theirs, ours) for every leaf that differs, nested keys dotted, values in full."""
+    out = []
+    for k in sorted(set(theirs) | set(ours)):
+        a, b = theirs.get(k, "(absent)"), ours.get(k, "(absent)")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append((prefix + k, json.dumps(a, ensure_ascii=False), json.dumps(b, ensure_ascii=False)))
+    return out
 
 
 class ShardLock:
@@ -165,8 +218,12 @@ class ShardLock:
             self.fd = None
             return False
 
-    def release(self):
+    def release(self, remove: bool = False):
+        """Unlock; with remove, delete the lock file first (while still holding it: a process
+        that opened it before then locks a file nobody will use, and re-checks the shard)."""
         if self.fd is not None:
+            if remove:
+                self.path.unlink(missing_ok=True)
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None

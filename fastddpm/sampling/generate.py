@@ -2,17 +2,20 @@
 the function behind `python -m fastddpm.generate` (fastddpm/generate.py, the command line).
 
 Image k is the image of seed k (default: seeds 0 .. n-1), whatever the shard size, the number
-of processes or where a run was interrupted: every micro-batch has the same size (the last
-padded with discarded seeds), so an image's arithmetic never depends on its neighbours, and
-a rerun, a resumed run or a run on N processes write the same bytes (on the same device
-type and --batch). Shards of --shard images (uint8 NHWC .npz, or a folder of PNGs) are
-written to a temporary name, fsynced and renamed, each with a sidecar holding its seeds and
-checksum; the manifest (JSON) records the configuration at the start and every shard at the
-end. A rerun with the same configuration skips the complete shards and redoes missing or
-damaged ones; a rerun with another configuration into the same folder is refused, naming
-the difference. Processes share no collective: shards are dealt by index (shard i to rank
-i mod N), each claimed with a lock file, and whichever process finishes last completes the
-manifest. Memory: one micro-batch of state and the current shard in uint8. The files'
+of processes or where a run was interrupted. A shard is sampled in ceil(size / batch) balanced
+micro-batches (never larger than the shard, so the work is the images asked for; a part one
+short is padded with discarded seeds); the sizes are a pure function of the configuration,
+so a rerun, a resumed run or a run on N processes write the same bytes (on the same device
+type and batch). Shards (uint8 NHWC .npz, or a folder of PNGs) are written to a temporary
+name, fsynced and renamed, each with a sidecar holding its seeds and checksum; the manifest
+(JSON) records the configuration at the start and every shard at the end. A rerun with the
+same configuration skips the complete shards and redoes missing or damaged ones; a rerun
+with another configuration into the same folder is refused, naming every difference.
+Processes share no collective: shards are dealt by index (shard i to rank i mod N), each
+claimed with a lock file (removed once the shard is written), and whichever process
+finishes last completes the manifest. Every argument, the model, the device and --eval's
+image size are checked before the folder is created; what a killed run left is removed at
+the next start. Memory: one micro-batch of state and the current shard in uint8. The files'
 format has one owner, fastddpm.io.samples.
 """
 
@@ -29,8 +32,8 @@ from ..core import conventions
 from ..models.loading import load_model
 from ..io import checkpoint as ckpt
 from ..io.images import to_uint8
-from ..io.samples import (FORMATS, ShardLock, claim_manifest, complete_shard, read_manifest, seed_spec, shard_images,
-                          write_atomic, write_shard)
+from ..io.samples import (FORMATS, ShardLock, claim_manifest, complete_shard, read_manifest, remove_stale_temps, seed_spec,
+                          shard_images, write_atomic, write_shard)
 from .sampler import Sampler, rate
 
 
@@ -61,6 +64,76 @@ def parse_seeds(text: str) -> list:
     return seeds
 
 
+def micro_batch(images: int, batch: int) -> int:
+    """The micro-batch of a shard of `images`: ceil(images / batch) balanced parts, never more
+    than `batch` and never more than the shard, so the work done is the images asked for (up
+    to fewer than one image a part of padding). A pure function of the configuration: a rerun,
+    a resumed run and a run on N processes use the same sizes, hence write the same bytes."""
+    return -(-images // -(-images // batch))
+
+
+def _checked_seeds(seeds, n) -> list:
+    if seeds is not None:
+        if isinstance(seeds, str):
+            seeds = parse_seeds(seeds)
+        else:
+            try:
+                seeds = list(seeds)
+            except TypeError:
+                raise TypeError(f"seeds: expected a sequence of ints or a spec like '0-99', got {type(seeds).__name__}") from None
+            if any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) for s in seeds):
+                bad = next(s for s in seeds if isinstance(s, bool) or not isinstance(s, (int, np.integer)))
+                raise TypeError(f"seeds: expected ints, got {bad!r}")
+            seeds = [int(s) for s in seeds]
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ValueError("seeds: expected a non-empty list of distinct seeds")
+        if min(seeds) < -(2**63) or max(seeds) >= 2**63:
+            raise ValueError("seeds: expected seeds in [-2**63, 2**63)")
+        if n is not None and _positive(n, "n") != len(seeds):
+            raise ValueError(f"n: {n} disagrees with the {len(seeds)} seeds given")
+        return seeds
+    return list(range(_positive(n, "n")))
+
+
+def _rank_world(rank, world) -> tuple:
+    """This process's rank and the process count (torchrun's RANK / WORLD_SIZE by default)."""
+    try:
+        rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+        world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else world
+    except ValueError:
+        raise ValueError("RANK, WORLD_SIZE: expected ints in the environment (as torchrun sets them)") from None
+    world = _positive(world, "world")
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world:
+        raise ValueError(f"rank: expected an int in [0, {world}) (world={world}), got {rank!r}")
+    return rank, world
+
+
+def _device(device) -> torch.device:
+    if device is None:
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device: expected cpu, cuda or cuda:N, got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} asked for, but torch sees no CUDA device on this machine (use cpu)")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: expected cpu or cuda, got {device!r}")
+    return dev
+
+
+def _check_eval(data: str, shape) -> None:
+    """--eval DATA: a known data set whose feature network takes images of this shape."""
+    from ..metrics import features
+
+    if data not in features.CONFIGS:
+        raise ValueError(f"eval: expected one of {sorted(features.CONFIGS)}, got {data!r}")
+    size = features.CONFIGS[data].image_size
+    if tuple(shape) != (1, size, size):
+        raise ValueError(f"eval: {data}'s feature network takes 1x{size}x{size} images; this model makes "
+                         f"{'x'.join(map(str, shape))}")
+
+
 def _positive(v, name):
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ValueError(f"{name}: expected a positive int, got {v!r}")
@@ -76,31 +149,18 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
     while other processes still hold shards, what this one knows of it). spacing, variance,
     clip and prediction left None take the model's conventions (load_model); the manifest
     records the value of each and where it came from."""
-    # ---- every argument checked before any sampling
+    # ---- every argument, the model and the device checked before any file is written
     if out is None:
         raise ValueError("out: expected a folder for the shards")
-    if seeds is not None:
-        seeds = parse_seeds(seeds) if isinstance(seeds, str) else [int(s) for s in seeds]
-        if len(set(seeds)) != len(seeds) or not seeds:
-            raise ValueError("seeds: expected a non-empty list of distinct seeds")
-        if n is not None and _positive(n, "n") != len(seeds):
-            raise ValueError(f"n: {n} disagrees with the {len(seeds)} seeds given")
-    else:
-        seeds = list(range(_positive(n, "n")))
+    seeds = _checked_seeds(seeds, n)
     shard, batch = _positive(shard, "shard"), _positive(batch, "batch")
     if format not in FORMATS:
         raise ValueError(f"format: expected one of {FORMATS}, got {format!r}")
-    out = ckpt.check_writable(out, "out")
-    if eval is not None:
-        from ..metrics import features
-
-        if eval not in features.CONFIGS:
-            raise ValueError(f"eval: expected one of {sorted(features.CONFIGS)}, got {eval!r}")
-    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
-    world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else world
-    dev = torch.device(device) if device is not None else torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-                                                                         if torch.cuda.is_available() else "cpu")
-
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress: expected True or False, got {progress!r}")
+    rank, world = _rank_world(rank, world)
+    dev = _device(device)
+    ckpt.check_can_create(out, "out")  # created only once the model and the method are checked too
     net, schedule, info = load_model(model)
     m, used = conventions.of(net).resolve(method, steps, spacing=spacing, eta=eta, variance=variance, clip=clip,
                                           clipped_eps=clipped_eps, prediction=prediction)
@@ -108,9 +168,12 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
     net = net.to(dev)
     sampler = Sampler(net, schedule, method=m.name, steps=m.steps, spacing=m.spacing, eta=m.eta, variance=m.variance, clip=m.clip,
                       clipped_eps=m.clipped_eps, prediction=m.prediction, dtype=dtype, compile=compile, progress=False)
-    if progress:
-        sys.stderr.write("generate: sampling as " + ", ".join(f"{k} {v!r} ({src})" for k, (v, src) in used.items()) + "\n")
-    micro = min(batch, len(seeds))  # every micro-batch this size: an image's arithmetic never depends on the sharding
+    if eval is not None:
+        _check_eval(eval, sampler.shape)
+    out = ckpt.check_writable(out, "out")
+    removed = remove_stale_temps(out)
+
+    micro = micro_batch(min(shard, len(seeds)), batch)  # a full shard's; a short last shard's is its own
     config = {
         "model": info["source"], "model_hash": info["hash"], "schedule": {"T": schedule.T, "betas_sha256":
                   hashlib.sha256(schedule.betas.numpy().tobytes()).hexdigest()[:16]},
@@ -123,39 +186,51 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
     claim_manifest(out, config)
 
     shards = [seeds[i : i + shard] for i in range(0, len(seeds), shard)]
-    todo = [i for i in range(len(shards)) if i % world == rank and complete_shard(out, i, format) is None]
+    mine = [i for i in range(len(shards)) if i % world == rank]
+    todo = [i for i in mine if complete_shard(out, i, format) is None]
     total = sum(len(shards[i]) for i in todo)
-    done, t0, last, skipped = 0, time.perf_counter(), 0.0, []
-    for i in todo:
-        lock = ShardLock(out, i)
-        if not lock.try_acquire():
-            skipped.append(i)  # another process is writing it
-            continue
-        try:
-            if complete_shard(out, i, format) is not None:  # finished by another process meanwhile
+    who = f"generate{f' rank {rank}/{world}' if world > 1 else ''}"
+    say = (lambda text: sys.stderr.write(text)) if progress else (lambda text: None)
+    say(f"{who}: {info['source']} ({info['kind']}), {m.label()}, {dev.type}, {sampler.dtype}; {len(seeds)} images "
+        f"{tuple(sampler.shape)} in {len(shards)} shards of {shard} (micro-batch {micro}) into {out}\n"
+        f"{who}: sampling as " + ", ".join(f"{k} {v!r} ({src})" for k, (v, src) in used.items()) + "\n"
+        + (f"{who}: removed what an interrupted run left: {', '.join(removed)}\n" if removed else "")
+        + (f"{who}: {len(mine) - len(todo)} shards verified, {len(todo)} to do ({total} images)\n"))
+    done, t0, skipped, written = 0, time.perf_counter(), [], 0
+    try:
+        for i in todo:
+            lock = ShardLock(out, i)
+            if not lock.try_acquire():
+                skipped.append(i)  # another process is writing it
                 continue
-            chunk, parts = shards[i], []
-            for j in range(0, len(chunk), micro):
-                part = chunk[j : j + micro]
-                pad = [part[-1] + 1 + q for q in range(micro - len(part))]  # discarded: fills the micro-batch
-                imgs = sampler.run(seeds=torch.tensor(part + pad, dtype=torch.int64), max_batch=micro, progress=False)
-                parts.append(to_uint8(imgs[: len(part)]).permute(0, 2, 3, 1).numpy())
-                done += len(part)
-                if progress and time.perf_counter() - last > 0.5:
-                    last = time.perf_counter()
-                    el = last - t0
+            complete = False
+            try:
+                if complete_shard(out, i, format) is not None:  # finished by another process meanwhile
+                    complete = True
+                    continue
+                chunk, parts = shards[i], []
+                mb = micro_batch(len(chunk), batch)
+                for j in range(0, len(chunk), mb):
+                    part = chunk[j : j + mb]
+                    pad = [part[-1] + 1 + q for q in range(mb - len(part))]  # discarded: fills the micro-batch
+                    imgs = sampler.run(seeds=torch.tensor(part + pad, dtype=torch.int64), max_batch=mb, progress=False)
+                    parts.append(to_uint8(imgs[: len(part)]).permute(0, 2, 3, 1).numpy())
+                    done += len(part)
+                    el = time.perf_counter() - t0
                     eta_s = (total - done) * el / max(done, 1)
-                    sys.stderr.write(f"\rgenerate{f' rank {rank}' if world > 1 else ''}: {done}/{total} images  "
-                                     f"{rate(done, el)}  ETA {int(eta_s) // 60}m{int(eta_s) % 60:02d}s ")
-                    sys.stderr.flush()
-            write_shard(out, i, format, np.concatenate(parts), chunk)
-        finally:
-            lock.release()
+                    say(f"\r{who}: {done}/{total} images  {rate(done, el)}  ETA {int(eta_s) // 60}m{int(eta_s) % 60:02d}s ")
+                write_shard(out, i, format, np.concatenate(parts), chunk)
+                complete, written = True, written + 1
+            finally:
+                lock.release(remove=complete)
+    except KeyboardInterrupt:
+        have = sum(complete_shard(out, i, format) is not None for i in range(len(shards)))
+        raise KeyboardInterrupt(f"{have} of {len(shards)} shards written into {out}; run the same command to resume") from None
     elapsed = time.perf_counter() - t0
-    if progress:
-        sys.stderr.write(f"\rgenerate{f' rank {rank}' if world > 1 else ''}: {done} images in {elapsed:.1f} s "
-                         f"({rate(done, elapsed)}) into {out}" + (f"; {len(skipped)} shards held by another process" if skipped else "")
-                         + " " * 10 + "\n")
+    if True:  # the summary line, with or without progress
+        sys.stderr.write(("\r" if done and progress else "") + f"{who}: {done} images in {elapsed:.1f} s ({rate(done, elapsed)}), "
+                         f"{written} shards written, {len(mine) - len(todo)} verified before" +
+                         (f", {len(skipped)} held by another process" if skipped else "") + f"; {out}" + " " * 10 + "\n")
     manifest = read_manifest(out)
     metas = [complete_shard(out, i, format) for i in range(len(shards))]
     if all(x is not None for x in metas):  # the last process to finish completes the manifest

@@ -8,10 +8,13 @@ and a torchrun job with W ranks of batch B trains on the same samples as one pro
 with batch W * B.
 """
 
+import contextlib
 import copy
 import hashlib
 import json
 import math
+import signal
+import threading
 import uuid
 import sys
 import time
@@ -172,6 +175,8 @@ class Trainer:
                 raise ValueError(f"resume: no checkpoint in {self._ckpt_dir()} that verifies; check the folder, "
                                  f"or start a new run without resume")
             self.load(*found)
+            if self.progress:
+                self._say(f"resuming from step {self.step} (checkpoint {found[0]})")
         else:
             other = [p for p in ckpt.list_checkpoints(self._ckpt_dir())]
             if other:
@@ -259,9 +264,10 @@ class Trainer:
         if self.lock is not None:
             self.lock.acquire()
             ckpt.remove_stale_temps(self._ckpt_dir())
+        stop = _CtrlC() if self.world == 1 else contextlib.nullcontext()  # DDP: ranks would stop at different steps
         try:
-            with compile_errors_explained():
-                self._loop(end)
+            with compile_errors_explained(), stop:
+                self._loop(end, stop)
         finally:
             if self.lock is not None:
                 self.lock.release()
@@ -269,10 +275,16 @@ class Trainer:
             sys.stderr.write("\n")
         return self.history
 
-    def _loop(self, end: int) -> None:
+    def _loop(self, end: int, stop=None) -> None:
         cfg = self.cfg
         while self.step < end:
             self.train_step()
+            if getattr(stop, "pressed", False):  # Ctrl-C: finish the step, keep it, then stop
+                self._read_losses()
+                kept = f"checkpoint {self.save()}" if self.out_dir is not None and self.rank == 0 else "no out_dir: nothing kept"
+                raise KeyboardInterrupt(f"stopped after step {self.step} of {end}; {kept}; run the same command with "
+                                        f"--resume to continue" if self.out_dir is not None else
+                                        f"stopped after step {self.step} of {end}; {kept}")
             at_end = self.step == end
             if self.step % cfg.log_every == 0 or at_end:
                 self._read_losses()
@@ -322,7 +334,8 @@ class Trainer:
                           prediction=self.cfg.prediction,
                           shape=(c.in_channels, c.sample_size, c.sample_size), progress=self.progress)
         if self.progress:
-            sys.stderr.write("\n")
+            sys.stderr.write(f"\nsampling a grid of {self.cfg.sample_batch} images from the EMA weights: "
+                             f"{sampler.plan.method.label()}\n")
         images = sampler.run(batch=self.cfg.sample_batch, seed=self.cfg.seed)
         path = path or self.out_dir / f"samples-{self.step:09d}.png"
         return save_grid(images, path, scale=max(1, 64 // c.sample_size))
@@ -410,3 +423,26 @@ def _config_dict(model):
         return None
     d = asdict(cfg)
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}  # as JSON gives it back
+
+
+class _CtrlC:
+    """While training: the first Ctrl-C is noted (the step in flight finishes and is kept);
+    a second one interrupts at once, as usual. Only in the main thread, where signals go."""
+
+    def __init__(self):
+        self.pressed, self.old = False, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.old = signal.signal(signal.SIGINT, self._note)
+        return self
+
+    def _note(self, signum, frame):
+        self.pressed = True
+        signal.signal(signal.SIGINT, self.old)
+        sys.stderr.write("\ninterrupt: finishing this step and writing a checkpoint (Ctrl-C again to stop at once)\n")
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            signal.signal(signal.SIGINT, self.old)
+        return False

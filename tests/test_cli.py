@@ -1,0 +1,170 @@
+"""The command lines as a user meets them, through real `python -m` processes: a mistake is
+one line `prog: error: ...` and an exit status (2 for usage, 1 at run time), never a stack;
+Ctrl-C says what was kept and how to go on; long work speaks first and last. And generate's
+work is the images asked for."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from fastddpm import TrainConfig, Trainer, UNet, UNetConfig
+from fastddpm.io.data import digits
+
+TINY = UNetConfig(in_channels=1, out_channels=1, sample_size=8, base_channels=16, channel_mult=(1, 2),
+                  layers_per_block=1, attn_resolutions=(4,), norm_groups=8)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    torch.manual_seed(0)
+    Trainer(UNet(TINY), digits(), TrainConfig(steps=2, batch_size=8, warmup=1, checkpoint_every=2, sample_every=0),
+            out_dir=out, device="cpu", progress=False).fit()
+    return out
+
+
+def cli(module, *args, env=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", f"fastddpm.{module}", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def assert_error_line(proc, module, match, code=1):
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    head = f"python -m fastddpm.{module}: error: "
+    at = proc.stderr.rfind(head)
+    assert at >= 0 and (at == 0 or proc.stderr[at - 1] == "\n"), proc.stderr
+    assert match in proc.stderr[at:], (match, proc.stderr)
+
+
+def test_generate_mistakes_are_one_line(run, tmp_path):
+    out = tmp_path / "g"
+    assert_error_line(cli("generate", "--model", "nosuch", "--out", out, "--n", 4), "generate",
+                      "model: nosuch is neither a file, a folder, nor a shipped model")
+    assert_error_line(cli("generate", "--model", run, "--out", out, "--n", 0), "generate", "n: expected a positive int")
+    assert_error_line(cli("generate", "--model", run, "--out", out, "--seeds", "5-2"), "generate", "seeds: the range 5-2 is empty")
+    assert_error_line(cli("generate", "--model", run, "--out", out, "--n", 4, "--device", "cuda:0"), "generate",
+                      "device: 'cuda:0' asked for, but torch sees no CUDA device")
+    assert not out.exists()  # every refusal above came before the folder was made
+    assert_error_line(cli("generate", "--model", run, "--out", out, "--n", 4, "--bogus"), "generate",
+                      "unrecognized arguments: --bogus", code=2)
+    ok = cli("generate", "--model", run, "--out", out, "--n", 4, "--shard", 2, "--method", "ddim", "--steps", 2)
+    assert ok.returncode == 0, ok.stderr
+    again = cli("generate", "--model", run, "--out", out, "--n", 4, "--shard", 2, "--method", "ddim", "--steps", 3)
+    assert_error_line(again, "generate", "")  # the differences follow on their own lines, in full
+    assert "every difference:\n  method.steps: 2 in the folder, 3 now\n" in again.stderr
+    debug = cli("generate", "--model", "nosuch", "--out", out, "--n", 4, "--debug")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr  # a stack on request
+    assert "Traceback" in cli("generate", "--model", "nosuch", "--out", out, "--n", 4, env={"FASTDDPM_DEBUG": "1"}).stderr
+
+
+def test_generate_speaks_first_and_last_and_a_rerun_says_what_it_verified(run, tmp_path):
+    out = tmp_path / "g"
+    first = cli("generate", "--model", run, "--out", out, "--n", 6, "--shard", 2, "--method", "ddim", "--steps", 2, "--no-progress")
+    assert first.returncode == 0, first.stderr
+    assert "6 images in" in first.stderr and "3 shards written" in first.stderr  # the summary, even with --no-progress
+    rerun = cli("generate", "--model", run, "--out", out, "--n", 6, "--shard", 2, "--method", "ddim", "--steps", 2)
+    lines = rerun.stderr.splitlines()
+    assert lines[0].startswith(f"generate: {run}/checkpoints/step-000000002.safetensors (checkpoint), ddim") and "6 images (1, 8, 8) in 3 shards of 2" in lines[0]
+    assert "3 shards verified, 0 to do (0 images)" in rerun.stderr
+    assert not list(out.glob(".*"))  # no lock or temporary file left behind
+
+
+def test_generate_accepts_negative_seed_ranges(run, tmp_path):
+    proc = cli("generate", "--model", run, "--out", tmp_path / "neg", "--seeds", "-5-4", "--method", "ddim", "--steps", 2,
+               "--shard", 10)
+    assert proc.returncode == 0, proc.stderr
+    assert "10 images" in proc.stderr
+
+
+def test_other_clis_mistakes_are_one_line(run, tmp_path):
+    assert_error_line(cli("eval", tmp_path / "missing", "--data", "digits"), "eval", "SAMPLES: ")
+    assert_error_line(cli("eval", tmp_path, "--data", "nosuch"), "eval", "invalid choice: 'nosuch'", code=2)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_error_line(cli("train", "--out", empty, "--resume", "--device", "cpu"), "train", "resume: ")
+    assert list(empty.iterdir()) == []  # nothing created in it
+    assert_error_line(cli("train", "--out", tmp_path / "typo", "--resume"), "train", "resume: ")
+    assert not (tmp_path / "typo").exists()
+    assert_error_line(cli("pretrained", "export-diffusers", "nosuch", tmp_path / "x"), "pretrained", "model: nosuch")
+    assert_error_line(cli("bench", "--only", "nosuch"), "bench", "--only: expected a comma list", code=2)
+
+
+def test_a_second_trainer_on_a_locked_folder_is_one_line(run, tmp_path):
+    import fcntl
+
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT)
+    os.write(fd, b"pid 1 on elsewhere")
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        proc = cli("train", "--out", folder, "--steps", 2, "--device", "cpu")
+        assert_error_line(proc, "train", "is in use by another trainer (pid 1 on elsewhere)")
+    finally:
+        os.close(fd)
+
+
+def _interrupt_when(proc, text: str, timeout: float = 240) -> str:
+    """Send Ctrl-C once `text` appears on the process's stderr; return all it printed."""
+    import select
+
+    seen, t0, fd = b"", time.time(), proc.stderr.fileno()
+    while text.encode() not in seen and time.time() - t0 < timeout and proc.poll() is None:
+        if select.select([fd], [], [], 0.1)[0]:
+            seen += os.read(fd, 65536)
+    assert text.encode() in seen, seen.decode(errors="replace")
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=timeout)[1]
+    return (seen + (rest or b"")).decode(errors="replace")
+
+
+def test_ctrl_c_during_generate_says_what_was_kept(run, tmp_path):
+    out = tmp_path / "g"
+    args = ["--model", str(run), "--out", str(out), "--n", "40", "--shard", "4", "--batch", "2", "--method", "ddim", "--steps", "20"]
+    proc = subprocess.Popen([sys.executable, "-m", "fastddpm.generate", *args], stderr=subprocess.PIPE)
+    err = _interrupt_when(proc, "/40 images")
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("python -m fastddpm.generate: interrupted: ") and "of 10 shards written into" in last
+    assert last.endswith("run the same command to resume")
+    done = cli("generate", *args)
+    assert done.returncode == 0 and "shards verified" in done.stderr, done.stderr
+    assert not list(out.glob(".*"))
+
+
+def test_ctrl_c_during_training_writes_a_checkpoint(tmp_path):
+    out = tmp_path / "t"
+    args = ["--out", str(out), "--steps", "100000", "--log-every", "1", "--checkpoint-every", "0", "--device", "cpu"]
+    proc = subprocess.Popen([sys.executable, "-m", "fastddpm.train", *args], stderr=subprocess.PIPE)
+    err = _interrupt_when(proc, "step 3/")
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.splitlines()[0].startswith("train: digits (1797 images 1x8x8), U-Net 'digits'")
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("python -m fastddpm.train: interrupted: stopped after step ") and "--resume" in last
+    step = int(last.split("stopped after step ")[1].split()[0])
+    assert (out / "checkpoints" / f"step-{step:09d}.safetensors").exists()
+    resumed = subprocess.Popen([sys.executable, "-m", "fastddpm.train", *args, "--resume"], stderr=subprocess.PIPE)
+    err = _interrupt_when(resumed, f"resuming from step {step} (checkpoint ")
+    assert resumed.returncode == 130, err
+
+
+def test_generate_work_is_the_images_asked_for(run, tmp_path, monkeypatch):
+    from fastddpm.generate import generate
+    from fastddpm.sampling.sampler import Sampler
+
+    sampled = []
+    real = Sampler.run
+    monkeypatch.setattr(Sampler, "run", lambda self, *a, **kw: sampled.append(len(kw["seeds"])) or real(self, *a, **kw))
+    for n, shard, batch, want in ((100, 50, 1024, 100), (600, 50, 1024, 600), (130, 50, 1024, 130), (100, 100, 30, 100),
+                                  (10, 4, 3, 10)):
+        sampled.clear()
+        m = generate(str(run), n=n, out=tmp_path / f"w{n}-{shard}-{batch}", shard=shard, batch=batch, method="ddim", steps=1,
+                     device="cpu", progress=False)
+        assert m["complete"] and max(sampled) <= min(shard, batch), (n, shard, batch, sampled)
+        assert sum(sampled) <= want + len(sampled) - 1, (n, shard, batch, sampled)  # at most one pad a part
