@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from . import cli, metrics
+from .io import checkpoint as ckpt
 from .io.samples import iter_samples
 
 
@@ -33,9 +34,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--k", type=int, default=5, help="precision/recall: neighbours of the balls (default 5)")
     ap.add_argument("--debug", action="store_true", help="a Python stack for every error (also FASTDDPM_DEBUG=1)")
     args = ap.parse_args(argv)
+    metrics.check_options(kid_subsets=args.kid_subsets, k=args.k)  # before any image is read
+    path = Path(args.json) if args.json else default_json(Path(args.samples), args.data, args.split)
+    ckpt.check_can_create(path.parent, "--json")
+    if path.is_dir():
+        raise ValueError(f"--json: {path} is a folder; expected a file to write")
     report = metrics.evaluate(iter_samples(args.samples), args.data, args.split, kid_subsets=args.kid_subsets, k=args.k)
     metrics.print_report(report)
-    path = Path(args.json) if args.json else default_json(Path(args.samples), args.data, args.split)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {path}")
     return report

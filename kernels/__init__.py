@@ -17,7 +17,7 @@ from . import loss as _loss
 from . import noise as _noise
 from . import noising as _noising
 from . import step as _step
-from ._checks import FLOAT_DTYPES, cpu_backend, value_checks
+from ._checks import FLOAT_DTYPES, check_device, cpu_backend, value_checks
 from ._tile import MAX_REGISTERS, Launch, geometry
 from .loss import eps_mse_loss
 from .noise import philox_words, randn, randn_
@@ -50,6 +50,7 @@ __all__ = [
     "STREAM_REVERSE",
     "STREAM_TIMESTEP",
     "VARIANCES",
+    "check_device",
     "coef_table",
     "cpu_backend",
     "eps_mse_loss",

@@ -139,14 +139,37 @@ def check_timesteps(t, B: int, T: int, device: torch.device, name: str = "t") ->
     check_timestep_values(t, T, name)
 
 
+def values_checked(x: torch.Tensor) -> bool:
+    """Whether a check that reads a tensor's values runs now: always on a CPU; on CUDA (where it
+    waits for the GPU) only in eager mode with value checks on; never while compiling or capturing."""
+    if torch.compiler.is_compiling():
+        return False
+    if x.device.type == "cuda":
+        return _state["value_checks"] and not torch.cuda.is_current_stream_capturing()
+    return True
+
+
+def check_device(device, name: str = "device") -> torch.device:
+    """A torch.device that exists here: cpu, or cuda[:N] when torch sees that GPU."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{name}: expected cpu, cuda or cuda:N, got {device!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name}: expected cpu or cuda, got {device!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name}: {device!r} asked for, but torch sees no CUDA device on this machine (use cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{name}: {device!r} asked for, but torch sees {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
 def check_timestep_values(t: torch.Tensor, T: int, name: str = "t") -> None:
     """Raise if any t is outside [0, T). Free on CPU; on CUDA it waits for the GPU, so it
     runs only in eager mode with value checks on, never while compiling or capturing."""
-    if torch.compiler.is_compiling():
+    if not values_checked(t):
         return
-    if t.device.type == "cuda":
-        if not _state["value_checks"] or torch.cuda.is_current_stream_capturing():
-            return
     bad = (t < 0) | (t >= T)
     if bool(bad.any()):
         lo, hi = int(t.min()), int(t.max())

@@ -271,6 +271,11 @@ def sampler_step(
         raise ValueError(f"timesteps: expected an int64 tensor of shape ({rows},), one timestep per table row")
     if timesteps.device != x.device:
         raise ValueError(f"timesteps: expected device {x.device}, got {timesteps.device}")
+    _checks.check_timestep_values(timesteps, 2**32, "timesteps")  # the noise address and the non-finite flag need t >= 0
+    if not _checks.check_flag(eps_term, "eps_term") and _checks.values_checked(table):
+        if bool((table[:, int(C_EPS)] != 0).any()):
+            raise ValueError("eps_term: False, but this table weighs ε̂ directly (its C_EPS column is not zero, as DDIM's): "
+                             "pass eps_term=True (Plan.eps_term says which)")
     if seeds is not None and noise is not None:
         raise ValueError("pass at most one of seeds= (z drawn in-kernel) and noise= (explicit z); got both")
     if seeds is not None:

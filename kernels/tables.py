@@ -110,6 +110,17 @@ def check_alphas_cumprod(alphas_cumprod) -> torch.Tensor:
     return ac
 
 
+def _int_steps(v, name: str) -> torch.Tensor:
+    """Integer timesteps as an int64 CPU tensor; floats, even whole ones, are refused (a rounding is a choice)."""
+    try:
+        v = torch.as_tensor(v)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name}: expected integer timesteps, got {type(v).__name__}") from None
+    if v.is_floating_point() or v.is_complex() or v.dtype == torch.bool:
+        raise TypeError(f"{name}: expected integer timesteps, got dtype {v.dtype}")
+    return v.to("cpu", torch.int64)
+
+
 def coef_table(alphas_cumprod, variance: str = "large", device=None, *, t=None, prev=None,
                dtype: torch.dtype = torch.float32, prediction: str = "epsilon") -> torch.Tensor:
     """Rows of the DDPM posterior step t -> prev (Ho et al. eq. 6-7), (len(t), NCOEF).
@@ -133,8 +144,8 @@ def coef_table(alphas_cumprod, variance: str = "large", device=None, *, t=None, 
         raise ValueError(f"variance: expected one of {VARIANCES}, got {variance!r}")
     ac = check_alphas_cumprod(alphas_cumprod)
     T = ac.numel()
-    t = torch.arange(T) if t is None else torch.as_tensor(t).to("cpu", torch.int64)
-    prev = t - 1 if prev is None else torch.as_tensor(prev).to("cpu", torch.int64)
+    t = torch.arange(T) if t is None else _int_steps(t, "t")
+    prev = t - 1 if prev is None else _int_steps(prev, "prev")
     if t.dim() != 1 or prev.shape != t.shape:
         raise ValueError(f"t, prev: expected two 1-D timestep tensors of one length, got {tuple(t.shape)} and {tuple(prev.shape)}")
     if t.numel() and (int(t.min()) < 0 or int(t.max()) >= T):

@@ -6,9 +6,11 @@ import math
 import pytest
 import torch
 
-from fastddpm import Plan, Sampler, Schedule, TrainConfig, Trainer, UNet, UNetConfig
-from fastddpm.generate import generate
+from fastddpm import Plan, Sampler, Schedule, TrainConfig, Trainer, UNet, UNetConfig, fused, metrics, save_grid
 from fastddpm import kernels as K
+from fastddpm import reference as R
+from fastddpm.core.plan import Method
+from fastddpm.generate import generate
 from fastddpm.io.data import digits
 
 X = torch.zeros(2, 3, 8, 8)
@@ -74,6 +76,66 @@ CASES = [
     ("Trainer empty data", lambda: Trainer(UNet(UNetConfig(**SMALL)), digits()[:0], TrainConfig(steps=1)), "data"),
     ("Trainer image size", lambda: Trainer(UNet(UNetConfig(**SMALL)), torch.zeros(4, 1, 9, 9), TrainConfig(steps=1)), "data"),
     ("Trainer resume without folder", lambda: Trainer(UNet(UNetConfig(**SMALL)), digits(), TrainConfig(steps=1), resume=True), "resume"),
+    # errors from deep inside, now named (issue 23, category 1)
+    ("Sampler device cuda", lambda: Sampler(_model, shape=(3, 8, 8), device="cuda"), "device"),
+    ("Sampler device tpu", lambda: Sampler(_model, shape=(3, 8, 8), device="tpu"), "device"),
+    ("Trainer device cuda", lambda: Trainer(UNet(UNetConfig(**SMALL)), digits(), TrainConfig(steps=1), device="cuda:3"), "device"),
+    ("generate device", lambda: generate("digits", n=2, out="/tmp/fastddpm-never", device="cuda"), "device"),
+    ("UNet x channels", lambda: UNet(UNetConfig(**SMALL))(torch.zeros(2, 3, 8, 8), T2), "x"),
+    ("UNet x odd size", lambda: UNet(UNetConfig(**SMALL))(torch.zeros(2, 1, 7, 7), T2), "x"),
+    ("UNet x 3-D", lambda: UNet(UNetConfig(**SMALL))(torch.zeros(1, 8, 8), T2[:1]), "x"),
+    ("UNet x float64", lambda: UNet(UNetConfig(**SMALL))(torch.zeros(2, 1, 8, 8, dtype=torch.float64), T2), "x"),
+    ("UNet t length", lambda: UNet(UNetConfig(**SMALL))(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1, 2])), "t"),
+    ("UNet config dict", lambda: UNet(config=dict(SMALL)), "config"),
+    ("from_diffusers object", lambda: UNet.from_diffusers(object()), "model"),
+    ("Schedule.linear start str", lambda: Schedule.linear(beta_start="0.1"), "beta_start"),
+    ("Schedule.linear end nan", lambda: Schedule.linear(beta_end=math.nan), "beta_end"),
+    ("Schedule.cosine s str", lambda: Schedule.cosine(s="a"), "s"),
+    ("Schedule.cosine s negative", lambda: Schedule.cosine(s=-1.0), "s"),
+    ("Schedule.cosine max_beta", lambda: Schedule.cosine(max_beta=1.5), "max_beta"),
+    ("Schedule.scaled_linear start", lambda: Schedule.scaled_linear(beta_start=[0.1]), "beta_start"),
+    ("fused q_sample table", lambda: fused.q_sample(X, T2, TABLE, seeds=0), "schedule"),
+    ("fused loss schedule", lambda: fused.diffusion_loss(X, T2, TABLE, x0=X, seeds=0, prediction="v"), "schedule"),
+    ("fused sampler_step plan", lambda: fused.sampler_step(X, X, T2, Schedule.linear()), "plan"),
+    ("reference q_sample t=T", lambda: R.q_sample(X, torch.tensor([0, 1000]), Schedule.linear(), seeds=torch.tensor([0, 1])), "t"),
+    ("reference q_sample t float", lambda: R.q_sample(X, torch.tensor([0.0, 1.0]), Schedule.linear(), seeds=torch.tensor([0, 1])), "t"),
+    ("reference reverse_step t=-1", lambda: R.reverse_step(X, X, torch.tensor([-1, 0]), Schedule.linear(), seeds=torch.tensor([0, 1])), "t"),
+    ("reference sample seeds str", lambda: R.sample(_model, Schedule.linear(), "01", (3, 8, 8)), "seeds"),
+    ("reference sample seeds floats", lambda: R.sample(_model, Schedule.linear(), [0.5, 1.5], (3, 8, 8)), "seeds"),
+    ("generate seeds str items", lambda: generate("digits", out="/tmp/fastddpm-never", seeds=["a"]), "seeds"),
+    ("generate seeds 2**64", lambda: generate("digits", out="/tmp/fastddpm-never", seeds=[2**64]), "seeds"),
+    ("generate world 0", lambda: generate("digits", n=2, out="/tmp/fastddpm-never", world=0), "world"),
+    ("evaluate k -1", lambda: metrics.evaluate(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), "digits", k=-1), "k"),
+    ("evaluate kid_size 0", lambda: metrics.evaluate(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), "digits", kid_size=0), "kid_size"),
+    ("evaluate what", lambda: metrics.evaluate(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), "digits", what="fd"), "what"),
+    # accepted and silently wrong before, now refused (category 2)
+    ("sampler_step eps_term", lambda: K.sampler_step(X, X, T2 * 0, Plan.build(method="ddim", steps=5).table("cpu"),
+                                                     Plan.build(method="ddim", steps=5).timesteps_on("cpu"), eps_term=False), "eps_term"),
+    ("sampler_step negative timesteps", lambda: K.sampler_step(X, X, T2 * 0, TABLE[:2], torch.tensor([-3, 0])), "timesteps"),
+    ("sampler_step timesteps 2**32", lambda: K.sampler_step(X, X, T2 * 0, TABLE[:2], torch.tensor([2**32, 0]), seeds=0), "timesteps"),
+    ("loss t 2**32", lambda: K.eps_mse_loss(X, torch.tensor([2**32, 0]), seeds=0), "t"),
+    ("ddim eta beyond the step", lambda: Plan.build(method="ddim", steps=10, eta=5.0), "eta"),
+    ("Plan options beside a Method", lambda: Plan.build(Schedule.linear(), Method("ddim", 10), steps=5), "options"),
+    ("UNetConfig attn no level", lambda: UNetConfig(**{**SMALL, "attn_resolutions": (3,)}), "attn_resolutions"),
+    ("run seeds string", lambda: Sampler(_model, shape=(3, 8, 8), progress=False).run(seeds="12"), "seeds"),
+    ("run seeds floats", lambda: Sampler(_model, shape=(3, 8, 8), progress=False).run(seeds=[1.5, 2]), "seeds"),
+    ("generate seeds floats", lambda: generate("digits", out="/tmp/fastddpm-never", seeds=[1.5, 2]), "seeds"),
+    ("generate rank = world", lambda: generate("digits", n=2, out="/tmp/fastddpm-never", rank=2, world=2), "rank"),
+    ("generate rank -1", lambda: generate("digits", n=2, out="/tmp/fastddpm-never", rank=-1, world=2), "rank"),
+    ("generate progress str", lambda: generate("digits", n=2, out="/tmp/fastddpm-never", progress="no"), "progress"),
+    ("coef_table int tensor", lambda: K.coef_table(torch.tensor([1, 0])), "alphas_cumprod"),
+    ("coef_table float t", lambda: K.coef_table(Schedule.linear().alphas_cumprod, t=[0.5, 1.5], prev=[-1, 0]), "t"),
+    ("coef_table float prev", lambda: K.coef_table(Schedule.linear().alphas_cumprod, t=[1, 2], prev=[0.0, 1.0]), "prev"),
+    ("evaluate kid_subsets 0", lambda: metrics.evaluate(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), "digits", kid_subsets=0), "kid_subsets"),
+    ("evaluate k 0", lambda: metrics.evaluate(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), "digits", k=0), "k"),
+    ("save_grid NaN", lambda: save_grid(torch.full((2, 1, 8, 8), math.nan), "/tmp/fastddpm-never.png"), "x"),
+    ("save_grid nrow 0", lambda: save_grid(torch.zeros(2, 1, 8, 8), "/tmp/fastddpm-never.png", nrow=0), "nrow"),
+    ("save_grid int32", lambda: save_grid(torch.zeros(2, 1, 8, 8, dtype=torch.int32), "/tmp/fastddpm-never.png"), "x"),
+    ("save_grid ambiguous uint8", lambda: save_grid(torch.zeros(2, 3, 8, 3, dtype=torch.uint8), "/tmp/fastddpm-never.png"), "x"),
+    ("Sampler channels_last 'yes'", lambda: Sampler(_model, shape=(3, 8, 8), channels_last="yes"), "channels_last"),
+    ("Trainer resume 'no'", lambda: Trainer(UNet(UNetConfig(**SMALL)), digits(), TrainConfig(steps=1), out_dir="/tmp/fastddpm-never",
+                                            resume="no"), "resume"),
+    ("Trainer progress 'no'", lambda: Trainer(UNet(UNetConfig(**SMALL)), digits(), TrainConfig(steps=1), progress="no"), "progress"),
     # generate
     ("generate n", lambda: generate("fashion-mnist-small", n=0, out="/tmp/x"), "n"),
     ("generate format", lambda: generate("fashion-mnist-small", n=3, out="/tmp/x", format="jpg"), "format"),
@@ -83,9 +145,23 @@ CASES = [
 
 @pytest.mark.parametrize("label,fn,name", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_names_the_argument(label, fn, name):
+    import pathlib
+
     with pytest.raises((ValueError, TypeError)) as e:
         fn()
     assert str(e.value).startswith(f"{name}:"), f"{label}: {e.value}"
+    assert not pathlib.Path("/tmp/fastddpm-never").exists(), f"{label}: a refused call created its output folder"
+
+
+def test_documented_meanings_instead_of_errors():
+    # float timesteps into the U-Net: the embedding takes them, as diffusers' does
+    net = UNet(UNetConfig(**SMALL))
+    torch.testing.assert_close(net(torch.zeros(2, 1, 8, 8), torch.tensor([3.0, 5.0])), net(torch.zeros(2, 1, 8, 8), torch.tensor([3, 5])))
+    # a list of ints as the reference's seeds is the tensor of them
+    a = R.sample(_model, Schedule.linear(), [3, 4], (3, 8, 8), "ddim", steps=2)
+    torch.testing.assert_close(a, R.sample(_model, Schedule.linear(), torch.tensor([3, 4]), (3, 8, 8), "ddim", steps=2))
+    # a last variance of exactly 1 is zero terminal SNR (diffusers' rescaled betas end so)
+    assert Schedule.from_betas([0.1, 0.2, 1.0]).zero_terminal_snr
 
 
 def test_cli_bad_values_are_argparse_errors_or_named(capsys):

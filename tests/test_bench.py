@@ -81,10 +81,11 @@ def test_train_cli_help_names_every_option_and_default(capsys):
     from fastddpm.train import parser
 
     text = parser().format_help()
-    for flag in ("--steps", "--batch-size", "--lr", "--schedule", "--fused, --no-fused", "--compile, --no-compile", "--keep"):
+    for flag in ("--steps", "--batch-size", "--lr", "--schedule", "--fused, --no-fused", "--compile, --no-compile", "--keep",
+                 "--prediction {epsilon,v,sample}", "--min-snr-gamma", "--zero-snr, --no-zero-snr", "--debug"):
         assert flag in text, flag
     flat = " ".join(text.split())
-    assert "{linear,cosine}" in text and "(default: 10000; digits: 3000)" in flat and "(default: None)" not in flat
+    assert "{linear,cosine,scaled_linear}" in text and "(default: 10000; digits: 3000)" in flat and "(default: None)" not in flat
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ import torch
 
 from fastddpm import TrainConfig, Trainer, UNet, UNetConfig
 from fastddpm.io.data import digits
+from fastddpm.eval import main as eval_main
 from fastddpm.generate import main as generate_main
 from fastddpm.sampling.generate import parse_seeds
 
@@ -166,3 +167,66 @@ def test_python_function_and_eval_hook(run, tmp_path):
                  eval="digits", progress=False)
     assert m["complete"] and m["eval"]["samples"] == 300 and "fd" in m["eval"]
     assert (tmp_path / "e" / "eval-digits-test.json").exists()
+
+
+def test_what_a_killed_run_left_is_removed_at_the_next_start(run, tmp_path):
+    out = tmp_path / "g"
+    gen(run, out, "--n", "4", "--shard", "2")
+    (out / "shard-000001.npz").unlink()  # a shard lost, and the leftovers of a writer killed while writing it
+    for name in (".shard-000001.npz.tmp-4242", ".shard-000001.json.tmp-4242", ".shard-000001.lock", ".shard-000000.lock"):
+        (out / name).write_bytes(b"half")
+    (out / ".shard-000003.tmp-4242").mkdir()  # a PNG shard's temporary folder
+    (out / ".shard-000003.tmp-4242" / "x.png").write_bytes(b"half")
+    m = gen(run, out, "--n", "4", "--shard", "2")
+    assert m["complete"] and sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_full_disk_leaves_nothing_behind_and_the_rerun_finishes(run, tmp_path, monkeypatch):
+    import errno
+
+    import fastddpm.io.samples as samples
+
+    out = tmp_path / "g"
+    real = samples.os.replace
+    calls = []
+
+    def full(src, dst):  # the second shard's data cannot be written: ENOSPC
+        calls.append(dst)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(samples.os, "replace", full)
+    with pytest.raises(OSError) as e:
+        gen(run, out, "--n", "4", "--shard", "2")
+    assert e.value.errno == errno.ENOSPC
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no temporary, no lock
+    monkeypatch.undo()
+    assert gen(run, out, "--n", "4", "--shard", "2")["complete"]
+
+
+def test_eval_checks_its_json_path_before_reading_any_image(tmp_path, monkeypatch):
+    from fastddpm import metrics
+
+    np.savez(tmp_path / "s.npz", images=np.zeros((4, 8, 8, 1), np.uint8))
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setattr(metrics, "evaluate", lambda *a, **k: (_ for _ in ()).throw(AssertionError("evaluated first")))
+    with pytest.raises(ValueError, match="--json: .*file is a file, not a folder"):
+        eval_main([str(tmp_path / "s.npz"), "--data", "digits", "--json", str(tmp_path / "file" / "r.json")])
+    with pytest.raises(ValueError, match="k: expected a positive int"):
+        eval_main([str(tmp_path / "s.npz"), "--data", "digits", "--k", "0"])
+    with pytest.raises(ValueError, match="kid_subsets: expected a positive int"):
+        eval_main([str(tmp_path / "s.npz"), "--data", "digits", "--kid-subsets", "0"])
+
+
+def test_damaged_samples_are_named(run, tmp_path):
+    from fastddpm.io.samples import iter_samples
+
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(ValueError, match="SAMPLES: .*bad.npz is not a readable .npz"):
+        list(iter_samples(tmp_path / "bad.npz"))
+    out = tmp_path / "g"
+    gen(run, out, "--n", "4", "--shard", "2")
+    (out / "shard-000001.npz").write_bytes(b"PK\x03\x04 garbled")
+    with pytest.raises(ValueError, match="SAMPLES: shard .*shard-000001.npz is unreadable"):
+        list(iter_samples(out))

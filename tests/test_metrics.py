@@ -232,3 +232,16 @@ def test_numpy_shards_are_read_like_tensors():
     torch.testing.assert_close(metrics.check_batch(u8.numpy(), "digits"), metrics.check_batch(u8, "digits"), rtol=0, atol=0)
     with pytest.raises(TypeError, match="samples: expected a tensor or NumPy array"):
         metrics.check_batch([[0]], "digits")
+
+
+def test_a_damaged_reference_cache_is_computed_again(tmp_path, capsys):
+    from fastddpm.metrics import features, reference_features
+
+    good = reference_features("digits", "test", cache=tmp_path)
+    path = tmp_path / f"digits-test-{features.network_hash('digits')}.safetensors"
+    path.write_bytes(path.read_bytes()[:100])  # truncated: safetensors cannot read it
+    again = reference_features("digits", "test", cache=tmp_path)
+    err = capsys.readouterr().err
+    assert f"metrics: the cache {path} is damaged" in err and "computing it again" in err
+    torch.testing.assert_close(again.all(), good.all())
+    assert reference_features("digits", "test", cache=tmp_path).moments.n == good.moments.n  # the new cache reads

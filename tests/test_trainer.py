@@ -383,3 +383,37 @@ def test_a_v_model_trained_briefly_samples_digits_as_well_as_the_eps_model(data)
         images = Sampler(tr.ema, tr.schedule, method="dpm++2m", steps=20, prediction=prediction, progress=False).run(batch=500)
         fd[prediction] = metrics.evaluate([to_uint8(images)], "digits")["fd"]
     assert fd["v"] <= 2 * fd["epsilon"] and fd["v"] < 60, fd
+
+
+def test_a_refused_or_failed_training_leaves_no_folder_behind(data, tmp_path, monkeypatch):
+    import errno
+
+    missing = tmp_path / "typo"
+    with pytest.raises(ValueError, match="resume: .* holds no checkpoint to resume"):
+        _trainer(data, out_dir=missing, resume=True)
+    assert not missing.exists()  # --resume never creates the folder it was asked to continue
+
+    class NaNNet(UNet):
+        def forward(self, x, t):
+            return super().forward(x, t) * float("nan")
+
+    fresh = tmp_path / "fresh"
+    with pytest.raises(FloatingPointError, match="loss became non-finite .* at step 1"):
+        _trainer(data, out_dir=fresh, model_cls=NaNNet).fit()
+    assert not fresh.exists()  # it made the folder, kept nothing, and took it away again
+
+    full = tmp_path / "full"
+    tr = _trainer(data, out_dir=full, checkpoint_every=5)
+    tr.fit(5)
+    real = ckpt.os.replace
+
+    def no_space(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(ckpt.os, "replace", no_space)
+    with pytest.raises(OSError):
+        tr.fit(10)
+    monkeypatch.setattr(ckpt.os, "replace", real)
+    names = sorted(p.name for p in (full / "checkpoints").iterdir())
+    assert names == ["step-000000005.safetensors"]  # the kept checkpoint, and no temporary beside it
+    assert _trainer(data, out_dir=full, resume=True).step == 5

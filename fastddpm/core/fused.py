@@ -16,12 +16,19 @@ from .plan import Plan
 from .schedule import Schedule
 
 
+def _schedule(schedule) -> Schedule:
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule: expected a fastddpm.Schedule (for a coefficient table, call fastddpm.kernels directly), "
+                        f"got {type(schedule).__name__}")
+    return schedule
+
+
 def q_sample(x0: torch.Tensor, t: torch.Tensor, schedule: Schedule, *, seeds=None, noise=None) -> torch.Tensor:
-    return K.q_sample(x0, t, schedule.table(device=x0.device), seeds=seeds, noise=noise)
+    return K.q_sample(x0, t, _schedule(schedule).table(device=x0.device), seeds=seeds, noise=noise)
 
 
 def reverse_step(x, eps_hat, t, schedule: Schedule, *, seeds=None, noise=None, variance="large", clip=False) -> torch.Tensor:
-    return K.reverse_step(x, eps_hat, t, schedule.table(variance, x.device), seeds=seeds, noise=noise, clip=clip)
+    return K.reverse_step(x, eps_hat, t, _schedule(schedule).table(variance, x.device), seeds=seeds, noise=noise, clip=clip)
 
 
 def eps_mse_loss(eps_hat, t, *, seeds=None, noise=None, weights=None, reduction="mean") -> torch.Tensor:
@@ -32,12 +39,14 @@ def diffusion_loss(out, t, schedule: Schedule, *, x0=None, seeds=None, noise=Non
                    reduction="mean") -> torch.Tensor:
     """The loss of a model predicting ε, v or x_0 (x0: the clean images, read by the v and x_0 targets)."""
     pred = K.prediction_name(prediction)
-    table = schedule.table("large", out.device) if pred == "v" else None
+    table = _schedule(schedule).table("large", out.device) if pred == "v" else None
     return K.eps_mse_loss(out, t, seeds=seeds, noise=noise, weights=weights, reduction=reduction, prediction=pred,
                           x0=x0 if pred != "epsilon" else None, table=table)
 
 
 def sampler_step(x, eps_hat, k, plan: Plan, *, seeds=None, noise=None, h=None) -> tuple:
+    if not isinstance(plan, Plan):
+        raise TypeError(f"plan: expected a fastddpm.Plan (Plan.build(schedule, method, ...)), got {type(plan).__name__}")
     plan.check_history(h)
     if not plan.stochastic:
         seeds = noise = None  # σ = 0 throughout: nothing to draw

@@ -173,6 +173,9 @@ class Plan:
         schedule = schedule if schedule is not None else Schedule.linear()
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule: expected a fastddpm.Schedule, got {type(schedule).__name__}")
+        if isinstance(method, Method) and options:
+            raise ValueError(f"options: {sorted(options)} given beside a Method, which already sets every option; put them "
+                             f"in the Method, or pass the method's name")
         m = (method if isinstance(method, Method) else Method(method, **options)).checked(schedule.T)
         ts = timesteps(schedule.T, m, schedule.alphas_cumprod)
         if m.prediction == "epsilon" and schedule.zero_terminal_snr and ts[0] == schedule.T - 1:
@@ -246,7 +249,14 @@ def _rows(alphas_cumprod: torch.Tensor, m: Method, ts: list, prev: list, a_t: to
     rows[:, int(X0_EPS)] = ((1 - a_t) / a_t).sqrt()
     if m.name == "ddim":  # Song et al. eq. 12 and 16
         sigma = m.eta * ((1 - a_s) / (1 - a_t) * (1 - a_t / a_s)).sqrt()
-        direction = (1 - a_s - sigma**2).clamp(min=0).sqrt()  # weight of ε
+        room = 1 - a_s - sigma**2  # the ε direction's variance: σ² may not exceed 1 - a_s
+        if bool((room < -1e-12 * (1 - a_s).clamp(min=1e-300)).any()):
+            unit = ((1 - a_s) / (1 - a_t) * (1 - a_t / a_s)).sqrt()
+            ok = unit > 0
+            eta_max = float(((1 - a_s)[ok].sqrt() / unit[ok]).min())
+            raise ValueError(f"eta: η = {m.eta:g} makes a step's noise exceed what it may add (σ² > 1 - ᾱ²_s); this plan "
+                             f"allows η <= {eta_max:.4g} (η = 1 is DDPM's ancestral variance)")
+        direction = room.clamp(min=0).sqrt()  # weight of ε (rounding only)
         if m.clipped_eps:  # ε = (x_t - √a_t x̂_0) / √(1 - a_t), folded into the x̂_0 and x_t weights
             rows[:, int(C_X0)] = a_s.sqrt() - direction * a_t.sqrt() / (1 - a_t).sqrt()
             rows[:, int(C_X)] = direction / (1 - a_t).sqrt()

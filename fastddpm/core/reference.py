@@ -37,6 +37,31 @@ def _noise(noise, seeds, t, stream, like):
     return noise.to(like.dtype)
 
 
+def _seed_tensor(seeds) -> torch.Tensor:
+    """(B,) int64 seeds from a tensor or a sequence of ints."""
+    if isinstance(seeds, torch.Tensor):
+        t = seeds
+    elif isinstance(seeds, (list, tuple, range)) and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        t = torch.tensor(list(seeds), dtype=torch.int64)
+    else:
+        raise TypeError(f"seeds: expected an int64 tensor or a sequence of ints, got {type(seeds).__name__}")
+    if t.dtype != torch.int64 or t.dim() != 1 or t.numel() == 0:
+        raise ValueError(f"seeds: expected a non-empty 1-D int64 tensor, got {t.dtype} of shape {tuple(t.shape)}")
+    return t
+
+
+def _check(schedule: Schedule, t: torch.Tensor = None, name: str = "t") -> None:
+    """schedule is a Schedule, and every t in [0, T)."""
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule: expected a fastddpm.Schedule, got {type(schedule).__name__}")
+    if t is not None:
+        if not isinstance(t, torch.Tensor) or t.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"{name}: expected an int32/int64 tensor of timesteps, got "
+                            f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}")
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= schedule.T):
+            raise ValueError(f"{name}: expected every timestep in [0, {schedule.T}), got values in [{int(t.min())}, {int(t.max())}]")
+
+
 def _at(schedule: Schedule, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """a_t = alphas_cumprod[t] (ᾱ_t² in the seed notation) per sample, with a_{-1} = 1:
     (B, 1, 1, 1) float64. Coefficients are formed in float64 and meet the data in its
@@ -64,6 +89,7 @@ def _lo(coef: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def q_sample(x0: torch.Tensor, t: torch.Tensor, schedule: Schedule, *, seeds=None, noise=None) -> torch.Tensor:
     """x_t = ᾱ_t x_0 + β̄_t ε                                   (Ho et al. eq. 4)."""
+    _check(schedule, t)
     eps = _noise(noise, seeds, t, K.STREAM_NOISING, x0)
     a = _at(schedule, t, x0)
     return _lo(a.sqrt(), x0) * x0 + _lo((1 - a).sqrt(), x0) * eps
@@ -149,6 +175,7 @@ def dpm_solver_step(x, x0, t, s, schedule, z=None, x0_prev=None, t_prev=None) ->
 
 def reverse_step(x, eps_hat, t, schedule: Schedule, *, seeds=None, noise=None, variance="large", clip=False) -> torch.Tensor:
     """One ancestral step x_t -> x_{t-1} with ε-prediction: ddpm_step to t - 1."""
+    _check(schedule, t)
     z = _noise(noise, seeds, t, K.STREAM_REVERSE, x)
     return ddpm_step(x, eps_hat, t, t.long() - 1, schedule, z, variance, clip)
 
@@ -175,6 +202,7 @@ def diffusion_loss(out, t, schedule: Schedule, *, x0=None, seeds=None, noise=Non
     """w_t ‖y - m‖² for the target y of what the model predicts, computed in at least float32:
     ε (Ho et al. eq. 14), v = √ᾱ ε − √(1−ᾱ) x_0 (Salimans & Ho 2022, §4), or x_0."""
     prediction = K.prediction_name(prediction)
+    _check(schedule, t)
     if prediction == "epsilon":
         return eps_mse_loss(out, t, seeds=seeds, noise=noise, weights=weights, reduction=reduction)
     m = out.to(torch.promote_types(out.dtype, torch.float32))
@@ -192,6 +220,8 @@ def sampler_step(x, eps_hat, k, plan: Plan, *, seeds=None, noise=None, h=None) -
     """Step k (per sample, (B,) int) of `plan`: x_{t_k} -> x_{prev_k}. Returns (x_s, x̂_0)
     for a multistep plan, (x_s, None) otherwise. The noise (stochastic plans only) is
     addressed by (seed, STREAM_REVERSE, t_k)."""
+    if not isinstance(plan, Plan):
+        raise TypeError(f"plan: expected a fastddpm.Plan (Plan.build(schedule, method, ...)), got {type(plan).__name__}")
     plan.check_history(h)
     m = plan.method
     k = k.to("cpu").long()
@@ -224,6 +254,7 @@ def sample(model, schedule: Schedule, seeds: torch.Tensor, shape: tuple, method=
     (seeds[k], STREAM_REVERSE, t). stop_after: only the first n steps (returns that state).
     """
     plan = method if isinstance(method, Plan) else Plan.build(schedule, method, **options)
+    seeds = _seed_tensor(seeds)
     B = seeds.numel()
     dev = seeds.device
     x = K.randn((B, *shape), seeds, torch.zeros(B, dtype=torch.int64, device=dev), K.STREAM_PRIOR).to(dtype)  # x_T

@@ -67,6 +67,7 @@ class Schedule:
     def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "Schedule":
         """Ho et al. (2020): variances β_t evenly spaced from beta_start to beta_end."""
         _check_T(T)
+        _number(beta_start, "beta_start"), _number(beta_end, "beta_end")
         if not 0 < beta_start <= beta_end < 1:
             raise ValueError(f"beta_start, beta_end: expected 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
         return cls(torch.linspace(beta_start, beta_end, T, dtype=torch.float64))
@@ -75,6 +76,7 @@ class Schedule:
     def scaled_linear(cls, T: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> "Schedule":
         """Standard deviations √β_t evenly spaced (diffusers' and Stable Diffusion's scaled_linear)."""
         _check_T(T)
+        _number(beta_start, "beta_start"), _number(beta_end, "beta_end")
         if not 0 < beta_start <= beta_end < 1:
             raise ValueError(f"beta_start, beta_end: expected 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
         return cls(torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64) ** 2)
@@ -98,6 +100,10 @@ class Schedule:
         """Nichol & Dhariwal (2021): ᾱ_t² = f(t)/f(0), f(t) = cos²(((t/T + s)/(1 + s)) π/2),
         variances β_t = 1 - f(t+1)/f(t) clipped at max_beta (diffusers' squaredcos_cap_v2)."""
         _check_T(T)
+        if not 0 <= _number(s, "s") < 1:
+            raise ValueError(f"s: expected the offset in [0, 1) (Nichol & Dhariwal use 0.008), got {s!r}")
+        if not 0 < _number(max_beta, "max_beta") < 1:
+            raise ValueError(f"max_beta: expected a variance cap in (0, 1) (0.999 is usual), got {max_beta!r}")
         i = torch.arange(T + 1, dtype=torch.float64) / T
         f = torch.cos((i + s) / (1 + s) * math.pi / 2) ** 2
         return cls((1 - f[1:] / f[:-1]).clamp(max=max_beta))
@@ -155,6 +161,12 @@ class Schedule:
         if key not in self._cache:
             self._cache[key] = coef_table(self.alphas_cumprod, variance, device=device)
         return self._cache[key]
+
+
+def _number(v, name: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise TypeError(f"{name}: expected a finite number, got {v!r}")
+    return float(v)
 
 
 def _check_T(T) -> None:

@@ -50,6 +50,9 @@ def save_grid(x, path, nrow: int = None, scale: int = 1, layout: str = "auto") -
     output), or uint8 images (a generate shard's NHWC array, or to_uint8's NCHW), a tensor or
     a NumPy array. layout: "auto" (uint8: NHWC when the last axis is 1, 3 or 4 channels and the
     second is not, NCHW the other way round), "nchw" or "nhwc". Non-finite samples are an error."""
+    for name, v in (("nrow", nrow), ("scale", scale)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{name}: expected a positive int, got {v!r}")
     return write_png(grid(as_samples(x, layout), nrow, scale=scale), path)
 
 

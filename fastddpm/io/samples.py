@@ -17,6 +17,7 @@ import json
 import os
 import re
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -61,8 +62,12 @@ def shard_images(out, shard: dict, fmt: str) -> np.ndarray:
 
     path = Path(out) / shard["file"]
     if fmt == "npz":
-        with np.load(path) as f:
-            return f["images"]
+        try:
+            with np.load(path) as f:
+                return f["images"]
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            raise ValueError(f"SAMPLES: shard {path} is unreadable ({type(e).__name__}: {e}); run generate again into the "
+                             f"folder to redo it") from e
     return np.stack([read_png(path / f"{s:020d}.png").permute(1, 2, 0).numpy() for s in expand_seeds(shard["seeds"])])
 
 
@@ -241,7 +246,14 @@ def iter_samples(path, batch: int = 1000):
         return
     manifest = path / "manifest.json"
     if manifest.exists():
-        m = read_manifest(path)
+        try:
+            m = read_manifest(path)
+        except ValueError as e:
+            raise ValueError(f"SAMPLES: {e}") from e
+        if not m.get("complete"):
+            raise ValueError(f"SAMPLES: {path} holds an unfinished generation ({len(list(path.glob('shard-*.json')))} of "
+                             f"{-(-m['config']['n'] // m['config']['shard'])} shards written); run the same generate command "
+                             f"to finish it")
         for shard in m["shards"]:
             yield torch.from_numpy(shard_images(path, shard, m["config"]["format"]))
         return
@@ -263,7 +275,7 @@ def npz_images(path) -> torch.Tensor:
             if key is None:
                 raise ValueError(f"SAMPLES: {path} has arrays {f.files}; expected one named 'images'")
             return torch.from_numpy(np.ascontiguousarray(f[key]))
-    except (OSError, EOFError, ValueError) as e:
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
         if str(e).startswith("SAMPLES"):
             raise
         raise ValueError(f"SAMPLES: {path} is not a readable .npz ({type(e).__name__}: {e})") from e

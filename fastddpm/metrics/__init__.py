@@ -82,11 +82,16 @@ def reference_features(data: str, split: str = "test", cache=CACHE) -> FeatureSt
     path = Path(cache) / f"{data}-{split}-{features.network_hash(data)}.safetensors"
     s = FeatureStream(data, net)
     if path.exists():
-        d = load_file(str(path))
-        s.moments = Moments.from_state({k[3:]: v for k, v in d.items() if k.startswith("mo.")})
-        s.feats = [d["features"]]
-        s.radii = {int(k[6:]): v for k, v in d.items() if k.startswith("radii.")}
-        return s
+        try:
+            d = load_file(str(path))
+            s.moments = Moments.from_state({k[3:]: v for k, v in d.items() if k.startswith("mo.")})
+            s.feats = [d["features"]]
+            s.radii = {int(k[6:]): v for k, v in d.items() if k.startswith("radii.")}
+            return s
+        except Exception as e:  # a damaged cache (truncated, garbled, another format): derived data, made again
+            sys.stderr.write(f"metrics: the cache {path} is damaged ({type(e).__name__}); computing it again\n")
+            path.unlink(missing_ok=True)
+            s = FeatureStream(data, net)
     images, _ = datasets.labelled(data, split)
     s.add(images)
     s.radii = {K_NEIGHBOURS: stats._kth_neighbour_radius(s.all(), K_NEIGHBOURS)}
@@ -102,12 +107,20 @@ K_NEIGHBOURS = 5
 WHAT = ("fd", "kid", "prdc")
 
 
+def check_options(kid_subsets: int = 100, kid_size: int = 1000, k: int = K_NEIGHBOURS, what=WHAT) -> None:
+    """compare()'s options, checked before any image is read."""
+    for name, v in (("kid_subsets", kid_subsets), ("kid_size", kid_size), ("k", k)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name}: expected a positive int, got {v!r}")
+    if isinstance(what, str) or any(w not in WHAT for w in what):
+        raise ValueError(f"what: expected a subset of {WHAT}, got {what!r}")
+
+
 def compare(samples: FeatureStream, ref: FeatureStream, kid_subsets: int = 100, kid_size: int = 1000, k: int = K_NEIGHBOURS,
             what=WHAT) -> dict:
     """FD, KID and precision/recall/density/coverage (those in `what`) of sample features
     against reference ones."""
-    if any(w not in WHAT for w in what):
-        raise ValueError(f"what: expected a subset of {WHAT}, got {what!r}")
+    check_options(kid_subsets, kid_size, k, what)
     dim = samples.moments.sum.numel()
     stats.check_count(samples.moments.n, dim)
     out = dict(samples=samples.moments.n, reference=ref.moments.n)
@@ -125,6 +138,7 @@ def compare(samples: FeatureStream, ref: FeatureStream, kid_subsets: int = 100, 
 def evaluate(images, data: str, split: str = "test", cache=CACHE, **options) -> dict:
     """Quality of uint8 `images` (a tensor, or an iterable of tensors: streamed) against the
     real `split` of `data`, in the shipped feature network's features."""
+    check_options(**options)
     s = FeatureStream(data)
     for batch in ([images] if isinstance(images, torch.Tensor) else images):
         s.add_uint8(batch)

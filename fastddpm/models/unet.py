@@ -49,6 +49,10 @@ class UNetConfig:
         ar = self.attn_resolutions
         if not isinstance(ar, (tuple, list)) or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in ar):
             raise ValueError(f"attn_resolutions: expected a tuple of positive ints (feature-map sizes), got {ar!r}")
+        levels = [self.sample_size >> i for i in range(len(self.channel_mult))] if isinstance(self.sample_size, int) else []
+        if levels and any(r not in levels for r in ar):
+            raise ValueError(f"attn_resolutions: {tuple(ar)} names sizes no level has; this U-Net's feature maps are "
+                             f"{tuple(levels)} (sample_size {self.sample_size} halved at each of {len(levels)} levels)")
         if not (isinstance(self.norm_eps, (int, float)) and 0 < self.norm_eps < 1):
             raise ValueError(f"norm_eps: expected a number in (0, 1), got {self.norm_eps!r}")
         if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
@@ -220,6 +224,8 @@ class UNet(nn.Module):
 
     def __init__(self, config: UNetConfig = UNetConfig()):
         super().__init__()
+        if not isinstance(config, UNetConfig):
+            raise TypeError(f"config: expected a UNetConfig (UNetConfig(**d) from a dict), got {type(config).__name__}")
         config.validate()
         self.config = config
         ch = config.block_out_channels
@@ -240,10 +246,13 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(ch[0], config.out_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        self._check_input(x)
         if not isinstance(t, torch.Tensor):
             t = torch.tensor(t, device=x.device)
         t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t  # a scalar t for the whole batch
-        cfg = self.config
+        if t.dim() != 1 or t.shape[0] != x.shape[0]:
+            raise ValueError(f"t: expected one timestep per image ({x.shape[0]},) or a scalar, got shape {tuple(t.shape)}")
         emb = timestep_embedding(t, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
         temb = self.time_embedding(emb.to(self.conv_in.weight.dtype))  # (B, 4*base)
         h = self.conv_in(x)
@@ -256,10 +265,29 @@ class UNet(nn.Module):
             h = block(h, skips, temb)
         return self.conv_out(F.silu(self.conv_norm_out(h)))
 
+    def _check_input(self, x) -> None:
+        """x (B, in_channels, H, W) in the weights' dtype, H and W halvable down every level."""
+        cfg = self.config
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise ValueError(f"x: expected images (B, {cfg.in_channels}, H, W), got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        if x.shape[1] != cfg.in_channels:
+            raise ValueError(f"x: expected {cfg.in_channels} channels (the model's in_channels), got {x.shape[1]} "
+                             f"(shape {tuple(x.shape)})")
+        step = 2 ** (len(cfg.channel_mult) - 1)
+        if x.shape[2] % step or x.shape[3] % step or x.shape[2] < step or x.shape[3] < step:
+            raise ValueError(f"x: images of {x.shape[2]}x{x.shape[3]} cannot be halved {len(cfg.channel_mult) - 1} times; "
+                             f"expected H and W multiples of {step} (the model was built for {cfg.sample_size}x{cfg.sample_size})")
+        if x.dtype != self.conv_in.weight.dtype:
+            raise TypeError(f"x: dtype {x.dtype}, but the model's weights are {self.conv_in.weight.dtype}; cast one to the "
+                            f"other (x.to(...) or model.to(...))")
+
     @classmethod
     def from_diffusers(cls, model) -> "UNet":
         """The equivalent fastddpm U-Net of a diffusers UNet2DModel (DownBlock2D /
         AttnDownBlock2D / UpBlock2D / AttnUpBlock2D), with its weights copied."""
+        if not (hasattr(model, "config") and hasattr(model, "state_dict")):
+            raise TypeError(f"model: expected a diffusers UNet2DModel (with .config and .state_dict()), got {type(model).__name__}")
         cfg = config_from_diffusers(model.config)
         net = cls(cfg).to(device=model.device, dtype=model.dtype)
         theirs = {k: v for k, v in model.state_dict().items() if not k.startswith("time_proj.")}

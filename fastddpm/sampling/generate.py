@@ -28,6 +28,7 @@ import time
 import numpy as np
 import torch
 
+from .. import kernels as K
 from ..core import conventions
 from ..models.loading import load_model
 from ..io import checkpoint as ckpt
@@ -111,15 +112,7 @@ def _rank_world(rank, world) -> tuple:
 def _device(device) -> torch.device:
     if device is None:
         return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device: expected cpu, cuda or cuda:N, got {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {device!r} asked for, but torch sees no CUDA device on this machine (use cpu)")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device: expected cpu or cuda, got {device!r}")
-    return dev
+    return K.check_device(device)
 
 
 def _check_eval(data: str, shape) -> None:
@@ -203,10 +196,8 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
             if not lock.try_acquire():
                 skipped.append(i)  # another process is writing it
                 continue
-            complete = False
             try:
                 if complete_shard(out, i, format) is not None:  # finished by another process meanwhile
-                    complete = True
                     continue
                 chunk, parts = shards[i], []
                 mb = micro_batch(len(chunk), batch)
@@ -220,9 +211,9 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
                     eta_s = (total - done) * el / max(done, 1)
                     say(f"\r{who}: {done}/{total} images  {rate(done, el)}  ETA {int(eta_s) // 60}m{int(eta_s) % 60:02d}s ")
                 write_shard(out, i, format, np.concatenate(parts), chunk)
-                complete, written = True, written + 1
+                written += 1
             finally:
-                lock.release(remove=complete)
+                lock.release(remove=True)  # held: nobody else writes this shard now; a later run re-checks it
     except KeyboardInterrupt:
         have = sum(complete_shard(out, i, format) is not None for i in range(len(shards)))
         raise KeyboardInterrupt(f"{have} of {len(shards)} shards written into {out}; run the same command to resume") from None

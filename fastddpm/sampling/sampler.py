@@ -22,6 +22,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -105,7 +106,7 @@ class Sampler:
         self.schedule = self.plan.schedule
         self.shape = image_shape(model, shape)
         params = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
-        self.device = torch.device(device) if device is not None else (params.device if params is not None else torch.device("cpu"))
+        self.device = K.check_device(device) if device is not None else (params.device if params is not None else torch.device("cpu"))
         if params is not None and params.device != self.device:
             raise ValueError(f"device: the model's parameters are on {params.device}, not {self.device}")
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
@@ -270,10 +271,13 @@ class Sampler:
 
     def _seeds(self, batch, seed, seeds) -> torch.Tensor:
         if seeds is not None:
+            if isinstance(seeds, (str, bytes)):
+                raise TypeError(f"seeds: expected a tensor or a sequence of ints, got the string {seeds!r} (for a range, "
+                                f"pass range(a, b) or seed= with batch=)")
             if not isinstance(seeds, torch.Tensor):
                 try:
-                    values = [int(s) if not isinstance(s, bool) and float(s) == int(s) else None for s in seeds]
-                except (TypeError, ValueError, OverflowError):
+                    values = [int(s) if isinstance(s, (int, np.integer)) and not isinstance(s, bool) else None for s in seeds]
+                except TypeError:
                     values = [None]
                 if not values or None in values or not all(-(2**63) <= v < 2**63 for v in values):
                     raise ValueError(f"seeds: expected a non-empty sequence of ints in [-2**63, 2**63), got {seeds!r}"[:200])

@@ -130,8 +130,11 @@ class Trainer:
             raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        for name, v in (("resume", resume), ("progress", progress)):
+            if not isinstance(v, bool):
+                raise TypeError(f"{name}: expected True or False, got {v!r}")
         self.cfg = config
-        self.device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = K.check_device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.cuda = self.device.type == "cuda"
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.rank = dist.get_rank() if dist.is_initialized() else 0
@@ -140,14 +143,18 @@ class Trainer:
         self.schedule = config.schedule_obj()
         self.loss_weights = config.loss_weights(self.schedule, self.device)
         self.lock = None
+        data = as_images(data)
+        mcfg = getattr(model, "config", None)
+        check_images(data, getattr(mcfg, "in_channels", None), sample_size=getattr(mcfg, "sample_size", None))
+        if resume and self.out_dir is not None and not ckpt.list_checkpoints(self._ckpt_dir()):
+            raise ValueError(f"resume: {self.out_dir} holds no checkpoint to resume (nothing in {self._ckpt_dir()}); check "
+                             f"the folder, or start a new run without resume")
+        self.created = self.out_dir is not None and not self.out_dir.exists()  # ours to remove if the run keeps nothing
         if self.out_dir is not None and self.rank == 0:
             ckpt.check_writable(self.out_dir, "out_dir")  # before any work: not after the training
             self.lock = ckpt.FolderLock(self.out_dir, "out_dir")
             self.lock.acquire().release()  # another trainer on this folder: say so now
 
-        data = as_images(data)
-        mcfg = getattr(model, "config", None)
-        check_images(data, getattr(mcfg, "in_channels", None), sample_size=getattr(mcfg, "sample_size", None))
         fmt = torch.channels_last if self.cuda else torch.contiguous_format
         self.data = data.to(self.device, torch.float32).contiguous(memory_format=fmt)
         self.data_hash = _fingerprint(data)
@@ -268,9 +275,13 @@ class Trainer:
         try:
             with compile_errors_explained(), stop:
                 self._loop(end, stop)
-        finally:
+        except BaseException:
             if self.lock is not None:
                 self.lock.release()
+                self._discard_if_empty()
+            raise
+        if self.lock is not None:
+            self.lock.release()
         if self.progress:
             sys.stderr.write("\n")
         return self.history
@@ -294,6 +305,17 @@ class Trainer:
                     self.save()
                 if cfg.sample_every and (self.step % cfg.sample_every == 0 or at_end):
                     self.sample_grid()
+
+    def _discard_if_empty(self) -> None:
+        """A run that failed before keeping anything leaves no folder behind that it made."""
+        if not self.created or self.lock.fd is not None or ckpt.list_checkpoints(self._ckpt_dir()):
+            return
+        self.lock.path.unlink(missing_ok=True)
+        for folder in (self._ckpt_dir(), self.out_dir):
+            try:
+                folder.rmdir()  # only if empty: a grid or anything else stays
+            except OSError:
+                pass
 
     def _say(self, text: str) -> None:
         if self.rank == 0:
