@@ -17,7 +17,7 @@ from . import loss as _loss
 from . import noise as _noise
 from . import noising as _noising
 from . import step as _step
-from ._checks import FLOAT_DTYPES, check_device, cpu_backend, value_checks
+from ._checks import FLOAT_DTYPES, check_device, cpu_backend, value_checks, values_checked
 from ._tile import MAX_REGISTERS, Launch, geometry
 from .loss import eps_mse_loss
 from .noise import philox_words, randn, randn_
@@ -65,4 +65,5 @@ __all__ = [
     "reverse_step",
     "sampler_step",
     "value_checks",
+    "values_checked",
 ]
