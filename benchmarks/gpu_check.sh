@@ -28,12 +28,12 @@ print(json.dumps({
 }, indent=1))
 PY
 
-# The tests whose device matters: every kernel, the generator, compile, bad input and
+# The tests whose device matters: every kernel (the v and x0 losses too), the generator, compile, bad input and
 # the graphed Sampler, on CUDA tensors. The rest (schedule, U-Net, trainer, data, the
 # CPU bench smoke run) runs on the CPU whatever the machine, as in CI.
 status=0
 FASTDDPM_TEST_DEVICE=cuda timeout 210 python3 -m pytest -q -p no:cacheprovider \
-    tests/test_q_sample.py tests/test_reverse_step.py tests/test_loss.py tests/test_philox.py \
+    tests/test_q_sample.py tests/test_reverse_step.py tests/test_loss.py tests/test_loss_targets.py tests/test_philox.py \
     tests/test_noise_stats.py tests/test_compile.py tests/test_validation.py tests/test_cuda.py \
     "tests/test_samplers.py::test_fused_chains_equal_diffusers_triton" \
     2>&1 | tee "$dir/tests.txt"

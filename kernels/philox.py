@@ -121,13 +121,11 @@ _M32 = 0xFFFFFFFF
 
 
 def _mulhilo_torch(a: int, b: torch.Tensor):
-    # a: uint32 constant, b: int64 tensor holding uint32 values. a * b < 2**64 does not
-    # fit int64, so split b in 16-bit halves: every partial product stays below 2**48.
-    p_lo = a * (b & 0xFFFF)
-    p_hi = a * (b >> 16)
-    hi = (p_hi + (p_lo >> 16)) >> 16
-    lo = (((p_hi & 0xFFFF) << 16) + p_lo) & _M32
-    return hi, lo
+    # a: uint32 constant, b: int64 tensor holding uint32 values. The product is below 2**64,
+    # so int64's wrapped product holds all its 64 bits (two's complement): the high word is
+    # (p >> 32) & M32 (the arithmetic shift's sign bits masked off), the low word p & M32.
+    p = b * a
+    return (p >> 32) & _M32, p & _M32
 
 
 def philox(seed: torch.Tensor, c0, c1, c2, c3, rounds: int = ROUNDS.value):

@@ -43,15 +43,19 @@ def test_overloaded_host_is_reported(monkeypatch):
     from fastddpm.bench import timing as benchlib
 
     monkeypatch.setattr(__import__("os"), "cpu_count", lambda: 2)
-    busy = iter([(0, 0), (150, 200)])  # another process kept 1.5 of 2 CPUs busy over the window; the bench slept
-    r = benchlib.host_load(window_s=0.01, stat=lambda: next(busy))
-    assert r["overloaded"] is True and r["others_cpus"] >= 1.4
+    slept = lambda: 0.0  # noqa: E731  (the bench's own CPU time over the window: it sleeps)
+    busy = iter([(0, 0), (150, 200)])  # another process kept 1.5 of 2 CPUs busy over the window
+    r = benchlib.host_load(window_s=0.01, stat=lambda: next(busy), own=slept)
+    assert r["overloaded"] is True and r["others_cpus"] == 1.5
     quiet = iter([(0, 0), (1, 200)])
-    assert benchlib.host_load(window_s=0.01, stat=lambda: next(quiet))["overloaded"] is False
+    assert benchlib.host_load(window_s=0.01, stat=lambda: next(quiet), own=slept)["overloaded"] is False
+    mine = iter([(0, 0), (150, 200)])  # the same busy CPUs, all of them this process's own: not a busy host
+    own = iter([0.0, 0.015])
+    assert benchlib.host_load(window_s=0.01, stat=lambda: next(mine), own=lambda: next(own))["overloaded"] is False
     # the load average (which counts the pip install that ran just before) no longer decides
     monkeypatch.setattr(__import__("os"), "getloadavg", lambda: (9.0, 0, 0))
     quiet = iter([(0, 0), (1, 200)])
-    assert benchlib.host_load(window_s=0.01, stat=lambda: next(quiet))["overloaded"] is False
+    assert benchlib.host_load(window_s=0.01, stat=lambda: next(quiet), own=slept)["overloaded"] is False
 
 
 def test_damaged_compile_cache_is_explained():

@@ -80,7 +80,10 @@ def test_bad_input():
     with pytest.raises(ValueError, match="beta_start, beta_end"):
         Schedule.linear(beta_start=0.02, beta_end=1e-4)
     with pytest.raises(ValueError, match=r"betas: expected every variance in \(0, 1\)"):
-        Schedule.from_betas([0.1, 1.0])
+        Schedule.from_betas([0.1, 1.0, 0.2])  # 1 is allowed last only: zero terminal SNR
+    with pytest.raises(ValueError, match=r"betas: expected every variance in \(0, 1\)"):
+        Schedule.from_betas([0.1, 1.5])
+    assert Schedule.from_betas([0.1, 1.0]).zero_terminal_snr
     with pytest.raises(ValueError, match="betas: expected a 1-D"):
         Schedule.from_betas(torch.ones(2, 2) * 0.1)
     with pytest.raises(ValueError, match="betas: expected a float64 CPU tensor"):

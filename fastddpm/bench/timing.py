@@ -90,22 +90,24 @@ def summarize(times: list) -> dict:
     return out
 
 
-def host_load(window_s: float = 1.0, stat=None) -> dict:
+def host_load(window_s: float = 1.0, stat=None, own=None) -> dict:
     """How busy the other processes keep this host's CPUs, measured over `window_s` seconds
     now (while the bench itself sleeps), not the 1-minute load average, which still counts
     whatever ran just before (the pip install in the same command line). Above half a CPU
     of other work, timings here are shared and mean little. stat: a callable giving
-    (busy, total) CPU jiffies (default /proc/stat); without one, the load average decides."""
+    (busy, total) CPU jiffies (default /proc/stat); without one, the load average decides.
+    own: a callable giving this process's CPU seconds (default os.times), taken out."""
     import os
 
     cpus = os.cpu_count() or 1
     stat = stat or _proc_stat
+    own = own or (lambda: sum(os.times()[:2]))
     try:
         b0, t0 = stat()
-        me0 = sum(os.times()[:2])
+        me0 = own()
         time.sleep(window_s)
         b1, t1 = stat()
-        me1 = sum(os.times()[:2])
+        me1 = own()
     except OSError:
         try:
             load = os.getloadavg()[0]

@@ -111,22 +111,26 @@ def check_writable(folder, what: str = "out") -> Path:
     return folder
 
 
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary name (.NAME.tmp-PID), fsync, rename; a failed write (a full disk)
+    leaves nothing behind. The caller fsyncs the folder when the rename must be durable."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write(folder, step: int, tensors: dict, meta: dict, keep: int = 2) -> Path:
     """Write one checkpoint atomically; then delete this run's checkpoints beyond the newest `keep`."""
     folder = make_dir(folder)
     final = path_for(folder, step)
-    tmp = folder / f".{final.name}.tmp-{os.getpid()}"
     cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    blob = save(cpu, metadata={"fastddpm": json.dumps(meta), "sha256": digest(cpu)})
-    try:
-        with open(tmp, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_atomic(final, save(cpu, metadata={"fastddpm": json.dumps(meta), "sha256": digest(cpu)}))
     fsync_dir(folder)  # the rename itself is durable
     mine = [p for p in list_checkpoints(folder) if run_of(p) == meta.get("run")]
     for old in mine[:-keep]:

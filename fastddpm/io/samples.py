@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
+from .checkpoint import write_atomic
 from .images import read_png, write_png
 
 FORMATS = ("npz", "png")
@@ -86,19 +87,6 @@ def complete_shard(out: Path, i: int, fmt: str):
         return meta if digest_path(data) == meta["sha256"] else None
     except (json.JSONDecodeError, KeyError, OSError, ValueError):
         return None
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name, fsync, rename; a failed write (a full disk) leaves nothing."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_shard(out: Path, i: int, fmt: str, images: np.ndarray, seeds: list) -> dict:

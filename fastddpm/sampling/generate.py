@@ -34,7 +34,7 @@ from ..models.loading import load_model
 from ..io import checkpoint as ckpt
 from ..io.images import to_uint8
 from ..io.samples import (FORMATS, ShardLock, claim_manifest, complete_shard, read_manifest, remove_stale_temps, seed_spec,
-                          shard_images, write_atomic, write_shard)
+                          shard_images, write_shard)
 from .sampler import Sampler, rate
 
 
@@ -188,7 +188,7 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
         f"{tuple(sampler.shape)} in {len(shards)} shards of {shard} (micro-batch {micro}) into {out}\n"
         f"{who}: sampling as " + ", ".join(f"{k} {v!r} ({src})" for k, (v, src) in used.items()) + "\n"
         + (f"{who}: removed what an interrupted run left: {', '.join(removed)}\n" if removed else "")
-        + (f"{who}: {len(mine) - len(todo)} shards verified, {len(todo)} to do ({total} images)\n"))
+        + f"{who}: {len(mine) - len(todo)} shards verified, {len(todo)} to do ({total} images)\n")
     done, t0, skipped, written = 0, time.perf_counter(), [], 0
     try:
         for i in todo:
@@ -217,16 +217,15 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
     except KeyboardInterrupt:
         have = sum(complete_shard(out, i, format) is not None for i in range(len(shards)))
         raise KeyboardInterrupt(f"{have} of {len(shards)} shards written into {out}; run the same command to resume") from None
-    elapsed = time.perf_counter() - t0
-    if True:  # the summary line, with or without progress
-        sys.stderr.write(("\r" if done and progress else "") + f"{who}: {done} images in {elapsed:.1f} s ({rate(done, elapsed)}), "
-                         f"{written} shards written, {len(mine) - len(todo)} verified before" +
-                         (f", {len(skipped)} held by another process" if skipped else "") + f"; {out}" + " " * 10 + "\n")
+    elapsed = time.perf_counter() - t0  # the summary line, with or without progress:
+    sys.stderr.write(("\r" if done and progress else "") + f"{who}: {done} images in {elapsed:.1f} s ({rate(done, elapsed)}), "
+                     f"{written} shards written, {len(mine) - len(todo)} verified before" +
+                     (f", {len(skipped)} held by another process" if skipped else "") + f"; {out}" + " " * 10 + "\n")
     manifest = read_manifest(out)
     metas = [complete_shard(out, i, format) for i in range(len(shards))]
     if all(x is not None for x in metas):  # the last process to finish completes the manifest
         manifest.update(complete=True, shards=metas, finished=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
-        write_atomic(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
+        ckpt.write_atomic(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
         ckpt.fsync_dir(out)
         if eval is not None and rank == 0:
             from .. import metrics
