@@ -168,3 +168,27 @@ def test_generate_work_is_the_images_asked_for(run, tmp_path, monkeypatch):
                      device="cpu", progress=False)
         assert m["complete"] and max(sampled) <= min(shard, batch), (n, shard, batch, sampled)
         assert sum(sampled) <= want + len(sampled) - 1, (n, shard, batch, sampled)  # at most one pad a part
+
+
+def test_the_wrapper_turns_a_full_disk_and_a_bug_into_what_they_are(capsys, monkeypatch):
+    import errno
+
+    from fastddpm import cli as wrapper
+
+    def full(argv):
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/out/shard-000003.npz")
+
+    with pytest.raises(SystemExit) as e:
+        wrapper.run("python -m fastddpm.generate", full, [])
+    assert e.value.code == 1
+    assert capsys.readouterr().err == ("python -m fastddpm.generate: error: No space left on device: /data/out/shard-000003.npz "
+                                       "(the disk is full: free space and run the same command to resume)\n")
+
+    def bug(argv):
+        raise ZeroDivisionError("a genuine bug")
+
+    with pytest.raises(ZeroDivisionError):  # not a user's mistake: the stack shows
+        wrapper.run("python -m fastddpm.generate", bug, [])
+    monkeypatch.setenv("FASTDDPM_DEBUG", "1")
+    with pytest.raises(OSError):  # asked for: the stack of a user error too
+        wrapper.run("python -m fastddpm.generate", full, [])
