@@ -363,3 +363,16 @@ def test_export_diffusers_is_a_pipeline_that_samples_as_fastddpm_does(tmp_path, 
     net2, schedule2, info2 = load_model(str(out))
     torch.testing.assert_close(schedule2.alphas_cumprod, schedule.alphas_cumprod, rtol=0, atol=1e-12)
     assert (info2["conventions"].prediction, info2["conventions"].variance) == ("v", "large")
+
+
+def test_keys_an_older_config_lacks_take_its_scheduler_classes_defaults():
+    # what that class's own pipeline would use: DDPMScheduler clips, takes the posterior variance
+    # and the leading grid by default; the source says the value was a default
+    from fastddpm.models.loading import read_scheduler_config
+
+    _, conv = read_scheduler_config({"_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_schedule": "linear"})
+    ref = diffusers.DDPMScheduler().config
+    assert (conv.clip, conv.variance, conv.spacing) == (ref.clip_sample, "small", ref.timestep_spacing) == (True, "small", "leading")
+    assert conv.sources["clip"] == "scheduler_config.json: clip_sample (absent: DDPMScheduler's default)"
+    _, conv = read_scheduler_config({"num_train_timesteps": 1000})  # no class named: fastddpm's defaults, said so
+    assert (conv.clip, conv.variance) == (False, "large") and "clip" not in conv.sources

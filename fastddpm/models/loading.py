@@ -130,12 +130,29 @@ HONOURED = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "t
             "use_karras_sigmas")
 
 
+def _with_class_defaults(c: dict) -> tuple:
+    """c with each honoured key it lacks set to its scheduler class's default (what that
+    class's pipeline would use), and the set of keys so filled; c as it is when the class is
+    not a diffusers scheduler here."""
+    try:
+        import diffusers
+
+        cls = getattr(diffusers, str(c.get("_class_name", "")), None)
+        params = inspect.signature(cls.__init__).parameters if cls is not None else {}
+    except (ImportError, TypeError, ValueError):
+        params = {}
+    filled = {k: p.default for k, p in params.items() if k in HONOURED and k not in c and p.default is not p.empty}
+    return {**c, **filled}, set(filled)
+
+
 def read_scheduler_config(c: dict, where: str = "scheduler_config.json") -> tuple:
     """(Schedule, Conventions) from a diffusers scheduler config; a ValueError naming the first
     key whose value fastddpm cannot honour."""
 
     def refuse(key, why):
         raise ValueError(f"model: {where} has {key}={c[key]!r}: {why}")
+
+    c, defaulted = _with_class_defaults(c)
 
     for key in c:
         if key not in HONOURED and key not in NEUTRAL:
@@ -162,7 +179,7 @@ def read_scheduler_config(c: dict, where: str = "scheduler_config.json") -> tupl
     conv, src = {}, {}
 
     def take(ours, key, value):
-        conv[ours], src[ours] = value, f"{where}: {key}"
+        conv[ours], src[ours] = value, f"{where}: {key}" + (f" (absent: {c['_class_name']}'s default)" if key in defaulted else "")
 
     if "prediction_type" in c:
         try:
