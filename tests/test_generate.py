@@ -230,3 +230,22 @@ def test_damaged_samples_are_named(run, tmp_path):
     (out / "shard-000001.npz").write_bytes(b"PK\x03\x04 garbled")
     with pytest.raises(ValueError, match="SAMPLES: shard .*shard-000001.npz is unreadable"):
         list(iter_samples(out))
+
+
+def test_two_processes_may_create_the_folder_at_the_same_moment(tmp_path, monkeypatch):
+    # the race torchrun ranks run: both see the folder missing, the other one makes it first
+    from fastddpm.io import checkpoint as ckpt
+
+    target = tmp_path / "a" / "b"
+    real_exists = type(target).exists
+    seen = []
+
+    def exists_then_made_by_another(self):
+        if self == target and not seen:
+            seen.append(True)
+            target.mkdir(parents=True)  # the other rank, between our look and our mkdir
+            return False
+        return real_exists(self)
+
+    monkeypatch.setattr(type(target), "exists", exists_then_made_by_another)
+    assert ckpt.make_dir(target) == target and target.is_dir()

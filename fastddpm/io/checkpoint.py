@@ -69,7 +69,7 @@ def make_dir(folder) -> Path:
         missing.append(p)
         p = p.parent
     for p in reversed(missing):
-        p.mkdir()
+        p.mkdir(exist_ok=True)  # another process (a torchrun rank) may make it at the same moment
         fsync_dir(p.parent)
     return folder
 
