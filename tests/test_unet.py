@@ -78,3 +78,44 @@ def test_unsupported_diffusers_configs_are_refused():
         UNet.from_diffusers(diffusers.UNet2DModel(**mismatched))
     with pytest.raises(ValueError, match="norm_groups"):
         UNet(UNetConfig(base_channels=20))
+
+
+def test_a_class_conditional_diffusers_model_gives_the_same_prediction_for_every_label():
+    # diffusers' UNet2DModel(num_class_embeds=N+1): N classes and fastddpm's null label, the last
+    from fastddpm.models.unet import config_to_diffusers
+
+    torch.manual_seed(0)
+    theirs = diffusers.UNet2DModel(**SMALL_DIFFUSERS, num_class_embeds=11).eval()
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    ours = UNet.from_diffusers(theirs).eval()
+    assert ours.config.num_classes == 10
+    x, t = torch.randn(11, 1, 16, 16), torch.tensor([0, 517, 999] * 3 + [5, 6])
+    labels = torch.arange(11)  # every class and the null label
+    with torch.no_grad():
+        want = theirs(x, t, class_labels=labels).sample
+        torch.testing.assert_close(ours(x, t, labels), want, rtol=1.3e-6, atol=1e-5)
+        assert not torch.allclose(ours(x, t, labels), ours(x, t, labels.roll(1)))  # the label matters
+        back = diffusers.UNet2DModel(**config_to_diffusers(ours.config))  # and diffusers reads ours
+        back.load_state_dict(ours.state_dict(), strict=True)
+        torch.testing.assert_close(back.eval()(x, t, class_labels=labels).sample, want, rtol=1.3e-6, atol=1e-5)
+
+
+def test_labels_are_checked():
+    from fastddpm import Sampler, TrainConfig, Trainer
+
+    cond = UNet(UNetConfig(**{**{k: v for k, v in config_from_diffusers(SMALL_DIFFUSERS).__dict__.items()}, "num_classes": 3}))
+    plain = UNet(config_from_diffusers(SMALL_DIFFUSERS))
+    x, t = torch.zeros(2, 1, 16, 16), torch.tensor([1, 2])
+    for fn, match in ((lambda: plain(x, t, torch.tensor([0, 1])), "labels: this model is unconditional"),
+                      (lambda: cond(x, t), "labels: this model is class-conditional .num_classes=3"),
+                      (lambda: cond(x, t, torch.tensor([0, 4])), r"labels: expected classes in \[0, 3\]"),
+                      (lambda: cond(x, t, torch.tensor([0])), "labels: expected shape"),
+                      (lambda: cond(x, t, torch.tensor([0.0, 1.0])), "labels: expected an int32/int64"),
+                      (lambda: UNetConfig(num_classes=0), "num_classes: expected None"),
+                      (lambda: Sampler(cond), "model: a class-conditional model needs labels"),
+                      (lambda: Trainer(cond, torch.zeros(4, 1, 16, 16), TrainConfig(steps=1)), "model: a class-conditional model")):
+        with pytest.raises((ValueError, TypeError), match=match):
+            fn()
+    assert cond(x, t, torch.tensor([0, 3])).shape == x.shape  # 3: the null label

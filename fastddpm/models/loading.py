@@ -276,6 +276,8 @@ def export_diffusers(model, out) -> Path:
     except ImportError as e:
         raise ImportError("export-diffusers needs diffusers installed (pip install diffusers)") from e
     net, schedule, info = load_model(model)
+    if net.config.num_classes:
+        raise ValueError("model: a class-conditional model: diffusers' DDPMPipeline samples without class labels")
     conv = info["conventions"]
     if conv.variance not in DIFFUSERS_VARIANCE:
         raise ValueError(f"model: its variance {conv.variance!r} has no diffusers variance_type (fixed_small, fixed_large)")

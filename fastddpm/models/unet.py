@@ -34,6 +34,7 @@ class UNetConfig:
     downsample_padding: int = 0  # 0: pad right/bottom by 1, then a stride-2 3x3 conv
     flip_sin_to_cos: bool = False
     freq_shift: int = 1
+    num_classes: Optional[int] = None  # class-conditional: N classes + one "null" label (index N), diffusers' num_class_embeds = N + 1
 
     def __post_init__(self):
         def positive(name):
@@ -64,6 +65,9 @@ class UNetConfig:
             raise ValueError(f"downsample_padding: expected 0 or 1, got {self.downsample_padding!r}")
         if not isinstance(self.flip_sin_to_cos, bool):
             raise TypeError(f"flip_sin_to_cos: expected True or False, got {self.flip_sin_to_cos!r}")
+        if self.num_classes is not None and (isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int)
+                                             or self.num_classes < 1):
+            raise ValueError(f"num_classes: expected None (unconditional) or a positive int, got {self.num_classes!r}")
         if isinstance(self.freq_shift, bool) or not isinstance(self.freq_shift, int) or self.freq_shift >= self.base_channels // 2:
             raise ValueError(f"freq_shift: expected an int below base_channels / 2, got {self.freq_shift!r}")
         self.validate()
@@ -231,6 +235,9 @@ class UNet(nn.Module):
         ch = config.block_out_channels
         temb = 4 * ch[0]
         self.time_embedding = TimestepEmbedding(ch[0], temb)
+        # a learned embedding per class, added to the timestep's (diffusers' class_embedding); the
+        # last row is the "null" label, the unconditional half of classifier-free guidance
+        self.class_embedding = nn.Embedding(config.num_classes + 1, temb) if config.num_classes else None
         self.conv_in = nn.Conv2d(config.in_channels, ch[0], 3, padding=1)
         levels = len(ch)
         self.down_blocks = nn.ModuleList(
@@ -245,9 +252,12 @@ class UNet(nn.Module):
         self.conv_norm_out = nn.GroupNorm(config.norm_groups, ch[0], eps=config.norm_eps)
         self.conv_out = nn.Conv2d(ch[0], config.out_channels, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """ε̂ (or the model's prediction) for x (B, C, H, W) at timesteps t (B,); labels (B,) int
+        in [0, num_classes] for a class-conditional model (num_classes: the null label)."""
         cfg = self.config
         self._check_input(x)
+        self._check_labels(labels, x)
         if not isinstance(t, torch.Tensor):
             t = torch.tensor(t, device=x.device)
         t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t  # a scalar t for the whole batch
@@ -255,6 +265,8 @@ class UNet(nn.Module):
             raise ValueError(f"t: expected one timestep per image ({x.shape[0]},) or a scalar, got shape {tuple(t.shape)}")
         emb = timestep_embedding(t, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
         temb = self.time_embedding(emb.to(self.conv_in.weight.dtype))  # (B, 4*base)
+        if self.class_embedding is not None:
+            temb = temb + self.class_embedding(labels).to(temb.dtype)  # diffusers: emb + class_emb
         h = self.conv_in(x)
         skips = [h]
         for block in self.down_blocks:
@@ -281,6 +293,25 @@ class UNet(nn.Module):
         if x.dtype != self.conv_in.weight.dtype:
             raise TypeError(f"x: dtype {x.dtype}, but the model's weights are {self.conv_in.weight.dtype}; cast one to the "
                             f"other (x.to(...) or model.to(...))")
+
+    def _check_labels(self, labels, x) -> None:
+        n = self.config.num_classes
+        if n is None:
+            if labels is not None:
+                raise ValueError("labels: this model is unconditional (num_classes=None); pass no labels")
+            return
+        if labels is None:
+            raise ValueError(f"labels: this model is class-conditional (num_classes={n}); pass one label a sample "
+                             f"({n} is the null label, the unconditional one)")
+        if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"labels: expected an int32/int64 tensor of shape ({x.shape[0]},), got "
+                            f"{labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__}")
+        if labels.shape != (x.shape[0],) or labels.device != x.device:
+            raise ValueError(f"labels: expected shape ({x.shape[0]},) on {x.device}, got {tuple(labels.shape)} on {labels.device}")
+        if not torch.compiler.is_compiling() and labels.device.type == "cpu" and labels.numel() and (
+                int(labels.min()) < 0 or int(labels.max()) > n):
+            raise ValueError(f"labels: expected classes in [0, {n}] ({n}: the null label), got values in "
+                             f"[{int(labels.min())}, {int(labels.max())}]")
 
     @classmethod
     def from_diffusers(cls, model) -> "UNet":
@@ -337,7 +368,11 @@ def config_from_diffusers(dc) -> UNetConfig:
     size = size[0] if isinstance(size, (tuple, list)) else size
     if size is None:
         raise ValueError("from_diffusers: the model's config has no sample_size")
+    k = get("num_class_embeds", None)
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 2):
+        raise ValueError(f"from_diffusers: num_class_embeds={k!r}: fastddpm reads it as N classes and a last, null one (>= 2)")
     return UNetConfig(
+        num_classes=None if k is None else k - 1,
         in_channels=get("in_channels"),
         out_channels=get("out_channels"),
         sample_size=size,
@@ -366,5 +401,6 @@ def config_to_diffusers(c: UNetConfig) -> dict:
         up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
         norm_num_groups=c.norm_groups, norm_eps=c.norm_eps, dropout=c.dropout, attention_head_dim=c.attention_head_dim,
         downsample_padding=c.downsample_padding, flip_sin_to_cos=c.flip_sin_to_cos, freq_shift=c.freq_shift,
+        num_class_embeds=None if c.num_classes is None else c.num_classes + 1,
         **_SUPPORTED,
     )

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .. import kernels as K
-from ..core.outputs import checked_output, image_shape
+from ..core.outputs import checked_output, config_get, image_shape
 from ..core import conventions
 from ..core.plan import Plan
 from ..core.schedule import Schedule
@@ -100,6 +100,10 @@ class Sampler:
     ):
         if not callable(model):
             raise TypeError(f"model: expected a callable model(x, t), got {type(model).__name__}")
+        if config_get(model, "num_classes") or config_get(model, "num_class_embeds"):
+            raise ValueError("model: a class-conditional model needs labels, which the Sampler does not pass yet "
+                             "(conditioning and guidance are not built); sample it with your own loop over "
+                             "fastddpm.kernels.sampler_step")
         m, self.conventions = conventions.of(model).resolve(method, steps, spacing=spacing, eta=eta, variance=variance, clip=clip,
                                                             clipped_eps=clipped_eps, prediction=prediction)
         self.plan = Plan.build(schedule, m)

@@ -130,6 +130,9 @@ class Trainer:
             raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        if getattr(getattr(model, "config", None), "num_classes", None):
+            raise ValueError("model: a class-conditional model needs labels, which the Trainer does not feed yet "
+                             "(conditioning and guidance are not built)")
         for name, v in (("resume", resume), ("progress", progress)):
             if not isinstance(v, bool):
                 raise TypeError(f"{name}: expected True or False, got {v!r}")
@@ -444,6 +447,8 @@ def _config_dict(model):
     if cfg is None:
         return None
     d = asdict(cfg)
+    if d.get("num_classes", 0) is None:  # unconditional: as checkpoints written before the key existed
+        del d["num_classes"]
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}  # as JSON gives it back
 
 
