@@ -43,8 +43,8 @@ class Launch:
         """The compile-time parameters every kernel takes, and its launch options. TILES is
         one too (one compile per image size): the program's tile is then a shift or a
         multiply, not a 20-instruction integer division. heavy: a variant that needs more
-        than 64 registers at 4 pixels a thread (the SDE solver's step: noise and history)
-        runs 2 pixels a thread, twice the warps, rather than spill."""
+        than 64 registers at 4 pixels a thread (a multistep step that also draws noise or
+        reads a guided pair) runs 2 pixels a thread, twice the warps, rather than spill."""
         return dict(C=self.C, G=self.G, TILES=self.tiles, BLOCK=self.block, num_warps=self.num_warps(heavy),
                     maxnreg=MAX_REGISTERS)
 

@@ -5,13 +5,17 @@ Each step is one row of a coefficient table (tables.py, docs/notation.md):
     x̂_0 = X0_X x_t − X0_EPS ε̂                 clamped to [-1, 1] when clipping
     x_s = C_X0 x̂_0 + C_X x_t + C_EPS ε̂ + C_H h + SIGMA z,      h <- x̂_0
 
+where ε̂ is the model's output, or, guided (classifier-free guidance, Ho & Salimans 2022), the
+combination ε̂_u + GUIDE (ε̂_c − ε̂_u) of its conditional and unconditional outputs, formed in
+registers: the guided ε̂ is never written.
+
 One pass reads x_t, ε̂ (and h, for multistep solvers) and writes x_s in place or not,
 optionally a second copy in another dtype and layout (the next model call's bf16
 channels-last input) and the new h; z is drawn in-kernel at (seed, STREAM_REVERSE, t) or
 passed in. With CHECK it also raises a per-sample flag when x_s is not finite, so a sampler
 step is the model plus this one kernel.
 
-Traffic per element: reads 2N (+N for h), writes N (+N for the second copy, +N for h).
+Traffic per element: reads 2N (+N for h, +N guided), writes N (+N for the second copy, +N for h).
 The eager reference draws z (write N), then reads x_t, ε̂, z and writes x_s through temporaries.
 """
 
@@ -25,21 +29,24 @@ from . import _checks, tables
 from ._cast import to_storage
 from ._tile import at, channels_last, lane_mask, launch, noise4, row_index, tile
 from .philox import STREAM_REVERSE, noise_torch
-from .tables import C_EPS, C_H, C_X, C_X0, NCOEF, SIGMA, X0_EPS, X0_X
+from .tables import C_EPS, C_H, C_X, C_X0, GUIDE, NCOEF, SIGMA, X0_EPS, X0_X
 
 
 @triton.jit
 def _step_lane(
-    x_ptr, e_ptr, z_ptr, h_ptr, o_ptr, oh_ptr, l_ptr, b, c, p, HW,
-    x0x, x0e, cx0, cx, ce, ch, sig, z,
-    C: tl.constexpr, G: tl.constexpr, CL_X: tl.constexpr, CL_E: tl.constexpr, CL_Z: tl.constexpr,
+    x_ptr, e_ptr, eu_ptr, z_ptr, h_ptr, o_ptr, oh_ptr, l_ptr, b, c, p, HW,
+    x0x, x0e, cx0, cx, ce, ch, sig, w, z,
+    C: tl.constexpr, G: tl.constexpr, CL_X: tl.constexpr, CL_E: tl.constexpr, CL_EU: tl.constexpr, CL_Z: tl.constexpr,
     CL_H: tl.constexpr, CL_O: tl.constexpr, CL_OH: tl.constexpr, CL_L: tl.constexpr,
     CLIP: tl.constexpr, DRAW: tl.constexpr, HAS_NOISE: tl.constexpr, HAS_H: tl.constexpr, HAS_LOWP: tl.constexpr,
-    EPS_TERM: tl.constexpr,
+    EPS_TERM: tl.constexpr, GUIDED: tl.constexpr,
 ):
     m = lane_mask(p, HW, c, C, G)  # pixel in the image and channel c exists
     x = tl.load(at(x_ptr, b, c, p, HW, C, CL_X), mask=m).to(tl.float32)
     e = tl.load(at(e_ptr, b, c, p, HW, C, CL_E), mask=m).to(tl.float32)
+    if GUIDED:
+        eu = tl.load(at(eu_ptr, b, c, p, HW, C, CL_EU), mask=m).to(tl.float32)
+        e = eu + w * (e - eu)  # classifier-free guidance (Ho & Salimans 2022, eq. 6)
     x0 = x0x * x - x0e * e  # Ho et al. eq. 15
     if CLIP:
         x0 = tl.minimum(tl.maximum(x0, -1.0), 1.0)
@@ -63,7 +70,8 @@ def _step_lane(
 @triton.jit
 def _step_kernel(
     x_ptr,  # (B, C, H, W) x_t, the sampler's state (any float dtype)
-    e_ptr,  # (B, C, H, W) ε̂, the model's prediction (any float dtype)
+    e_ptr,  # (B, C, H, W) ε̂, the model's prediction (any float dtype); guided: the conditional one
+    eu_ptr,  # (B, C, H, W) the unconditional prediction, read only if GUIDED
     z_ptr,  # (B, C, H, W) explicit z, read only if HAS_NOISE
     h_ptr,  # (B, C, H, W) the previous x̂_0, read only if HAS_H
     o_ptr,  # (B, C, H, W) x_s, written; may be x_ptr itself
@@ -75,10 +83,11 @@ def _step_kernel(
     seed_ptr,  # (B,) int64 key per sample, read only if DRAW
     tab_ptr,  # (ROWS, NCOEF) float32 coefficient table
     ROWS, HW, stream,
-    C: tl.constexpr, G: tl.constexpr, TILES: tl.constexpr, CL_X: tl.constexpr, CL_E: tl.constexpr, CL_Z: tl.constexpr,
-    CL_H: tl.constexpr, CL_O: tl.constexpr, CL_OH: tl.constexpr, CL_L: tl.constexpr,
+    C: tl.constexpr, G: tl.constexpr, TILES: tl.constexpr, CL_X: tl.constexpr, CL_E: tl.constexpr, CL_EU: tl.constexpr,
+    CL_Z: tl.constexpr, CL_H: tl.constexpr, CL_O: tl.constexpr, CL_OH: tl.constexpr, CL_L: tl.constexpr,
     CLIP: tl.constexpr, DRAW: tl.constexpr, HAS_NOISE: tl.constexpr, HAS_H: tl.constexpr,
-    HAS_LOWP: tl.constexpr, CHECK: tl.constexpr, ROW_IS_T: tl.constexpr, EPS_TERM: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_LOWP: tl.constexpr, CHECK: tl.constexpr, ROW_IS_T: tl.constexpr, EPS_TERM: tl.constexpr, GUIDED: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     pid, b, g, p = tile(TILES, G, BLOCK)
     k, bad = row_index(tl.load(k_ptr + b), ROWS)  # an out-of-range row makes every coefficient NaN
@@ -100,43 +109,53 @@ def _step_kernel(
         ch = tl.load(row + C_H) + bad
     if DRAW or HAS_NOISE:
         sig = tl.load(row + SIGMA) + bad
+    w = 1.0
+    if GUIDED:
+        w = tl.load(row + GUIDE) + bad
     z0, z1, z2, z3 = noise4(seed_ptr, b, p, g, t, stream, DRAW, BLOCK)
     c = 4 * g
-    acc = _step_lane(x_ptr, e_ptr, z_ptr, h_ptr, o_ptr, oh_ptr, l_ptr, b, c, p, HW, x0x, x0e, cx0, cx, ce, ch, sig, z0,
-                     C, G, CL_X, CL_E, CL_Z, CL_H, CL_O, CL_OH, CL_L, CLIP, DRAW, HAS_NOISE, HAS_H, HAS_LOWP, EPS_TERM)
+    acc = _step_lane(x_ptr, e_ptr, eu_ptr, z_ptr, h_ptr, o_ptr, oh_ptr, l_ptr, b, c, p, HW, x0x, x0e, cx0, cx, ce, ch, sig, w,
+                     z0, C, G, CL_X, CL_E, CL_EU, CL_Z, CL_H, CL_O, CL_OH, CL_L, CLIP, DRAW, HAS_NOISE, HAS_H, HAS_LOWP,
+                     EPS_TERM, GUIDED)
     if C > 1:
-        acc += _step_lane(x_ptr, e_ptr, z_ptr, h_ptr, o_ptr, oh_ptr, l_ptr, b, c + 1, p, HW, x0x, x0e, cx0, cx, ce, ch, sig,
-                          z1, C, G, CL_X, CL_E, CL_Z, CL_H, CL_O, CL_OH, CL_L, CLIP, DRAW, HAS_NOISE, HAS_H, HAS_LOWP, EPS_TERM)
+        acc += _step_lane(x_ptr, e_ptr, eu_ptr, z_ptr, h_ptr, o_ptr, oh_ptr, l_ptr, b, c + 1, p, HW, x0x, x0e, cx0, cx, ce, ch,
+                          sig, w, z1, C, G, CL_X, CL_E, CL_EU, CL_Z, CL_H, CL_O, CL_OH, CL_L, CLIP, DRAW, HAS_NOISE, HAS_H,
+                          HAS_LOWP, EPS_TERM, GUIDED)
     if C > 2:
-        acc += _step_lane(x_ptr, e_ptr, z_ptr, h_ptr, o_ptr, oh_ptr, l_ptr, b, c + 2, p, HW, x0x, x0e, cx0, cx, ce, ch, sig,
-                          z2, C, G, CL_X, CL_E, CL_Z, CL_H, CL_O, CL_OH, CL_L, CLIP, DRAW, HAS_NOISE, HAS_H, HAS_LOWP, EPS_TERM)
+        acc += _step_lane(x_ptr, e_ptr, eu_ptr, z_ptr, h_ptr, o_ptr, oh_ptr, l_ptr, b, c + 2, p, HW, x0x, x0e, cx0, cx, ce, ch,
+                          sig, w, z2, C, G, CL_X, CL_E, CL_EU, CL_Z, CL_H, CL_O, CL_OH, CL_L, CLIP, DRAW, HAS_NOISE, HAS_H,
+                          HAS_LOWP, EPS_TERM, GUIDED)
     if C > 3:
-        acc += _step_lane(x_ptr, e_ptr, z_ptr, h_ptr, o_ptr, oh_ptr, l_ptr, b, c + 3, p, HW, x0x, x0e, cx0, cx, ce, ch, sig,
-                          z3, C, G, CL_X, CL_E, CL_Z, CL_H, CL_O, CL_OH, CL_L, CLIP, DRAW, HAS_NOISE, HAS_H, HAS_LOWP, EPS_TERM)
+        acc += _step_lane(x_ptr, e_ptr, eu_ptr, z_ptr, h_ptr, o_ptr, oh_ptr, l_ptr, b, c + 3, p, HW, x0x, x0e, cx0, cx, ce, ch,
+                          sig, w, z3, C, G, CL_X, CL_E, CL_EU, CL_Z, CL_H, CL_O, CL_OH, CL_L, CLIP, DRAW, HAS_NOISE, HAS_H,
+                          HAS_LOWP, EPS_TERM, GUIDED)
     if CHECK:
         s = tl.sum(acc, axis=0)  # NaN iff some x_s of this program is not finite
         tl.atomic_max(flag_ptr + b, t.to(tl.int64), mask=s != s)
 
 
-def _step_launch(x, eps_hat, k, table, timesteps, seeds, noise, h, out, out_h, out_lowp, nonfinite, clip, stream, row_is_t, eps_term):
+def _step_launch(x, eps_hat, k, table, timesteps, seeds, noise, h, out, out_h, out_lowp, nonfinite, clip, stream, row_is_t, eps_term,
+                 eps_uncond=None):
     L = launch(x)
+    eu = eps_uncond if eps_uncond is not None else eps_hat
     z = noise if noise is not None else x
     hh = h if h is not None else x
     oh = out_h if out_h is not None else out
     lp = out_lowp if out_lowp is not None else out
     _step_kernel[L.grid](
-        x, eps_hat, z, hh, out, oh, lp, nonfinite if nonfinite is not None else k, k,
+        x, eps_hat, eu, z, hh, out, oh, lp, nonfinite if nonfinite is not None else k, k,
         timesteps if timesteps is not None else k, seeds if seeds is not None else k, table,
         table.shape[0], L.HW, stream,
-        CL_X=channels_last(x), CL_E=channels_last(eps_hat), CL_Z=channels_last(z), CL_H=channels_last(hh),
+        CL_X=channels_last(x), CL_E=channels_last(eps_hat), CL_EU=channels_last(eu), CL_Z=channels_last(z), CL_H=channels_last(hh),
         CL_O=channels_last(out), CL_OH=channels_last(oh), CL_L=channels_last(lp),
         CLIP=clip, DRAW=seeds is not None, HAS_NOISE=noise is not None, HAS_H=h is not None,
         HAS_LOWP=out_lowp is not None, CHECK=nonfinite is not None, ROW_IS_T=row_is_t, EPS_TERM=eps_term,
-        **L.meta(heavy=seeds is not None and h is not None),
+        GUIDED=eps_uncond is not None, **L.meta(heavy=(seeds is not None or eps_uncond is not None) and h is not None),
     )
 
 
-def _step_torch(x, eps_hat, k, table, timesteps, seeds, noise, h, out, out_h, out_lowp, nonfinite, clip, stream, row_is_t, eps_term):
+def _step_torch(x, eps_hat, k, table, timesteps, seeds, noise, h, out, out_h, out_lowp, nonfinite, clip, stream, row_is_t, eps_term,
+                eps_uncond=None):
     f = _checks.compute_dtype(x)
     coef = table[k].to(f)  # (B, NCOEF); k was range-checked on the host
 
@@ -144,6 +163,9 @@ def _step_torch(x, eps_hat, k, table, timesteps, seeds, noise, h, out, out_h, ou
         return coef[:, int(j)].view(-1, 1, 1, 1)
 
     xf, ef = x.to(f), eps_hat.to(f)
+    if eps_uncond is not None:
+        eu = eps_uncond.to(f)
+        ef = eu + col(GUIDE) * (ef - eu)  # classifier-free guidance, as the kernel
     x0 = col(X0_X) * xf - col(X0_EPS) * ef
     if clip:
         x0 = x0.clamp(-1.0, 1.0)
@@ -170,14 +192,16 @@ def _step_op(
     x: torch.Tensor, eps_hat: torch.Tensor, k: torch.Tensor, table: torch.Tensor, timesteps: Optional[torch.Tensor],
     seeds: Optional[torch.Tensor], noise: Optional[torch.Tensor], h: Optional[torch.Tensor],
     out: torch.Tensor, out_h: Optional[torch.Tensor], out_lowp: Optional[torch.Tensor], nonfinite: Optional[torch.Tensor],
-    clip: bool, stream: int, row_is_t: bool, eps_term: bool,
+    clip: bool, stream: int, row_is_t: bool, eps_term: bool, eps_uncond: Optional[torch.Tensor] = None,
 ) -> None:
     impl = _step_launch if _checks.use_triton(x) else _step_torch
-    impl(x, eps_hat, k, table, timesteps, seeds, noise, h, out, out_h, out_lowp, nonfinite, clip, stream, row_is_t, eps_term)
+    impl(x, eps_hat, k, table, timesteps, seeds, noise, h, out, out_h, out_lowp, nonfinite, clip, stream, row_is_t, eps_term,
+         eps_uncond)
 
 
 @_step_op.register_fake
-def _(x, eps_hat, k, table, timesteps, seeds, noise, h, out, out_h, out_lowp, nonfinite, clip, stream, row_is_t, eps_term):
+def _(x, eps_hat, k, table, timesteps, seeds, noise, h, out, out_h, out_lowp, nonfinite, clip, stream, row_is_t, eps_term,
+      eps_uncond=None):
     return None
 
 
@@ -244,6 +268,7 @@ def sampler_step(
     nonfinite: Optional[torch.Tensor] = None,
     eps_term: bool = True,
     stream: int = STREAM_REVERSE,
+    eps_uncond: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """One step of any sampler whose update is a row of coefficients (tables.py).
 
@@ -260,6 +285,9 @@ def sampler_step(
                 x_s of sample b is not finite (start from -1: then it holds the first bad t).
     eps_term:   False when the table's C_EPS column is zero throughout (DDPM, DPM-Solver++):
                 the kernel then neither reads the column nor ε̂'s term (fewer registers).
+    eps_uncond: classifier-free guidance: the model's unconditional output (eps_hat is then the
+                conditional one); the step uses ε̂_u + w (ε̂_c − ε̂_u), w the row's GUIDE column,
+                formed in registers (never written). Both halves may be views of one 2B batch.
     Returns out.
     """
     _checks.check_image(x, "x")
@@ -282,6 +310,8 @@ def sampler_step(
         seeds = _checks.make_seeds(seeds, B, x.device)
     if noise is not None:
         _checks.check_like(noise, "noise", x, "x")
+    if eps_uncond is not None:
+        _checks.check_like(eps_uncond, "eps_uncond", x, "x")
     if h is not None:
         _checks.check_like(h, "h", x, "x")
         if out_h is None:
@@ -296,5 +326,5 @@ def sampler_step(
     out = _outputs(x, out, out_lowp)
     torch.ops.fastddpm.step_(x, eps_hat, k, table, timesteps, seeds, noise, h, out, out_h, out_lowp, nonfinite,
                              _checks.check_flag(clip, "clip"), _checks.check_stream(stream), False,
-                             _checks.check_flag(eps_term, "eps_term"))
+                             _checks.check_flag(eps_term, "eps_term"), eps_uncond)
     return out

@@ -7,7 +7,8 @@ Every reverse step, of every sampler, is one row of the same columns (docs/notat
     x̂_0 = X0_X · x_t − X0_EPS · m                  (clamped to [-1, 1] when clipping)
     x_s = C_X0 · x̂_0 + C_X · x_t + C_EPS · m + C_H · h + SIGMA · z
 
-with m the model's output and h the previous step's x̂_0 (multistep solvers). For an
+with m the model's output and h the previous step's x̂_0 (multistep solvers); a guided step
+reads the conditional and unconditional outputs and takes m = m_u + GUIDE · (m_c − m_u). For an
 ε-prediction model m = ε̂; a v- or x₀-prediction model gets other rows for the same kernel
 (`for_prediction`): x̂_0 and ε̂ are linear in (x_t, m) for all three. The columns are constexprs, read by the
 kernels as they are and by host code as int(column) (torch indexing wants a plain int). In the seed notation ᾱ_t² = alphas_cumprod[t].
@@ -25,7 +26,8 @@ C_X = tl.constexpr(5)  # weight of x_t
 C_EPS = tl.constexpr(6)  # weight of ε̂
 C_H = tl.constexpr(7)  # weight of h, the previous step's x̂_0
 SIGMA = tl.constexpr(8)  # weight of z, the step's noise
-NCOEF = tl.constexpr(9)  # host code: int(NCOEF)
+GUIDE = tl.constexpr(9)  # w, classifier-free guidance: m = m_u + w (m_c - m_u) (1: the conditional output alone)
+NCOEF = tl.constexpr(10)  # host code: int(NCOEF)
 
 VARIANCES = ("large", "small", "none")
 PREDICTIONS = ("epsilon", "v", "sample")  # what the model predicts: ε, v = √a ε − √(1−a) x_0 (Salimans & Ho), x_0
@@ -170,4 +172,5 @@ def coef_table(alphas_cumprod, variance: str = "large", device=None, *, t=None, 
     rows[:, int(C_X0)] = a_s.sqrt() * beta / (1.0 - a_t)
     rows[:, int(C_X)] = (a_t / a_s).sqrt() * (1.0 - a_s) / (1.0 - a_t)
     rows[:, int(SIGMA)] = var.sqrt()
+    rows[:, int(GUIDE)] = 1.0
     return for_prediction(rows, prediction).to(device=device, dtype=dtype).contiguous()

@@ -56,7 +56,7 @@ def toy_model(prediction, S):
 
 
 def diffusers_chain(method, S, prediction, steps, monkeypatch, variance="large", clip=False, eta=0.0, clipped_eps=False,
-                    spacing="trailing"):
+                    spacing="trailing", model=None):
     karras = spacing == "karras"
     spacing = "linspace" if karras else spacing  # (ignored by diffusers under use_karras_sigmas)
     """diffusers' own loop in float64 with its prediction_type, on our schedule, our prior, our noise."""
@@ -82,7 +82,7 @@ def diffusers_chain(method, S, prediction, steps, monkeypatch, variance="large",
         sc.sigmas = torch.cat([torch.as_tensor(sig, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
     elif method not in ("ddpm", "ddim"):
         sc.sigmas = torch.cat([((1 - a) / a).sqrt()[sc.timesteps.long()], torch.zeros(1, dtype=torch.float64)])
-    model = toy_model(prediction, S)
+    model = model or toy_model(prediction, S)
     B = SEEDS.numel()
     x = K.randn((B, *SHAPE), SEEDS, torch.zeros(B, dtype=torch.int64), K.STREAM_PRIOR).double()
     ts = [int(v) for v in sc.timesteps]

@@ -33,7 +33,7 @@ def rows():
 def test_every_variant_compiles_for_sm_90_and_sm_80(rows):
     n = len(aot.variants())
     assert sorted((r["arch"], r["variant"]) for r in rows) == sorted((a, v.name) for a in (90, 80) for v in aot.variants())
-    assert n == 2 * 3 * 14  # C x dtype x (q_sample x 2 noises, 5 steps, 2 losses x 2 noises, 2 v-target losses, randn)
+    assert n == 2 * 3 * 18  # C x dtype x (q_sample x 2 noises, 5 steps, 4 guided steps, 2 losses x 2 noises, 2 v losses, randn)
     for r in rows:
         assert r["instructions"] > 0 and r["common_path"] > 0, r
 
@@ -50,8 +50,8 @@ def test_report_figures_are_sane(rows):
         assert r["common_path"] <= r["instructions"]
         drawn = r["noise"] == "drawn"
         assert (r["mufu_per_element"] >= 1.5) == drawn, r["variant"]  # Box-Muller: log2, sqrt, sin/cos
-        if drawn and r["kernel"] != "randn" and "sde-" not in r["variant"] and "/v " not in r["variant"]:
-            # (aot builds no explicit form of the SDE step or of the v-target loss)
+        if drawn and r["kernel"] != "randn" and "sde-" not in r["variant"] and "/v " not in r["variant"] and "+cfg" not in r["variant"]:
+            # (aot builds no explicit form of the SDE step, the guided steps or the v-target loss)
             explicit = by.get((r["arch"], r["variant"].replace("drawn", "explicit")))
             assert explicit is not None and explicit["common_path"] < r["common_path"], r["variant"]
         for gpu, batches in r["predictions"].items():
@@ -83,4 +83,4 @@ def test_i64_stream_words_compile():
         "vs = [v for v in a.variants(channels=(3,), dtypes=('float32',)) if v.noise == 'drawn']\n"
         "print(sum(len(a.compile_variant(v, 90, stream_i64=True).asm['cubin']) > 0 for v in vs))"
     )
-    assert int(_run(code)) == 8  # q_sample, the ddpm and SDE-DPM steps, both losses for ε and v, randn
+    assert int(_run(code)) == 10  # q_sample, the ddpm and SDE-DPM steps (plain and guided), both losses for ε and v, randn

@@ -36,8 +36,8 @@ class Variant:
 
     @property
     def heavy(self) -> bool:
-        """Drawn noise and history together: the launch runs it 2 pixels a thread (kernels.Launch.meta)."""
-        return bool(self.constexprs.get("DRAW") and self.constexprs.get("HAS_H"))
+        """History with drawn noise or a guided pair: the launch runs it 2 pixels a thread (kernels.Launch.meta)."""
+        return bool((self.constexprs.get("DRAW") or self.constexprs.get("GUIDED")) and self.constexprs.get("HAS_H"))
 
     def bytes_per_element(self) -> int:
         return sum(self.reads) + sum(self.writes)
@@ -73,16 +73,19 @@ def variants(channels=(3, 4), dtypes=tuple(DTYPES), cl: bool = True) -> list:
                     continue  # the SDE solver's explicit-noise form adds nothing the others do not show
                 if explicit and not draw:
                     continue  # deterministic steps draw nothing either way
-                out.append(Variant(
-                    "step", dt, noise if draw else "none", C, detail,
-                    pointers=dict(x_ptr="*fp32", e_ptr=f"*{d}", z_ptr="*fp32", h_ptr="*fp32", o_ptr="*fp32", oh_ptr="*fp32",
-                                  l_ptr=f"*{d}", flag_ptr="*i64", k_ptr="*i64", ts_ptr="*i64", seed_ptr="*i64", tab_ptr="*fp32"),
-                    constexprs=dict(geo, CL_X=cl, CL_E=cl, CL_Z=cl, CL_H=cl, CL_O=cl, CL_OH=cl, CL_L=cl, CLIP=False,
-                                    DRAW=draw and not explicit, HAS_NOISE=explicit, HAS_H=has_h,
-                                    HAS_LOWP=dt != "float32", CHECK=True, ROW_IS_T=False,
-                                    EPS_TERM=detail == "ddim"),
-                    reads=(4, s) + ((4,) if explicit else ()) + ((4,) if has_h else ()),
-                    writes=(4,) + ((s,) if dt != "float32" else ()) + ((4,) if has_h else ())))
+                # classifier-free guidance: the unconditional output read too (the guided ε̂ never written)
+                for guided in (False, True) if not explicit else (False,):
+                    out.append(Variant(
+                        "step", dt, noise if draw else "none", C, detail + ("+cfg" if guided else ""),
+                        pointers=dict(x_ptr="*fp32", e_ptr=f"*{d}", eu_ptr=f"*{d}", z_ptr="*fp32", h_ptr="*fp32",
+                                      o_ptr="*fp32", oh_ptr="*fp32", l_ptr=f"*{d}", flag_ptr="*i64", k_ptr="*i64",
+                                      ts_ptr="*i64", seed_ptr="*i64", tab_ptr="*fp32"),
+                        constexprs=dict(geo, CL_X=cl, CL_E=cl, CL_EU=cl, CL_Z=cl, CL_H=cl, CL_O=cl, CL_OH=cl, CL_L=cl,
+                                        CLIP=False, DRAW=draw and not explicit, HAS_NOISE=explicit, HAS_H=has_h,
+                                        HAS_LOWP=dt != "float32", CHECK=True, ROW_IS_T=False,
+                                        EPS_TERM=detail == "ddim", GUIDED=guided),
+                        reads=(4, s) + ((s,) if guided else ()) + ((4,) if explicit else ()) + ((4,) if has_h else ()),
+                        writes=(4,) + ((s,) if dt != "float32" else ()) + ((4,) if has_h else ())))
             for kernel, backward in (("loss_fwd", False), ("loss_bwd", True)):
                 # the ε target, and (drawn noise) the v target, which also reads x_0
                 for pred, detail in ((0, ""), (1, "v")) if not explicit else ((0, ""),):

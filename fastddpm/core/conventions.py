@@ -27,7 +27,7 @@ class Conventions:
     sources: dict = field(default_factory=dict)  # key -> where its value came from; absent: fastddpm's default
 
     def resolve(self, method="ddpm", steps=None, *, spacing=None, eta=0.0, variance=None, clip=None, clipped_eps=False,
-                prediction=None, offset=None) -> tuple:
+                prediction=None, offset=None, guidance=None, guidance_interval=None) -> tuple:
         """(Method, used): each None takes the model's value; `used` maps every convention to
         (value, source). A variance and clipping apply only where the method has them (ddpm;
         ddpm and ddim), as a diffusers pipeline with its scheduler swapped would."""
@@ -50,7 +50,8 @@ class Conventions:
                    pick("clip", clip, method in ("ddpm", "ddim"), False),
                    clipped_eps,
                    pick("prediction", prediction),
-                   pick("offset", offset, spacing == "leading", 0))
+                   pick("offset", offset, spacing == "leading", 0),
+                   guidance, guidance_interval)  # the sampler's choice, not a convention of the model
         return m, used
 
 

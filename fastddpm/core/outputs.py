@@ -45,3 +45,12 @@ def image_shape(model, shape) -> tuple:
         raise ValueError("shape: the model has no config with sample_size and in_channels; pass shape=(C, H, W)")
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     return (int(chans), int(h), int(w))
+
+
+def num_classes(model):
+    """N of a class-conditional model (its null label is N), else None: fastddpm's
+    config.num_classes, or diffusers' num_class_embeds - 1."""
+    n = config_get(model, "num_classes")
+    if n is None and config_get(model, "num_class_embeds") is not None:
+        n = config_get(model, "num_class_embeds") - 1
+    return n

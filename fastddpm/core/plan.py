@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .. import kernels as K
-from ..kernels.tables import C_EPS, C_H, C_X, C_X0, NCOEF, SIGMA, SQRT_1M_AB, SQRT_AB, X0_EPS, X0_X
+from ..kernels.tables import C_EPS, C_H, C_X, C_X0, GUIDE, NCOEF, SIGMA, SQRT_1M_AB, SQRT_AB, X0_EPS, X0_X
 from .schedule import Schedule
 
 METHODS = ("ddpm", "ddim", "dpm++2m", "sde-dpm++2m")
@@ -48,6 +48,8 @@ class Method:
     clipped_eps: bool = False  # ddim with clip: recompute ε from the clipped x̂_0 (diffusers' use_clipped_model_output)
     prediction: str = "epsilon"  # what the model predicts: "epsilon", "v" or "sample" (x_0); diffusers' names accepted
     offset: int = 0  # diffusers' steps_offset: added to every timestep of the "leading" spacing
+    guidance: float = None  # classifier-free guidance weight w (Ho & Salimans 2022); None: unguided (w = 1)
+    guidance_interval: tuple = None  # (t_lo, t_hi): w only for t_lo < t <= t_hi, 1 elsewhere (Kynkäänniemi et al. 2024)
 
     def checked(self, T: int) -> "Method":
         """This configuration with its steps filled in, or a ValueError naming the argument."""
@@ -80,18 +82,42 @@ class Method:
             raise ValueError(f"offset: expected an int >= 0 (diffusers' steps_offset), got {self.offset!r}")
         if self.offset and self.spacing != "leading":
             raise ValueError(f"offset: diffusers adds steps_offset to the 'leading' spacing only, got spacing {self.spacing!r}")
+        guidance, interval = self.guidance, self.guidance_interval
+        if guidance is not None:
+            if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance) or guidance < 0:
+                raise ValueError(f"guidance: expected a finite weight w >= 0 (0 unconditional, 1 plain conditional), got {guidance!r}")
+            guidance = float(guidance)
+        if interval is not None:
+            if guidance is None:
+                raise ValueError("guidance_interval: given without guidance=w")
+            ok = isinstance(interval, (tuple, list)) and len(interval) == 2 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in interval)
+            if not ok or not interval[0] < interval[1] or interval[1] < 0 or interval[0] >= T - 1:
+                raise ValueError(f"guidance_interval: expected (t_lo, t_hi) with t_lo < t_hi, guiding the timesteps "
+                                 f"t_lo < t <= t_hi of [0, {T}), got {interval!r}")
+            interval = (float(interval[0]), float(interval[1]))
         return Method(self.name, steps, self.spacing, float(self.eta), self.variance, self.clip, self.clipped_eps, prediction,
-                      self.offset)
+                      self.offset, guidance, interval)
 
     @property
     def multistep(self) -> bool:
         """Steps use the previous step's x̂_0 (the history h)."""
         return self.name in ("dpm++2m", "sde-dpm++2m")
 
+    def guide_weights(self, ts: list) -> list:
+        """w at each of these timesteps: the guidance weight inside the interval (everywhere
+        without one), 1 elsewhere; all 1 unguided."""
+        if self.guidance is None:
+            return [1.0] * len(ts)
+        lo, hi = self.guidance_interval or (-math.inf, math.inf)
+        return [self.guidance if lo < t <= hi else 1.0 for t in ts]
+
     def label(self) -> str:
         extra = {"ddpm": f" {self.variance}", "ddim": f" η={self.eta:g}"}.get(self.name, "")
         pred = "" if self.prediction == "epsilon" else f", {self.prediction}-prediction"
-        return f"{self.name}{extra} {self.steps} steps ({self.spacing}{pred})" + (" clip" if self.clip else "")
+        guide = "" if self.guidance is None else f", guidance {self.guidance:g}" + (
+            f" in ({self.guidance_interval[0]:g}, {self.guidance_interval[1]:g}]" if self.guidance_interval else "")
+        return f"{self.name}{extra} {self.steps} steps ({self.spacing}{pred}{guide})" + (" clip" if self.clip else "")
 
 
 def karras_alphas(alphas_cumprod: torch.Tensor, N: int) -> torch.Tensor:
@@ -164,6 +190,7 @@ class Plan:
     prev: tuple  # the timestep step k lands on (-1: the end)
     rows: torch.Tensor  # (K, NCOEF) float64
     alphas: torch.Tensor  # (K,) float64: the ᾱ² step k's coefficients use (ᾱ²[t_k] but on a Karras σ grid, or at ᾱ = 0)
+    guided: tuple  # (K,) bools: step k combines a conditional and an unconditional output (its w != 1)
     stochastic: bool  # some step adds noise (σ > 0): a host bool, so compiled steps branch on no tensor
     eps_term: bool  # some step weighs ε̂ directly (C_EPS != 0: DDIM without clipped ε)
     _cache: dict = field(default_factory=dict, init=False, repr=False)
@@ -186,8 +213,10 @@ class Plan:
         prev = ts[1:] + [-1]
         a_t = step_alphas(schedule.alphas_cumprod, m, ts)
         rows = K.for_prediction(_rows(schedule.alphas_cumprod, m, ts, prev, a_t), m.prediction)
-        return cls(schedule, m, tuple(ts), tuple(prev), rows, a_t, bool((rows[:, int(SIGMA)] > 0).any()),
-                   bool((rows[:, int(C_EPS)] != 0).any()))
+        w = m.guide_weights(ts)
+        rows[:, int(GUIDE)] = torch.tensor(w, dtype=torch.float64)  # linear in the output: any parameterization
+        return cls(schedule, m, tuple(ts), tuple(prev), rows, a_t, tuple(v != 1.0 for v in w),
+                   bool((rows[:, int(SIGMA)] > 0).any()), bool((rows[:, int(C_EPS)] != 0).any()))
 
     @property
     def K(self) -> int:

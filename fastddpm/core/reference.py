@@ -23,7 +23,7 @@ and the plan's timesteps; never a kernel's arithmetic, never a coefficient table
 import torch
 
 from .. import kernels as K
-from .outputs import checked_output
+from .outputs import checked_output, num_classes
 from .plan import Plan
 from .schedule import Schedule
 
@@ -246,11 +246,14 @@ def sampler_step(x, eps_hat, k, plan: Plan, *, seeds=None, noise=None, h=None) -
 
 
 @torch.no_grad()
-def sample(model, schedule: Schedule, seeds: torch.Tensor, shape: tuple, method="ddpm", *, stop_after: int = None,
+def sample(model, schedule: Schedule, seeds: torch.Tensor, shape: tuple, method="ddpm", *, labels=None, stop_after: int = None,
            dtype: torch.dtype = torch.float32, **options) -> torch.Tensor:
     """Sampling one reference step at a time, eager, in `dtype` (float32 by default).
 
-    method/options: as fastddpm.Sampler (steps, spacing, eta, variance, clip, clipped_eps).
+    method/options: as fastddpm.Sampler (steps, spacing, eta, variance, clip, clipped_eps,
+    prediction, guidance, guidance_interval). labels: (B,) classes of a class-conditional model;
+    a guided step calls it twice, with the labels and with the null label (num_classes), and
+    takes m_u + w (m_c − m_u) (Ho & Salimans 2022, eq. 6).
     Same seeds contract as the Sampler: image k starts from the prior addressed by
     (seeds[k], STREAM_PRIOR, 0) and the step from t adds z addressed by
     (seeds[k], STREAM_REVERSE, t). stop_after: only the first n steps (returns that state).
@@ -261,10 +264,22 @@ def sample(model, schedule: Schedule, seeds: torch.Tensor, shape: tuple, method=
     dev = seeds.device
     x = K.randn((B, *shape), seeds, torch.zeros(B, dtype=torch.int64, device=dev), K.STREAM_PRIOR).to(dtype)  # x_T
     h = torch.zeros_like(x) if plan.multistep else None
+    n = num_classes(model)
+    if (n is None) != (labels is None):
+        raise ValueError("labels: a class-conditional model needs them, an unconditional one takes none")
+    null = None if n is None else torch.full((B,), n, dtype=torch.int64, device=dev)
+    w = plan.method.guide_weights(list(plan.timesteps))
     for i in range(plan.K if stop_after is None else stop_after):
         k = torch.full((B,), i, dtype=torch.int64, device=dev)
         t = torch.full((B,), plan.timesteps[i], dtype=torch.int64, device=dev)
-        eps_hat = checked_output(model(x, t), x).to(dtype)
+        if n is None:
+            eps_hat = checked_output(model(x, t), x).to(dtype)
+        elif w[i] == 1.0:
+            eps_hat = checked_output(model(x, t, labels), x).to(dtype)
+        else:  # classifier-free guidance: ε̂ = ε̂(x, ∅) + w (ε̂(x, c) − ε̂(x, ∅))      (Ho & Salimans 2022, eq. 6)
+            cond = checked_output(model(x, t, labels), x).to(dtype)
+            uncond = checked_output(model(x, t, null), x).to(dtype)
+            eps_hat = uncond + w[i] * (cond - uncond)
         x, x0 = sampler_step(x, eps_hat, k, plan, seeds=seeds if plan.stochastic else None, h=h)
         h = x0
     return x

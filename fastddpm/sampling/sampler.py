@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .. import kernels as K
-from ..core.outputs import checked_output, config_get, image_shape
+from ..core.outputs import checked_output, image_shape, num_classes
 from ..core import conventions
 from ..core.plan import Plan
 from ..core.schedule import Schedule
@@ -43,8 +43,10 @@ class _Buffers:
     seeds: torch.Tensor  # (m,) int64
     flags: torch.Tensor  # (m,) int64: the first t whose state went non-finite, -1 if none
     h: Optional[torch.Tensor]  # (m, C, H, W) fp32 previous x̂_0 (multistep solvers)
-    step: object = None  # callable running one step on these buffers
-    graph: Optional[torch.cuda.CUDAGraph] = None
+    labels: Optional[torch.Tensor] = None  # (m,) int64 class labels (a class-conditional model)
+    null: Optional[torch.Tensor] = None  # (m,) int64 the null label, for the unconditional half
+    steps: dict = None  # guided (bool) -> callable running one step of that kind on these buffers
+    graphs: list = None  # the CUDA graphs behind them (kept alive)
 
 
 class Sampler:
@@ -67,6 +69,12 @@ class Sampler:
     clipped_eps:   ddim with clip: recompute ε from the clipped x̂_0.
     prediction:    what the model predicts: "epsilon" (default), "v" or "sample" (x_0);
                    diffusers' "v_prediction" accepted. The same fused step serves all three.
+    guidance:      classifier-free guidance weight w for a class-conditional model (Ho &
+                   Salimans 2022: m = m(x, ∅) + w (m(x, c) − m(x, ∅)); 0 unconditional, 1 plain
+                   conditional). A guided step calls the model once on a 2B batch (labels, then
+                   the null label) and the fused kernel combines the halves in registers.
+    guidance_interval: (t_lo, t_hi): guide only for t_lo < t <= t_hi (Kynkäänniemi et al. 2024);
+                   the other steps call the model on B images with their labels (w = 1).
     dtype:         the model's compute dtype: default bf16 on CUDA, fp32 on CPU. The
                    state x_t stays fp32.
     channels_last: feed the model channels-last input (and convert its weights).
@@ -89,6 +97,8 @@ class Sampler:
         clip: Optional[bool] = None,
         clipped_eps: bool = False,
         prediction: Optional[str] = None,
+        guidance: Optional[float] = None,
+        guidance_interval: Optional[tuple] = None,
         dtype: Optional[torch.dtype] = None,
         channels_last: bool = True,
         compile: Optional[bool] = None,
@@ -100,13 +110,14 @@ class Sampler:
     ):
         if not callable(model):
             raise TypeError(f"model: expected a callable model(x, t), got {type(model).__name__}")
-        if config_get(model, "num_classes") or config_get(model, "num_class_embeds"):
-            raise ValueError("model: a class-conditional model needs labels, which the Sampler does not pass yet "
-                             "(conditioning and guidance are not built); sample it with your own loop over "
-                             "fastddpm.kernels.sampler_step")
         m, self.conventions = conventions.of(model).resolve(method, steps, spacing=spacing, eta=eta, variance=variance, clip=clip,
-                                                            clipped_eps=clipped_eps, prediction=prediction)
+                                                            clipped_eps=clipped_eps, prediction=prediction, guidance=guidance,
+                                                            guidance_interval=guidance_interval)
         self.plan = Plan.build(schedule, m)
+        self.num_classes = num_classes(model)  # None: unconditional
+        if guidance is not None and self.num_classes is None:
+            raise ValueError("guidance: classifier-free guidance needs a class-conditional model (num_classes); this one "
+                             "is unconditional")
         self.schedule = self.plan.schedule
         self.shape = image_shape(model, shape)
         params = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
@@ -147,15 +158,29 @@ class Sampler:
         return model.eval().requires_grad_(False)
 
     # ------------------------------------------------------------------ one step
-    def _step(self, b: _Buffers) -> None:
-        eps = checked_output(self.model(b.x_in, self.timesteps[b.k]), b.x)
+    def _dense(self, eps: torch.Tensor) -> torch.Tensor:
         if not (eps.is_contiguous() or eps.is_contiguous(memory_format=torch.channels_last)):
             # a model may answer in any strides; the kernel reads dense NCHW or NHWC only, so the
             # Sampler (not the kernel, which never copies) makes the copy, decided at trace time
             eps = eps.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        return eps
+
+    def _step(self, b: _Buffers, guided: bool = False) -> None:
+        t = self.timesteps[b.k]
+        eps_u = None
+        if guided:  # one model call on 2B: (x, labels) and (x, null); the kernel combines the halves
+            m = b.x.shape[0]
+            both = checked_output(self.model(torch.cat([b.x_in, b.x_in]), torch.cat([t, t]), torch.cat([b.labels, b.null])),
+                                  torch.cat([b.x, b.x]))
+            eps, eps_u = self._dense(both[:m]), self._dense(both[m:])
+        elif self.num_classes is not None:
+            eps = self._dense(checked_output(self.model(b.x_in, t, b.labels), b.x))
+        else:
+            eps = self._dense(checked_output(self.model(b.x_in, t), b.x))
         K.sampler_step(
             b.x, eps, b.k, self.table, self.timesteps, seeds=b.seeds if self.plan.stochastic else None, h=b.h,
-            clip=self.plan.method.clip, eps_term=self.plan.eps_term, out=b.x, out_lowp=None if b.x_in is b.x else b.x_in, nonfinite=b.flags,
+            clip=self.plan.method.clip, eps_term=self.plan.eps_term, out=b.x, out_lowp=None if b.x_in is b.x else b.x_in,
+            nonfinite=b.flags, eps_uncond=eps_u,
         )
         b.k.add_(1)
 
@@ -167,36 +192,41 @@ class Sampler:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         x = torch.empty((m, C, H, W), device=dev, dtype=torch.float32, memory_format=fmt)
         x_in = x if self.dtype == torch.float32 else torch.empty((m, C, H, W), device=dev, dtype=self.dtype, memory_format=fmt)
+        conditional = self.num_classes is not None
         b = _Buffers(
             x=x, x_in=x_in, k=torch.zeros(m, device=dev, dtype=torch.int64), seeds=torch.arange(m, device=dev, dtype=torch.int64),
             flags=torch.full((m,), -1, device=dev, dtype=torch.int64),
             h=torch.zeros_like(x) if self.plan.multistep else None,
+            labels=torch.zeros(m, device=dev, dtype=torch.int64) if conditional else None,
+            null=torch.full((m,), self.num_classes, device=dev, dtype=torch.int64) if conditional else None,
+            steps={}, graphs=[],
         )
         t0 = time.perf_counter()
-        step = (lambda: self._step(b))
-        if self.compile:
-            compiled = torch.compile(self._step, fullgraph=True, dynamic=False)
-            step = (lambda: compiled(b))
-        self._reset(b)
-        with compile_errors_explained():
-            if self.cuda_graph:
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    for _ in range(min(3, self.plan.K)):  # compile, autotune and allocate before capture
+        compiled = torch.compile(self._step, fullgraph=True, dynamic=False) if self.compile else self._step
+        for guided in sorted(set(self.plan.guided)):  # the kinds of step this plan takes: one graph each
+            step = (lambda g=guided: compiled(b, g))
+            self._reset(b)
+            with compile_errors_explained():
+                if self.cuda_graph:
+                    side = torch.cuda.Stream()
+                    side.wait_stream(torch.cuda.current_stream())
+                    with torch.cuda.stream(side):
+                        for _ in range(min(3, self.plan.K)):  # compile, autotune and allocate before capture
+                            step()
+                    torch.cuda.current_stream().wait_stream(side)
+                    torch.cuda.synchronize()
+                    self._reset(b)
+                    t1 = time.perf_counter()
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph):
                         step()
-                torch.cuda.current_stream().wait_stream(side)
-                torch.cuda.synchronize()
-                t1 = time.perf_counter()
-                b.graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(b.graph):
-                    step()
-                torch.cuda.synchronize()
-                self.stats["capture_s"] = time.perf_counter() - t1
-                b.step = b.graph.replay
-            else:
-                step()  # first step: compile (if asked) and allocate, reported apart from sampling
-                b.step = step
+                    torch.cuda.synchronize()
+                    self.stats["capture_s"] += time.perf_counter() - t1
+                    b.graphs.append(graph)
+                    b.steps[guided] = graph.replay
+                else:
+                    step()  # first step: compile (if asked) and allocate, reported apart from sampling
+                    b.steps[guided] = step
         self.stats["warmup_s"] = time.perf_counter() - t0 - self.stats["capture_s"]
         self._buffers[m] = b
         return b
@@ -213,17 +243,21 @@ class Sampler:
 
     # ------------------------------------------------------------------ the run
     @torch.inference_mode()
-    def run(self, batch: Optional[int] = None, seed: int = 0, *, seeds=None, max_batch: Optional[int] = None,
+    def run(self, batch: Optional[int] = None, seed: int = 0, *, seeds=None, labels=None, max_batch: Optional[int] = None,
             stop_after: Optional[int] = None, progress: Optional[bool] = None) -> torch.Tensor:
         """Draw images: (B, C, H, W) float32 on the sampler's device, in the model's range.
 
         batch/seed: images seed, seed+1, ..., seed+batch-1 (default batch 1024); or
         seeds:      explicit per-image seeds, an int64 tensor or a sequence of ints.
+        labels:     a class-conditional model's classes in [0, num_classes): one int for every
+                    image, a sequence or a tensor (one per image); part of an image's address,
+                    so image k depends only on the model, the method, seed k and label k.
         stop_after: run only the first n steps (for tests and benchmarks): the result
                     is then the state after those steps, not an image.
         """
         seeds = self._seeds(batch, seed, seeds)
         B, KS = seeds.numel(), self.plan.K
+        labels = self._labels(labels, B)
         steps = KS if stop_after is None else stop_after
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= KS:
             raise ValueError(f"stop_after: expected an int in [1, {KS}] (the plan's steps), got {stop_after!r}")
@@ -247,9 +281,12 @@ class Sampler:
                     b.seeds[:n].copy_(chunk)
                     if n < m:  # padding slots: seeds past the chunk's last, results discarded
                         b.seeds[n:].copy_(chunk[-1] + 1 + torch.arange(m - n, device=self.device))
+                    if labels is not None:
+                        b.labels[:n].copy_(labels[lo : lo + n])
+                        b.labels[n:].fill_(0)  # padding slots: any valid class
                     self._reset(b)
                     for i in range(steps):
-                        b.step()
+                        b.steps[self.plan.guided[i]]()  # the step's kind is known on the host: no sync
                         bar.update(c * steps + i + 1)
                     out[lo : lo + n].copy_(b.x[:n])
                     flags[lo : lo + n].copy_(b.flags[:n])  # the padding slots' flags are never read
@@ -272,6 +309,33 @@ class Sampler:
             err.bad = first_bad >= 0
             raise err
         return out
+
+    def _labels(self, labels, B: int):
+        """(B,) int64 labels on the device for a class-conditional model; None for another."""
+        n = self.num_classes
+        if n is None:
+            if labels is not None:
+                raise ValueError("labels: this model is unconditional (it has no num_classes); pass no labels")
+            return None
+        if labels is None:
+            raise ValueError(f"labels: this model is class-conditional (num_classes={n}): pass labels= (one int for all, "
+                             f"or one a image); guidance=0 samples unconditionally")
+        if isinstance(labels, bool) or isinstance(labels, (str, bytes, float)):
+            raise TypeError(f"labels: expected ints, got {labels!r}")
+        if isinstance(labels, (int, np.integer)):
+            labels = torch.full((B,), int(labels), dtype=torch.int64)
+        elif not isinstance(labels, torch.Tensor):
+            values = list(labels)
+            if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in values):
+                raise TypeError(f"labels: expected ints, got {values[:8]!r}")
+            labels = torch.tensor(values, dtype=torch.int64)
+        if labels.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"labels: expected an integer tensor, got {labels.dtype}")
+        if labels.shape != (B,):
+            raise ValueError(f"labels: expected one label an image ({B},), got shape {tuple(labels.shape)}")
+        if int(labels.min()) < 0 or int(labels.max()) >= n:
+            raise ValueError(f"labels: expected classes in [0, {n}), got values in [{int(labels.min())}, {int(labels.max())}]")
+        return labels.to(self.device, torch.int64)
 
     def _seeds(self, batch, seed, seeds) -> torch.Tensor:
         if seeds is not None:
