@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
@@ -47,6 +47,7 @@ HELP = {
     "prediction": "what the model predicts: epsilon, v or sample (x_0)",
     "min_snr_gamma": "min-SNR-γ loss weighting (Hang et al.; 5 is usual; 0: off)",
     "zero_snr": "rescale the schedule to zero terminal SNR (Lin et al.; with --prediction v)",
+    "cond_drop": "--conditional: the share of samples trained with the null label (classifier-free guidance)",
     "checkpoint_every": "steps between checkpoints (0: only at the end)", "sample_every": "steps between EMA sample grids "
     "(0: one at the end)", "sample_batch": "images in a sample grid", "keep": "the run's newest checkpoints kept",
 }
@@ -59,6 +60,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--model", choices=sorted(MODELS), default=None, help="U-Net preset (default: the one named like --data)")
     ap.add_argument("--out", default=None, help="folder for checkpoints and sample grids (default: runs/<data>)")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out from its newest valid checkpoint")
+    ap.add_argument("--conditional", action="store_true", help="a class-conditional model, trained on the data's labels "
+                                                               "(and the null label for --cond-drop of the samples)")
     ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
     base = TrainConfig()
     for f in fields(TrainConfig):
@@ -94,20 +97,24 @@ def main(argv=None):
         cfg = TrainConfig(**{**asdict(cfg), "sample_every": cfg.steps})  # a grid at the end
     torch.manual_seed(cfg.seed)
     preset = args.model or args.data
-    model = UNet(MODELS[preset])
+    mcfg = replace(MODELS[preset], num_classes=datasets.CLASSES[args.data]) if args.conditional else MODELS[preset]
+    model = UNet(mcfg)
     out = Path(args.out or f"runs/{args.data}")
     if args.resume and not (out / "checkpoints").is_dir():
         raise ValueError(f"resume: {out} holds no run to resume (no {out / 'checkpoints'}); check --out, or start a new run "
                          f"without --resume")
     t0 = time.perf_counter()
-    images = datasets.load(args.data)
+    data = datasets.load_labelled(args.data) if args.conditional else datasets.load(args.data)
+    images = data[0] if args.conditional else data
     if world == 1 or int(os.environ.get("RANK", "0")) == 0:
         sys.stderr.write(f"train: {args.data} ({images.shape[0]} images {'x'.join(map(str, images.shape[1:]))}), U-Net "
-                         f"'{preset}' ({model.num_parameters() / 1e6:.2f} M parameters), {cfg.prediction}-prediction, "
+                         f"'{preset}' ({model.num_parameters() / 1e6:.2f} M parameters"
+                         f"{f', {mcfg.num_classes} classes, labels dropped for {cfg.cond_drop:g}' if args.conditional else ''}), "
+                         f"{cfg.prediction}-prediction, "
                          f"{cfg.steps} steps of batch {cfg.batch_size}{f' x {world} ranks' if world > 1 else ''} on "
                          f"{device or ('cuda' if torch.cuda.is_available() else 'cpu')} -> {out}"
                          f"{' (resuming)' if args.resume else ''}\n")
-    trainer = Trainer(model, images, cfg, out_dir=out, device=device, resume=args.resume)
+    trainer = Trainer(model, data, cfg, out_dir=out, device=device, resume=args.resume)
     try:
         start = trainer.step
         trainer.fit()

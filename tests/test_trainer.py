@@ -417,3 +417,72 @@ def test_a_refused_or_failed_training_leaves_no_folder_behind(data, tmp_path, mo
     names = sorted(p.name for p in (full / "checkpoints").iterdir())
     assert names == ["step-000000005.safetensors"]  # the kept checkpoint, and no temporary beside it
     assert _trainer(data, out_dir=full, resume=True).step == 5
+
+
+def _cond_trainer(data_pair, out_dir=None, resume=False, **kw):
+    torch.manual_seed(0)
+    cfg = dict(steps=12, batch_size=16, lr=1e-3, warmup=5, log_every=1, checkpoint_every=6, sample_every=0, cond_drop=0.25)
+    return Trainer(UNet(UNetConfig(**{**TINY.__dict__, "num_classes": 10})), data_pair, TrainConfig(**{**cfg, **kw}),
+                   out_dir=out_dir, device="cpu", resume=resume, progress=False)
+
+
+def test_a_class_conditional_model_trains_fused_as_reference_and_resumes_exactly(tmp_path):
+    from fastddpm.io.data import load_labelled
+
+    pair = load_labelled("digits")
+    curves = {f: torch.tensor([v for _, v in _cond_trainer(pair, fused=f).fit()]) for f in (True, False)}
+    torch.testing.assert_close(curves[True], curves[False], rtol=1e-4, atol=1e-6)
+    straight = _cond_trainer(pair)
+    straight.fit()
+    first = _cond_trainer(pair, out_dir=tmp_path)
+    first.fit(6)
+    resumed = _cond_trainer(pair, out_dir=tmp_path, resume=True)
+    resumed.fit()
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="data"):  # other labels are other data: not the same run
+        _cond_trainer((pair[0], pair[1].roll(1)), out_dir=tmp_path, resume=True)
+
+
+def test_which_labels_drop_is_a_function_of_the_sample_and_the_seed():
+    from fastddpm.io.data import load_labelled
+
+    pair = load_labelled("digits")
+    tr = _cond_trainer(pair, batch_size=4096, cond_drop=0.1)
+    _, _, seeds, labels = tr._batch(0)
+    k = seeds - (tr.cfg.seed << 40)  # the global sample counter
+    words = K.philox(torch.tensor(tr.cfg.seed), k & 0xFFFFFFFF, k >> 32, torch.zeros_like(k), torch.full_like(k, K.STREAM_LABEL_DROP))[0]
+    dropped = labels == 10
+    assert torch.equal(dropped, words < int(0.1 * 2**32))  # the address, and nothing else, decides
+    n, p = dropped.numel(), 0.1
+    assert abs(dropped.float().mean().item() - p) < 6 * (p * (1 - p) / n) ** 0.5  # 6σ: never flakes
+    _, _, _, again = _cond_trainer(pair, batch_size=4096, cond_drop=0.1)._batch(0)
+    assert torch.equal(again, labels)
+
+
+def test_conditional_training_bad_input():
+    from fastddpm.io.data import load_labelled
+
+    images, labels = load_labelled("digits")
+    for data, match in ((images, "data: a class-conditional model .* trains on \\(images, labels\\)"),
+                        ((images, labels[:10]), "data: expected one label an image"),
+                        ((images, labels + 5), r"data: expected labels in \[0, 10\)"),
+                        ((images, labels.float()), "data: expected integer labels")):
+        with pytest.raises((ValueError, TypeError), match=match):
+            _cond_trainer(data)
+    with pytest.raises(ValueError, match="cond_drop: expected a probability"):
+        TrainConfig(cond_drop=1.5)
+    tr = _trainer((images, labels), steps=1)  # an unconditional model given (images, labels): the labels are unused
+    assert tr.labels is None and tr.data.shape[0] == images.shape[0]
+
+
+def test_train_cli_conditional(tmp_path, capsys):
+    from fastddpm.pretrained import load_model
+    from fastddpm.train import main
+
+    main(["--conditional", "--steps", "2", "--batch-size", "8", "--sample-batch", "2", "--out", str(tmp_path / "c"),
+          "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert "10 classes, labels dropped for 0.1" in err and "sampling a grid of 2 images" in err
+    net, _, _ = load_model(str(tmp_path / "c"))
+    assert net.config.num_classes == 10 and list((tmp_path / "c").glob("samples-*.png"))

@@ -105,6 +105,39 @@ def load(name: str) -> torch.Tensor:
     return DATASETS[name]()
 
 
+CLASSES = {"digits": 10, "fashion-mnist": 10}
+
+
+def load_labelled(name: str) -> tuple:
+    """(images, labels) of what `load(name)` trains on: all the digits, Fashion-MNIST's train split."""
+    if name == "digits":
+        return digits(), torch.from_numpy(_load_digits().target).long()
+    if name == "fashion-mnist":
+        return fashion_mnist("train"), fashion_mnist_labels("train")
+    raise ValueError(f"data: expected one of {sorted(DATASETS)}, got {name!r}")
+
+
+def as_images_and_labels(data) -> tuple:
+    """(images (N, C, H, W), labels (N,) or None) from a tensor of images, an (images, labels)
+    pair, a TensorDataset of one or two tensors, or an iterable of image batches or pairs."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(d, torch.Tensor) for d in data):
+        return data[0], data[1]
+    if isinstance(data, torch.utils.data.TensorDataset):
+        return data.tensors[0], (data.tensors[1] if len(data.tensors) > 1 else None)
+    if isinstance(data, torch.Tensor):
+        return data, None
+    try:
+        items = list(iter(data))
+    except TypeError:
+        raise TypeError(f"data: expected a tensor, an (images, labels) pair, a TensorDataset or an iterable of batches, "
+                        f"got {type(data).__name__}") from None
+    pairs = [isinstance(b, (tuple, list)) and len(b) >= 2 for b in items]
+    if items and all(pairs):
+        return (torch.cat([b[0] if b[0].dim() == 4 else b[0].unsqueeze(0) for b in items]),
+                torch.cat([torch.as_tensor(b[1]).reshape(-1) for b in items]))
+    return as_images(items), None
+
+
 def as_images(data) -> torch.Tensor:
     """One (N, C, H, W) tensor from a tensor, a TensorDataset, or any dataset/DataLoader
     yielding image batches (or (images, labels) pairs). The set is held in memory."""

@@ -30,7 +30,7 @@ from ..io import checkpoint as ckpt
 from ..core import fused
 from ..core import reference
 from .. import kernels as K
-from ..io.data import as_images, check_images
+from ..io.data import as_images_and_labels, check_images
 from ..io.images import save_grid
 from ..sampling.sampler import Sampler, compile_errors_explained
 from ..core.schedule import Schedule
@@ -53,6 +53,7 @@ class TrainConfig:
     prediction: str = "epsilon"  # what the model learns to predict: "epsilon", "v" or "sample" (x_0)
     min_snr_gamma: float = 0.0  # > 0: min-SNR-γ loss weights (Hang et al. 2023; 5 is usual); 0: unweighted
     zero_snr: bool = False  # rescale the schedule to zero terminal SNR (Lin et al. 2024; needs prediction="v" or "sample")
+    cond_drop: float = 0.1  # a class-conditional model: the share of samples trained with the null label (Ho & Salimans)
     fused: bool = True  # False: the reference path (materialised ε, eager)
     compile: bool = False  # torch.compile the forward + loss
     steps: int = 10_000  # optimizer steps in the whole run (may grow on resume)
@@ -86,6 +87,7 @@ class TrainConfig:
         check("schedule", lambda v: v in SCHEDULES, f"one of {SCHEDULES}")
         object.__setattr__(self, "prediction", K.prediction_name(self.prediction))
         check("min_snr_gamma", lambda v: is_num(v) and v >= 0, "a finite number >= 0 (0: no min-SNR weighting)")
+        check("cond_drop", lambda v: is_num(v) and 0 <= v <= 1, "a probability in [0, 1] (0.1 is usual)")
         if self.zero_snr is True and self.prediction == "epsilon":
             raise ValueError("zero_snr: an ε-prediction model is undefined at the last step of a zero-terminal-SNR schedule "
                              "(ᾱ = 0): train with prediction='v' (Lin et al. 2024) or 'sample'")
@@ -111,7 +113,7 @@ class TrainConfig:
 
 SCHEDULES = ("linear", "cosine", "scaled_linear")
 EXACT = ("batch_size", "lr", "warmup", "grad_clip", "ema_decay", "weight_decay", "seed", "schedule", "T", "fused", "compile")
-EXACT_SINCE_V = {"prediction": "epsilon", "min_snr_gamma": 0.0, "zero_snr": False}  # exact too; absent in older checkpoints
+EXACT_SINCE_V = {"prediction": "epsilon", "min_snr_gamma": 0.0, "zero_snr": False, "cond_drop": 0.1}  # exact too; absent in older checkpoints
 SAFE = ("steps", "log_every", "checkpoint_every", "sample_every", "sample_batch", "keep")
 
 
@@ -130,9 +132,6 @@ class Trainer:
             raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-        if getattr(getattr(model, "config", None), "num_classes", None):
-            raise ValueError("model: a class-conditional model needs labels, which the Trainer does not feed yet "
-                             "(conditioning and guidance are not built)")
         for name, v in (("resume", resume), ("progress", progress)):
             if not isinstance(v, bool):
                 raise TypeError(f"{name}: expected True or False, got {v!r}")
@@ -146,9 +145,11 @@ class Trainer:
         self.schedule = config.schedule_obj()
         self.loss_weights = config.loss_weights(self.schedule, self.device)
         self.lock = None
-        data = as_images(data)
+        data, labels = as_images_and_labels(data)
         mcfg = getattr(model, "config", None)
         check_images(data, getattr(mcfg, "in_channels", None), sample_size=getattr(mcfg, "sample_size", None))
+        self.num_classes = getattr(mcfg, "num_classes", None)  # None: unconditional (labels, if given, unused)
+        labels = _check_labels(labels, data.shape[0], self.num_classes) if self.num_classes else None
         if resume and self.out_dir is not None and not ckpt.list_checkpoints(self._ckpt_dir()):
             raise ValueError(f"resume: {self.out_dir} holds no checkpoint to resume (nothing in {self._ckpt_dir()}); check "
                              f"the folder, or start a new run without resume")
@@ -160,7 +161,8 @@ class Trainer:
 
         fmt = torch.channels_last if self.cuda else torch.contiguous_format
         self.data = data.to(self.device, torch.float32).contiguous(memory_format=fmt)
-        self.data_hash = _fingerprint(data)
+        self.data_hash = _fingerprint(data) if labels is None else f"{_fingerprint(data)}+{_fingerprint(labels.float())}"
+        self.labels = labels.to(self.device) if labels is not None else None
         self.model = model.to(self.device, memory_format=fmt).train()
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.net = nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
@@ -220,11 +222,18 @@ class Trainer:
             idx[sel] = self._perm(e)[k[sel] % N]
         words = K.philox(torch.tensor(self.cfg.seed), k & 0xFFFFFFFF, k >> 32, torch.zeros_like(k), torch.full_like(k, K.STREAM_TIMESTEP))
         t = (words[0] * self.schedule.T) >> 32  # uniform on [0, T)
-        host = torch.stack([idx, t, k + (self.cfg.seed << 40)])  # (3, B): data index, t, noise seed
+        rows = [idx, t, k + (self.cfg.seed << 40)]  # data index, t, noise seed
+        if self.labels is not None:  # which samples train unconditionally: addressed by (seed, sample k), as t
+            drop = K.philox(torch.tensor(self.cfg.seed), k & 0xFFFFFFFF, k >> 32, torch.zeros_like(k),
+                            torch.full_like(k, K.STREAM_LABEL_DROP))[0] < int(self.cfg.cond_drop * 2**32)
+            rows.append(drop.long())
+        host = torch.stack(rows)  # (3 or 4, B)
         if self.cuda:  # pinned + non_blocking: one copy that never waits for the GPU
             host = host.pin_memory()
-        idx, t, seeds = host.to(self.device, non_blocking=True)
-        return self.data[idx], t, seeds
+        host = host.to(self.device, non_blocking=True)
+        idx, t, seeds = host[0], host[1], host[2]
+        labels = None if self.labels is None else torch.where(host[3] > 0, self.num_classes, self.labels[idx])
+        return self.data[idx], t, seeds, labels
 
     def _perm(self, epoch: int) -> torch.Tensor:
         if epoch not in self._perms:
@@ -234,20 +243,21 @@ class Trainer:
         return self._perms[epoch]
 
     # ------------------------------------------------------------------ one step
-    def _forward_loss(self, x0, t, seeds):
+    def _forward_loss(self, x0, t, seeds, labels=None):
         # fused: ε drawn in-kernel and regenerated by the loss, never stored; reference: the
         # same ε materialised at the same address, eager arithmetic
         ops = fused if self.cfg.fused else reference
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
             x_t = ops.q_sample(x0, t, self.schedule, seeds=seeds)
-            return ops.diffusion_loss(self.net(x_t, t), t, self.schedule, x0=x0, seeds=seeds, weights=self.loss_weights,
+            out = self.net(x_t, t) if labels is None else self.net(x_t, t, labels)
+            return ops.diffusion_loss(out, t, self.schedule, x0=x0, seeds=seeds, weights=self.loss_weights,
                                       prediction=self.cfg.prediction)
 
     def train_step(self) -> None:
         cfg = self.cfg
-        x0, t, seeds = self._batch(self.step)
+        x0, t, seeds, labels = self._batch(self.step)
         with K.value_checks(False):  # t is drawn in range by construction: no wait for the GPU
-            loss = self.forward_loss(x0, t, seeds)
+            loss = self.forward_loss(x0, t, seeds, labels)
         loss.backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip, foreach=True)
@@ -361,7 +371,8 @@ class Trainer:
         if self.progress:
             sys.stderr.write(f"\nsampling a grid of {self.cfg.sample_batch} images from the EMA weights: "
                              f"{sampler.plan.method.label()}\n")
-        images = sampler.run(batch=self.cfg.sample_batch, seed=self.cfg.seed)
+        labels = None if self.num_classes is None else torch.arange(self.cfg.sample_batch) % self.num_classes
+        images = sampler.run(batch=self.cfg.sample_batch, seed=self.cfg.seed, labels=labels)
         path = path or self.out_dir / f"samples-{self.step:09d}.png"
         return save_grid(images, path, scale=max(1, 64 // c.sample_size))
 
@@ -432,6 +443,21 @@ class Trainer:
         self.last_checkpoint = Path(path)
         self.history, self._pending = [], []
         self._tick = (time.perf_counter(), self.step)
+
+
+def _check_labels(labels, n_images: int, n_classes: int) -> torch.Tensor:
+    """A class-conditional model's training labels: (N,) ints in [0, num_classes)."""
+    if labels is None:
+        raise ValueError(f"data: a class-conditional model (num_classes={n_classes}) trains on (images, labels); "
+                         f"got images alone")
+    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"data: expected integer labels, got {labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__}")
+    if labels.shape != (n_images,):
+        raise ValueError(f"data: expected one label an image ({n_images},), got shape {tuple(labels.shape)}")
+    if int(labels.min()) < 0 or int(labels.max()) >= n_classes:
+        raise ValueError(f"data: expected labels in [0, {n_classes}) (num_classes), got values in "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
+    return labels.long()
 
 
 def _fingerprint(data: torch.Tensor) -> str:
