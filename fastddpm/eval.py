@@ -8,7 +8,9 @@ and written as JSON (default: SAMPLES/eval-<data>-<split>.json, or SAMPLES.eval.
 
 The figures are Fréchet distance, KID (mean ± std over subsets), precision, recall, density
 and coverage in that network's features: comparable between samplers and models on the
-same data and network (its hash is in the report), not with Inception FID.
+same data and network (its hash is in the report), not with Inception FID. A generate folder
+of a class-conditional model adds class accuracy (the network's classifier recovering the
+asked-for labels) and the mean per-class Fréchet distance.
 """
 
 import argparse
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from . import cli, metrics
 from .io import checkpoint as ckpt
-from .io.samples import iter_samples
+from .io.samples import iter_samples, sample_labels
 
 
 def default_json(samples: Path, data: str, split: str) -> Path:
@@ -39,7 +41,8 @@ def main(argv=None) -> dict:
     ckpt.check_can_create(path.parent, "--json")
     if path.is_dir():
         raise ValueError(f"--json: {path} is a folder; expected a file to write")
-    report = metrics.evaluate(iter_samples(args.samples), args.data, args.split, kid_subsets=args.kid_subsets, k=args.k)
+    report = metrics.evaluate(iter_samples(args.samples), args.data, args.split, kid_subsets=args.kid_subsets, k=args.k,
+                              labels=sample_labels(args.samples))
     metrics.print_report(report)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1) + "\n")

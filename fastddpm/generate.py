@@ -35,6 +35,10 @@ def main(argv=None) -> dict:
                     help="clamp x̂_0 to [-1, 1] (ddpm, ddim; default: the model's, else off)")
     ap.add_argument("--prediction", default=None, choices=("epsilon", "v", "sample", "v_prediction"),
                     help="what the model predicts (default: the model's, read by load_model, else epsilon)")
+    ap.add_argument("--labels", default=None, help="a class-conditional model's classes: one int for every image, or a "
+                                                   "comma list, one an image (default: seed mod the number of classes)")
+    ap.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight w (0 unconditional, 1 plain)")
+    ap.add_argument("--guidance-interval", default=None, metavar="LO,HI", help="guide only for LO < t <= HI")
     ap.add_argument("--shard", type=int, default=1000, help="images a shard (default 1000)")
     ap.add_argument("--format", default="npz", choices=FORMATS, help="uint8 NHWC .npz shards, or a folder of PNGs a shard")
     ap.add_argument("--batch", type=int, default=1024, help="micro-batch (default 1024); the same --batch gives the same bytes")
@@ -44,6 +48,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--debug", action="store_true", help="a Python stack for every error (also FASTDDPM_DEBUG=1)")
     args = ap.parse_args(_negative_values(argv, "--seeds"))
     kw = {k: v for k, v in vars(args).items() if k not in ("model", "debug")}
+    if args.guidance_interval is not None:
+        try:
+            lo, hi = (float(v) for v in args.guidance_interval.split(","))
+        except ValueError:
+            ap.error(f"--guidance-interval: expected LO,HI (two numbers), got {args.guidance_interval!r}")
+        kw["guidance_interval"] = (lo, hi)
     return generate(args.model, **kw)
 
 

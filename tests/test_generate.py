@@ -249,3 +249,53 @@ def test_two_processes_may_create_the_folder_at_the_same_moment(tmp_path, monkey
 
     monkeypatch.setattr(type(target), "exists", exists_then_made_by_another)
     assert ckpt.make_dir(target) == target and target.is_dir()
+
+
+@pytest.fixture(scope="module")
+def cond_run(tmp_path_factory):
+    from fastddpm.io.data import load_labelled
+
+    folder = tmp_path_factory.mktemp("cond")
+    torch.manual_seed(0)
+    Trainer(UNet(UNetConfig(**{**TINY.__dict__, "num_classes": 10})), load_labelled("digits"),
+            TrainConfig(steps=2, batch_size=8, sample_every=0), out_dir=folder, device="cpu", progress=False).fit()
+    return folder
+
+
+def test_a_conditional_model_generates_with_labels_and_guidance(cond_run, tmp_path):
+    args = ["--n", "12", "--guidance", "2", "--guidance-interval", "100,800", "--method", "ddim", "--steps", "4", "--batch", "4"]
+    one = generate_main(["--model", str(cond_run), "--out", str(tmp_path / "one"), "--shard", "12", "--no-progress", *args])
+    many = generate_main(["--model", str(cond_run), "--out", str(tmp_path / "many"), "--shard", "5", "--no-progress", *args])
+    assert one["config"]["labels"] == "seed mod num_classes" and one["config"]["method"]["guidance"] == 2.0
+    with np.load(tmp_path / "one" / "shard-000000.npz") as f:
+        assert f["labels"].tolist() == [s % 10 for s in range(12)]
+        a = f["images"]
+    b = np.concatenate([np.load(tmp_path / "many" / f"shard-00000{i}.npz")["images"] for i in range(3)])
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # the same images, whatever the shard (fp32 micro-batches)
+    assert one["shards"][0]["labels"] == [s % 10 for s in range(12)]
+    fixed = generate_main(["--model", str(cond_run), "--out", str(tmp_path / "three"), "--labels", "3", "--no-progress", *args])
+    assert fixed["shards"][0]["labels"] == [3] * 12
+
+
+def test_conditional_generation_bad_input(cond_run, run, tmp_path):
+    base = ["--n", "4", "--method", "ddim", "--steps", "2", "--out", str(tmp_path / "never")]
+    for model, extra, match in ((run, ["--labels", "1"], "labels: this model is unconditional"),
+                                (run, ["--guidance", "2"], "guidance: classifier-free guidance needs a class-conditional"),
+                                (cond_run, ["--labels", "10"], r"labels: expected classes in \[0, 10\)"),
+                                (cond_run, ["--labels", "1,2"], "labels: 2 labels for 4 images"),
+                                (cond_run, ["--labels", "a"], "labels: expected an int or a comma list"),
+                                (cond_run, ["--guidance", "-1"], "guidance: expected a finite weight"),
+                                (cond_run, ["--guidance", "2", "--guidance-interval", "800,100"], "guidance_interval:")):
+        with pytest.raises((ValueError, TypeError), match=match):
+            generate_main(["--model", str(model), *base, *extra])
+    assert not (tmp_path / "never").exists()
+    with pytest.raises(SystemExit):
+        generate_main(["--model", str(cond_run), *base, "--guidance", "2", "--guidance-interval", "x"])
+
+
+def test_eval_of_a_conditional_generation_reports_class_accuracy(cond_run, tmp_path, capsys):
+    out = tmp_path / "g"
+    generate_main(["--model", str(cond_run), "--out", str(out), "--n", "70", "--method", "ddim", "--steps", "2", "--no-progress"])
+    report = eval_main([str(out), "--data", "digits"])
+    assert 0 <= report["class_accuracy"] <= 1 and report["fd_per_class_mean"] is None  # 7 a class: too few for per-class FD
+    assert "class accuracy" in capsys.readouterr().out

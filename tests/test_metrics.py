@@ -245,3 +245,22 @@ def test_a_damaged_reference_cache_is_computed_again(tmp_path, capsys):
     assert f"metrics: the cache {path} is damaged" in err and "computing it again" in err
     torch.testing.assert_close(again.all(), good.all())
     assert reference_features("digits", "test", cache=tmp_path).moments.n == good.moments.n  # the new cache reads
+
+
+def test_class_accuracy_and_per_class_fd_on_labelled_samples():
+    from fastddpm.io.data import labelled
+
+    images, labels = labelled("digits", "train")  # real digits with their true labels: the network recovers them
+    u8 = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    # against the train split: the digits' test split has ~36 images a class, under the 64 feature dimensions
+    right = metrics.evaluate(u8, "digits", "train", labels=labels)
+    wrong = metrics.evaluate(u8, "digits", "train", labels=(labels + 1) % 10)
+    assert right["class_accuracy"] > 0.9 and wrong["class_accuracy"] < 0.2
+    assert right["fd_per_class_mean"] is not None and len(right["fd_per_class"]) == 10
+    assert right["fd_per_class_mean"] < wrong["fd_per_class_mean"]  # each class's features against that class's
+    few = metrics.evaluate(u8[:300], "digits", "train", labels=labels[:300])  # ~30 a class < 64 dimensions: no per-class FD
+    assert few["fd_per_class_mean"] is None and few["class_accuracy"] > 0.9
+    with pytest.raises(ValueError, match="labels: expected 1437 integer labels"):
+        metrics.evaluate(u8, "digits", labels=labels[:5])
+    with pytest.raises(ValueError, match=r"labels: expected classes in \[0, 10\)"):
+        metrics.evaluate(u8, "digits", labels=labels + 10)

@@ -2,8 +2,9 @@
 `fastddpm.eval` reads.
 
     manifest.json          {"schema", "config", "complete", "shards", ...}; config first, shards once complete
-    shard-000000.npz       uint8 NHWC "images" and int64 "seeds"; or, as PNGs, a folder shard-000000/ of <seed>.png
-    shard-000000.json      the shard's sidecar: index, file, seeds (as [first, last] runs), count, sha256
+    shard-000000.npz       uint8 NHWC "images", int64 "seeds" (and "labels", class-conditional); or, as PNGs,
+                           a folder shard-000000/ of <seed>.png
+    shard-000000.json      the shard's sidecar: index, file, seeds (as [first, last] runs), count, sha256 (labels)
     .shard-000000.lock     the lock a process holds while it writes that shard
 
 Every file is written to a temporary name, fsynced and renamed. Readers take a generate
@@ -89,11 +90,14 @@ def complete_shard(out: Path, i: int, fmt: str):
         return None
 
 
-def write_shard(out: Path, i: int, fmt: str, images: np.ndarray, seeds: list) -> dict:
+def write_shard(out: Path, i: int, fmt: str, images: np.ndarray, seeds: list, labels: list = None) -> dict:
+    """Shard i: its images and seeds (and a class-conditional model's labels: in the .npz as
+    "labels", and in the sidecar for either format)."""
     name = shard_name(i, fmt)
     if fmt == "npz":
         buf = io.BytesIO()
-        np.savez(buf, images=images, seeds=np.asarray(seeds, dtype=np.int64))
+        extra = {} if labels is None else {"labels": np.asarray(labels, dtype=np.int64)}
+        np.savez(buf, images=images, seeds=np.asarray(seeds, dtype=np.int64), **extra)
         write_atomic(out / name, buf.getvalue())
     else:
         tmp = out / f".{name}.tmp-{os.getpid()}"
@@ -111,6 +115,8 @@ def write_shard(out: Path, i: int, fmt: str, images: np.ndarray, seeds: list) ->
             remove_tree(tmp)
     ckpt.fsync_dir(out)
     meta = {"index": i, "file": name, "seeds": seed_spec(seeds), "count": len(seeds), "sha256": digest_path(out / name)}
+    if labels is not None:
+        meta["labels"] = [int(v) for v in labels]
     write_atomic(out / f"shard-{i:06d}.json", (json.dumps(meta) + "\n").encode())
     ckpt.fsync_dir(out)
     return meta
@@ -254,6 +260,18 @@ def iter_samples(path, batch: int = 1000):
         if len(shapes) != 1:
             raise ValueError(f"SAMPLES: images of different shapes {sorted(shapes)[:3]} in {path}")
         yield torch.stack(imgs)
+
+
+def sample_labels(path):
+    """The asked-for labels of a generate folder of a class-conditional model (from its shards'
+    sidecars, in image order), else None."""
+    path = Path(path)
+    if not (path.is_dir() and (path / "manifest.json").exists()):
+        return None
+    shards = read_manifest(path).get("shards", [])
+    if not shards or any("labels" not in m for m in shards):
+        return None
+    return torch.tensor([v for m in shards for v in m["labels"]], dtype=torch.int64)
 
 
 def npz_images(path) -> torch.Tensor:

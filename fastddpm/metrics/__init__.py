@@ -135,18 +135,56 @@ def compare(samples: FeatureStream, ref: FeatureStream, kid_subsets: int = 100, 
     return out
 
 
-def evaluate(images, data: str, split: str = "test", cache=CACHE, **options) -> dict:
+def evaluate(images, data: str, split: str = "test", cache=CACHE, labels=None, **options) -> dict:
     """Quality of uint8 `images` (a tensor, or an iterable of tensors: streamed) against the
-    real `split` of `data`, in the shipped feature network's features."""
+    real `split` of `data`, in the shipped feature network's features. labels: the classes
+    a class-conditional model was asked for, one an image in order: adds class accuracy (the
+    feature network's classifier recovering them) and the mean per-class Fréchet distance."""
     check_options(**options)
     s = FeatureStream(data)
     for batch in ([images] if isinstance(images, torch.Tensor) else images):
         s.add_uint8(batch)
     if s.moments.n == 0:
         raise ValueError("samples: no images to evaluate")
-    out = compare(s, reference_features(data, split, cache), **options)
+    labels = _checked_labels(labels, s.moments.n, features.CONFIGS[data].classes)
+    ref = reference_features(data, split, cache)
+    out = compare(s, ref, **options)
+    if labels is not None:
+        out.update(per_class(s, ref, labels, data, split))
     out.update(data=data, split=split, feature_network=features.network_hash(data),
                feature_network_accuracy=features.card(data).get("test_accuracy"))
+    return out
+
+
+def _checked_labels(labels, n: int, classes: int):
+    if labels is None:
+        return None
+    labels = torch.as_tensor(labels)
+    if labels.is_floating_point() or labels.dim() != 1 or labels.numel() != n:
+        raise ValueError(f"labels: expected {n} integer labels (one an image), got {labels.dtype} of shape {tuple(labels.shape)}")
+    if int(labels.min()) < 0 or int(labels.max()) >= classes:
+        raise ValueError(f"labels: expected classes in [0, {classes}), got values in [{int(labels.min())}, {int(labels.max())}]")
+    return labels.long()
+
+
+@torch.no_grad()
+def per_class(samples: FeatureStream, ref: FeatureStream, labels: torch.Tensor, data: str, split: str) -> dict:
+    """Class accuracy (the feature network's classifier head on the samples' features against
+    the asked-for labels) and the Fréchet distance per class against the real images of that
+    class, and their mean (a class with no more samples than feature dimensions: None)."""
+    from ..io import data as datasets
+
+    fx = samples.all()
+    predicted = samples.net.head(fx.float()).argmax(dim=1)
+    out = {"class_accuracy": float((predicted == labels).float().mean())}
+    real_labels = datasets.labelled(data, split)[1]
+    fy = ref.all()
+    dim, fd = fx.shape[1], {}
+    for c in range(features.CONFIGS[data].classes):
+        a, b = fx[labels == c], fy[real_labels == c]
+        fd[c] = frechet(a.mean(0), torch.cov(a.T), b.mean(0), torch.cov(b.T)) if len(a) > dim and len(b) > dim else None
+    have = [v for v in fd.values() if v is not None]
+    out.update(fd_per_class=fd, fd_per_class_mean=sum(have) / len(have) if len(have) == len(fd) else None)
     return out
 
 
@@ -158,4 +196,8 @@ def print_report(r: dict, out=None) -> None:
     out.write(f"  Fréchet distance  {r['fd']:.4f}\n  KID               {r['kid']:.5f} ± {r['kid_std']:.5f}\n"
               f"  precision         {r['precision']:.3f}\n  recall            {r['recall']:.3f}\n"
               f"  density           {r['density']:.3f}\n  coverage          {r['coverage']:.3f}\n")
+    if "class_accuracy" in r:
+        mean = r["fd_per_class_mean"]
+        out.write(f"  class accuracy    {r['class_accuracy']:.3f}   (the feature network on real test images: "
+                  f"{r['feature_network_accuracy']})\n  per-class FD mean {f'{mean:.4f}' if mean is not None else '- (too few samples a class)'}\n")
     out.write("  (not Inception FID: comparable only with figures in the same feature network)\n")

@@ -115,6 +115,38 @@ def _device(device) -> torch.device:
     return K.check_device(device)
 
 
+def _image_labels(labels, seeds: list, n) -> tuple:
+    """(each image's label, or None; the manifest's record of them) for a model with n classes."""
+    if n is None:
+        if labels is not None:
+            raise ValueError("labels: this model is unconditional (no num_classes); pass no labels")
+        return None, None
+    if labels is None:
+        return [s % n for s in seeds], "seed mod num_classes"
+    if isinstance(labels, str):
+        labels = labels.strip()
+        try:
+            labels = int(labels) if "," not in labels else [int(v) for v in labels.split(",")]
+        except ValueError:
+            raise ValueError(f"labels: expected an int or a comma list of ints, got {labels!r}") from None
+    if isinstance(labels, bool) or isinstance(labels, float):
+        raise TypeError(f"labels: expected ints, got {labels!r}")
+    if isinstance(labels, (int, np.integer)):
+        out, spec = [int(labels)] * len(seeds), int(labels)
+    else:
+        out = list(labels)
+        if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in out):
+            raise TypeError(f"labels: expected ints, got {out[:8]!r}")
+        if len(out) != len(seeds):
+            raise ValueError(f"labels: {len(out)} labels for {len(seeds)} images; give one an image, one int for all, or none "
+                             f"(seed mod {n})")
+        out = [int(v) for v in out]
+        spec = out
+    if min(out) < 0 or max(out) >= n:
+        raise ValueError(f"labels: expected classes in [0, {n}), got values in [{min(out)}, {max(out)}]")
+    return out, spec
+
+
 def _check_eval(data: str, shape) -> None:
     """--eval DATA: a known data set whose feature network takes images of this shape."""
     from ..metrics import features
@@ -135,13 +167,16 @@ def _positive(v, name):
 
 def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm", steps: int = None, spacing: str = None,
              eta: float = 0.0, variance: str = None, clip: bool = None, clipped_eps: bool = False, prediction: str = None,
-             shard: int = 1000,
+             labels=None, guidance: float = None, guidance_interval=None, shard: int = 1000,
              format: str = "npz", batch: int = 1024, device=None, dtype=None, compile=None, eval: str = None,
              progress: bool = True, rank: int = None, world: int = None) -> dict:
     """Generate images into `out` (see the module's docstring); returns the manifest (or,
     while other processes still hold shards, what this one knows of it). spacing, variance,
     clip and prediction left None take the model's conventions (load_model); the manifest
-    records the value of each and where it came from."""
+    records the value of each and where it came from. A class-conditional model: labels is an
+    int (every image), a sequence (one an image) or None (image of seed s gets class s mod N:
+    balanced, and the same wherever the image is drawn); guidance / guidance_interval as the
+    Sampler's."""
     # ---- every argument, the model and the device checked before any file is written
     if out is None:
         raise ValueError("out: expected a folder for the shards")
@@ -156,11 +191,14 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
     ckpt.check_can_create(out, "out")  # created only once the model and the method are checked too
     net, schedule, info = load_model(model)
     m, used = conventions.of(net).resolve(method, steps, spacing=spacing, eta=eta, variance=variance, clip=clip,
-                                          clipped_eps=clipped_eps, prediction=prediction)
+                                          clipped_eps=clipped_eps, prediction=prediction, guidance=guidance,
+                                          guidance_interval=guidance_interval)
     m = m.checked(schedule.T)
     net = net.to(dev)
     sampler = Sampler(net, schedule, method=m.name, steps=m.steps, spacing=m.spacing, eta=m.eta, variance=m.variance, clip=m.clip,
-                      clipped_eps=m.clipped_eps, prediction=m.prediction, dtype=dtype, compile=compile, progress=False)
+                      clipped_eps=m.clipped_eps, prediction=m.prediction, guidance=m.guidance,
+                      guidance_interval=m.guidance_interval, dtype=dtype, compile=compile, progress=False)
+    image_labels, label_spec = _image_labels(labels, seeds, sampler.num_classes)
     if eval is not None:
         _check_eval(eval, sampler.shape)
     out = ckpt.check_writable(out, "out")
@@ -171,7 +209,9 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
         "model": info["source"], "model_hash": info["hash"], "schedule": {"T": schedule.T, "betas_sha256":
                   hashlib.sha256(schedule.betas.numpy().tobytes()).hexdigest()[:16]},
         "method": {"name": m.name, "steps": m.steps, "spacing": m.spacing, "eta": m.eta, "variance": m.variance, "clip": m.clip,
-                   "clipped_eps": m.clipped_eps, "prediction": m.prediction, "offset": m.offset},
+                   "clipped_eps": m.clipped_eps, "prediction": m.prediction, "offset": m.offset, "guidance": m.guidance,
+                   "guidance_interval": None if m.guidance_interval is None else list(m.guidance_interval)},
+        "labels": label_spec,
         "conventions": {k: {"value": v, "from": src} for k, (v, src) in used.items()},
         "seeds": seed_spec(seeds), "n": len(seeds), "shard": shard, "format": format, "micro_batch": micro,
         "model_dtype": str(sampler.dtype).replace("torch.", ""), "device_type": dev.type, "image_shape": list(sampler.shape),
@@ -200,17 +240,20 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
                 if complete_shard(out, i, format) is not None:  # finished by another process meanwhile
                     continue
                 chunk, parts = shards[i], []
+                first = i * shard
+                chunk_labels = None if image_labels is None else image_labels[first : first + len(chunk)]
                 mb = micro_batch(len(chunk), batch)
                 for j in range(0, len(chunk), mb):
                     part = chunk[j : j + mb]
                     pad = [part[-1] + 1 + q for q in range(mb - len(part))]  # discarded: fills the micro-batch
-                    imgs = sampler.run(seeds=torch.tensor(part + pad, dtype=torch.int64), max_batch=mb, progress=False)
+                    lab = None if chunk_labels is None else chunk_labels[j : j + mb] + [0] * len(pad)
+                    imgs = sampler.run(seeds=torch.tensor(part + pad, dtype=torch.int64), labels=lab, max_batch=mb, progress=False)
                     parts.append(to_uint8(imgs[: len(part)]).permute(0, 2, 3, 1).numpy())
                     done += len(part)
                     el = time.perf_counter() - t0
                     eta_s = (total - done) * el / max(done, 1)
                     say(f"\r{who}: {done}/{total} images  {rate(done, el)}  ETA {int(eta_s) // 60}m{int(eta_s) % 60:02d}s ")
-                write_shard(out, i, format, np.concatenate(parts), chunk)
+                write_shard(out, i, format, np.concatenate(parts), chunk, chunk_labels)
                 written += 1
             finally:
                 lock.release(remove=True)  # held: nobody else writes this shard now; a later run re-checks it
@@ -230,7 +273,8 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
         if eval is not None and rank == 0:
             from .. import metrics
 
-            report = metrics.evaluate((torch.from_numpy(shard_images(out, s, format)) for s in metas), eval)
+            labels = None if image_labels is None else torch.tensor([v for m in metas for v in m["labels"]])
+            report = metrics.evaluate((torch.from_numpy(shard_images(out, s, format)) for s in metas), eval, labels=labels)
             metrics.print_report(report)
             (out / f"eval-{eval}-test.json").write_text(json.dumps(report, indent=1) + "\n")
             manifest["eval"] = report
