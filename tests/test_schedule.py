@@ -40,7 +40,8 @@ def test_cosine_follows_nichol_dhariwal():
 
 def test_table_columns_against_the_schedule():
     s = Schedule.linear(T=50)
-    c = {name: int(getattr(tables, name)) for name in ("SQRT_AB", "SQRT_1M_AB", "X0_X", "X0_EPS", "C_X0", "C_X", "C_EPS", "C_H", "SIGMA")}
+    c = {name: int(getattr(tables, name))
+         for name in ("SQRT_AB", "SQRT_1M_AB", "X0_X", "X0_EPS", "C_X0", "C_X", "C_EPS", "C_H", "SIGMA", "GUIDE")}
     assert sorted(c.values()) == list(range(tables.NCOEF))  # every column named once
     for variance in ("large", "small", "none"):
         tab = s.table(variance).double()
@@ -51,6 +52,7 @@ def test_table_columns_against_the_schedule():
         torch.testing.assert_close(tab[:, c["SQRT_1M_AB"]], s.beta_bar, **close)
         torch.testing.assert_close(tab[:, c["X0_X"]], 1 / s.alpha_bar, **close)
         torch.testing.assert_close(tab[:, c["X0_EPS"]], s.beta_bar / s.alpha_bar, **close)
+        assert (tab[:, c["GUIDE"]] == 1).all()  # unguided: the model's output as it is
         # the posterior mean (Ho et al. eq. 7) in the seed notation, with ᾱ_{-1} = 1, β̄_{-1} = 0
         ab_prev = torch.cat([torch.ones(1, dtype=torch.float64), s.alpha_bar[:-1]])
         bb_prev = torch.cat([torch.zeros(1, dtype=torch.float64), s.beta_bar[:-1]])

@@ -114,8 +114,9 @@ def test_labels_are_checked():
                       (lambda: cond(x, t, torch.tensor([0])), "labels: expected shape"),
                       (lambda: cond(x, t, torch.tensor([0.0, 1.0])), "labels: expected an int32/int64"),
                       (lambda: UNetConfig(num_classes=0), "num_classes: expected None"),
-                      (lambda: Sampler(cond), "model: a class-conditional model needs labels"),
-                      (lambda: Trainer(cond, torch.zeros(4, 1, 16, 16), TrainConfig(steps=1)), "model: a class-conditional model")):
+                      (lambda: Sampler(cond, progress=False).run(batch=2), "labels: this model is class-conditional"),
+                      (lambda: Trainer(cond, torch.zeros(4, 1, 16, 16), TrainConfig(steps=1)),
+                       "data: a class-conditional model .* trains on \\(images, labels\\)")):
         with pytest.raises((ValueError, TypeError), match=match):
             fn()
     assert cond(x, t, torch.tensor([0, 3])).shape == x.shape  # 3: the null label

@@ -15,11 +15,13 @@ def model_output(out) -> torch.Tensor:
     raise TypeError(f"model: expected it to return a tensor or an object with .sample, got {type(out).__name__}")
 
 
-def checked_output(out, like: torch.Tensor) -> torch.Tensor:
-    """ε̂ for x_t `like`, or a clear error when the model answers something else."""
+def checked_output(out, like) -> torch.Tensor:
+    """ε̂ for x_t `like` (a tensor, or the shape expected), or a clear error when the model
+    answers something else."""
     eps = model_output(out)
-    if eps.shape != like.shape:
-        raise ValueError(f"model: returned shape {tuple(eps.shape)}, expected {tuple(like.shape)} (ε̂ for x_t)")
+    shape = tuple(like.shape) if isinstance(like, torch.Tensor) else tuple(like)
+    if tuple(eps.shape) != shape:
+        raise ValueError(f"model: returned shape {tuple(eps.shape)}, expected {shape} (ε̂ for x_t)")
     if not eps.is_floating_point():
         raise TypeError(f"model: returned dtype {eps.dtype}, expected a floating-point ε̂")
     return eps

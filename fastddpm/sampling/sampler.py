@@ -171,7 +171,7 @@ class Sampler:
         if guided:  # one model call on 2B: (x, labels) and (x, null); the kernel combines the halves
             m = b.x.shape[0]
             both = checked_output(self.model(torch.cat([b.x_in, b.x_in]), torch.cat([t, t]), torch.cat([b.labels, b.null])),
-                                  torch.cat([b.x, b.x]))
+                                  (2 * m, *b.x.shape[1:]))
             eps, eps_u = self._dense(both[:m]), self._dense(both[m:])
         elif self.num_classes is not None:
             eps = self._dense(checked_output(self.model(b.x_in, t, b.labels), b.x))
