@@ -34,6 +34,7 @@ PY
 status=0
 FASTDDPM_TEST_DEVICE=cuda timeout 210 python3 -m pytest -q -p no:cacheprovider \
     tests/test_q_sample.py tests/test_reverse_step.py tests/test_loss.py tests/test_loss_targets.py tests/test_philox.py \
+    "tests/test_guidance.py::test_fused_guided_step_equals_the_reference_combination" \
     tests/test_noise_stats.py tests/test_compile.py tests/test_validation.py tests/test_cuda.py \
     "tests/test_samplers.py::test_fused_chains_equal_diffusers_triton" \
     2>&1 | tee "$dir/tests.txt"
