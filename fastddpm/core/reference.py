@@ -23,7 +23,7 @@ and the plan's timesteps; never a kernel's arithmetic, never a coefficient table
 import torch
 
 from .. import kernels as K
-from .outputs import checked_output, num_classes
+from .outputs import checked_output, num_classes, seed_tensor
 from .plan import Plan
 from .schedule import Schedule
 
@@ -35,19 +35,6 @@ def _noise(noise, seeds, t, stream, like):
     if noise is None:
         noise = K.randn(like.shape, seeds, t.to(like.device), stream, device=like.device)
     return noise.to(like.dtype)
-
-
-def _seed_tensor(seeds) -> torch.Tensor:
-    """(B,) int64 seeds from a tensor or a sequence of ints."""
-    if isinstance(seeds, torch.Tensor):
-        t = seeds
-    elif isinstance(seeds, (list, tuple, range)) and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        t = torch.tensor(list(seeds), dtype=torch.int64)
-    else:
-        raise TypeError(f"seeds: expected an int64 tensor or a sequence of ints, got {type(seeds).__name__}")
-    if t.dtype != torch.int64 or t.dim() != 1 or t.numel() == 0:
-        raise ValueError(f"seeds: expected a non-empty 1-D int64 tensor, got {t.dtype} of shape {tuple(t.shape)}")
-    return t
 
 
 def _check(schedule: Schedule, t: torch.Tensor = None, name: str = "t") -> None:
@@ -259,7 +246,7 @@ def sample(model, schedule: Schedule, seeds: torch.Tensor, shape: tuple, method=
     (seeds[k], STREAM_REVERSE, t). stop_after: only the first n steps (returns that state).
     """
     plan = method if isinstance(method, Plan) else Plan.build(schedule, method, **options)
-    seeds = _seed_tensor(seeds)
+    seeds = seed_tensor(seeds)
     B = seeds.numel()
     dev = seeds.device
     x = K.randn((B, *shape), seeds, torch.zeros(B, dtype=torch.int64, device=dev), K.STREAM_PRIOR).to(dtype)  # x_T

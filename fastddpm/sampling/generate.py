@@ -30,6 +30,7 @@ import torch
 
 from .. import kernels as K
 from ..core import conventions
+from ..core.outputs import label_tensor, seed_tensor
 from ..models.loading import load_model
 from ..io import checkpoint as ckpt
 from ..io.images import to_uint8
@@ -75,21 +76,9 @@ def micro_batch(images: int, batch: int) -> int:
 
 def _checked_seeds(seeds, n) -> list:
     if seeds is not None:
-        if isinstance(seeds, str):
-            seeds = parse_seeds(seeds)
-        else:
-            try:
-                seeds = list(seeds)
-            except TypeError:
-                raise TypeError(f"seeds: expected a sequence of ints or a spec like '0-99', got {type(seeds).__name__}") from None
-            if any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) for s in seeds):
-                bad = next(s for s in seeds if isinstance(s, bool) or not isinstance(s, (int, np.integer)))
-                raise TypeError(f"seeds: expected ints, got {bad!r}")
-            seeds = [int(s) for s in seeds]
-        if not seeds or len(set(seeds)) != len(seeds):
-            raise ValueError("seeds: expected a non-empty list of distinct seeds")
-        if min(seeds) < -(2**63) or max(seeds) >= 2**63:
-            raise ValueError("seeds: expected seeds in [-2**63, 2**63)")
+        seeds = parse_seeds(seeds) if isinstance(seeds, str) else seed_tensor(seeds).tolist()  # a spec, or the Sampler's rule
+        if len(set(seeds)) != len(seeds):
+            raise ValueError("seeds: expected a list of distinct seeds (every image needs its own)")
         if n is not None and _positive(n, "n") != len(seeds):
             raise ValueError(f"n: {n} disagrees with the {len(seeds)} seeds given")
         return seeds
@@ -129,22 +118,14 @@ def _image_labels(labels, seeds: list, n) -> tuple:
             labels = int(labels) if "," not in labels else [int(v) for v in labels.split(",")]
         except ValueError:
             raise ValueError(f"labels: expected an int or a comma list of ints, got {labels!r}") from None
-    if isinstance(labels, bool) or isinstance(labels, float):
-        raise TypeError(f"labels: expected ints, got {labels!r}")
-    if isinstance(labels, (int, np.integer)):
-        out, spec = [int(labels)] * len(seeds), int(labels)
-    else:
-        out = list(labels)
-        if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in out):
-            raise TypeError(f"labels: expected ints, got {out[:8]!r}")
-        if len(out) != len(seeds):
-            raise ValueError(f"labels: {len(out)} labels for {len(seeds)} images; give one an image, one int for all, or none "
-                             f"(seed mod {n})")
-        out = [int(v) for v in out]
-        spec = out
-    if min(out) < 0 or max(out) >= n:
-        raise ValueError(f"labels: expected classes in [0, {n}), got values in [{min(out)}, {max(out)}]")
-    return out, spec
+    one = isinstance(labels, (int, np.integer)) and not isinstance(labels, bool)
+    if not one and not isinstance(labels, (bool, float, torch.Tensor)):
+        labels = list(labels)
+    if not one and not isinstance(labels, (bool, float)) and len(labels) != len(seeds):
+        raise ValueError(f"labels: {len(labels)} labels for {len(seeds)} images; give one an image, one int for all, or none "
+                         f"(seed mod {n})")
+    out = label_tensor(labels, len(seeds), n).tolist()  # the Sampler's rule: ints in [0, n)
+    return out, (int(labels) if one else out)
 
 
 def _check_eval(data: str, shape) -> None:

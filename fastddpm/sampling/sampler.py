@@ -22,12 +22,11 @@ import warnings
 from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
 import torch
 from torch import nn
 
 from .. import kernels as K
-from ..core.outputs import checked_output, image_shape, num_classes
+from ..core.outputs import checked_output, image_shape, label_tensor, num_classes, seed_tensor
 from ..core import conventions
 from ..core.plan import Plan
 from ..core.schedule import Schedule
@@ -320,38 +319,11 @@ class Sampler:
         if labels is None:
             raise ValueError(f"labels: this model is class-conditional (num_classes={n}): pass labels= (one int for all, "
                              f"or one a image); guidance=0 samples unconditionally")
-        if isinstance(labels, bool) or isinstance(labels, (str, bytes, float)):
-            raise TypeError(f"labels: expected ints, got {labels!r}")
-        if isinstance(labels, (int, np.integer)):
-            labels = torch.full((B,), int(labels), dtype=torch.int64)
-        elif not isinstance(labels, torch.Tensor):
-            values = list(labels)
-            if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in values):
-                raise TypeError(f"labels: expected ints, got {values[:8]!r}")
-            labels = torch.tensor(values, dtype=torch.int64)
-        if labels.dtype not in (torch.int32, torch.int64):
-            raise TypeError(f"labels: expected an integer tensor, got {labels.dtype}")
-        if labels.shape != (B,):
-            raise ValueError(f"labels: expected one label an image ({B},), got shape {tuple(labels.shape)}")
-        if int(labels.min()) < 0 or int(labels.max()) >= n:
-            raise ValueError(f"labels: expected classes in [0, {n}), got values in [{int(labels.min())}, {int(labels.max())}]")
-        return labels.to(self.device, torch.int64)
+        return label_tensor(labels, B, n).to(self.device)
 
     def _seeds(self, batch, seed, seeds) -> torch.Tensor:
         if seeds is not None:
-            if isinstance(seeds, (str, bytes)):
-                raise TypeError(f"seeds: expected a tensor or a sequence of ints, got the string {seeds!r} (for a range, "
-                                f"pass range(a, b) or seed= with batch=)")
-            if not isinstance(seeds, torch.Tensor):
-                try:
-                    values = [int(s) if isinstance(s, (int, np.integer)) and not isinstance(s, bool) else None for s in seeds]
-                except TypeError:
-                    values = [None]
-                if not values or None in values or not all(-(2**63) <= v < 2**63 for v in values):
-                    raise ValueError(f"seeds: expected a non-empty sequence of ints in [-2**63, 2**63), got {seeds!r}"[:200])
-                seeds = torch.tensor(values, dtype=torch.int64)
-            if seeds.dtype != torch.int64 or seeds.dim() != 1 or seeds.numel() < 1:
-                raise ValueError(f"seeds: expected a non-empty 1-D int64 tensor of per-image seeds, got {seeds.dtype} {tuple(seeds.shape)}")
+            seeds = seed_tensor(seeds)
             if batch is not None and batch != seeds.numel():
                 raise ValueError(f"batch: {batch} disagrees with len(seeds) = {seeds.numel()}")
             return seeds.to(self.device)
