@@ -65,6 +65,15 @@ def assert_close_fp(actual, expected, dtype, ref_lowp=None):
     )
 
 
+def assert_fp32_chain(fast, exact, plain, steps: int, scale=None):
+    """A fast fp32 chain against the float64 one: at most twice the error of the plain fp32
+    reference chain, plus 2^-24 (half an fp32 ulp at 1) a step at the state's scale (the
+    larger of |exact| and the prior's 4; `scale` fixes it instead)."""
+    err, plain_err = (fast.double() - exact).abs().max().item(), (plain.double() - exact).abs().max().item()
+    scale = max(exact.abs().max().item(), 4.0) if scale is None else scale
+    assert err <= 2 * plain_err + steps * 2.0**-24 * scale, (err, plain_err)
+
+
 def addressed_noise(shape, seeds, t, stream, device):
     """The addressed normals from the torch twin on the CPU, moved to `device`: feeding
     these to the reference also checks that CPU and device draw the same noise."""

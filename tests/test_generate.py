@@ -265,7 +265,7 @@ def cond_run(tmp_path_factory):
 def test_a_conditional_model_generates_with_labels_and_guidance(cond_run, tmp_path):
     args = ["--n", "12", "--guidance", "2", "--guidance-interval", "100,800", "--method", "ddim", "--steps", "4", "--batch", "4"]
     one = generate_main(["--model", str(cond_run), "--out", str(tmp_path / "one"), "--shard", "12", "--no-progress", *args])
-    many = generate_main(["--model", str(cond_run), "--out", str(tmp_path / "many"), "--shard", "5", "--no-progress", *args])
+    generate_main(["--model", str(cond_run), "--out", str(tmp_path / "many"), "--shard", "5", "--no-progress", *args])
     assert one["config"]["labels"] == "seed mod num_classes" and one["config"]["method"]["guidance"] == 2.0
     with np.load(tmp_path / "one" / "shard-000000.npz") as f:
         assert f["labels"].tolist() == [s % 10 for s in range(12)]

@@ -8,7 +8,7 @@ import types
 
 import pytest
 import torch
-from helpers import assert_close_fp
+from helpers import assert_close_fp, assert_fp32_chain
 
 from fastddpm import Plan, Sampler, Schedule, UNet, UNetConfig, fused
 from fastddpm import kernels as K
@@ -82,15 +82,14 @@ def test_guided_chains_equal_the_reference(backend, config):
     plain = R.sample(model, S, seeds, (3, 5, 5), method, labels=labels, dtype=torch.float32, **kw)
     with K.cpu_backend(backend):
         fast = Sampler(model, S, method=method, shape=(3, 5, 5), progress=False, **kw).run(seeds=seeds, labels=labels)
-    err, plain_err = (fast.double() - exact).abs().max().item(), (plain.double() - exact).abs().max().item()
-    assert err <= 2 * plain_err + 10 * 2.0**-24 * max(exact.abs().max().item(), 4.0), (err, plain_err)
+    assert_fp32_chain(fast, exact, plain, steps=10)
     unguided = Sampler(model, S, method=method, shape=(3, 5, 5), progress=False, **options).run(seeds=seeds, labels=labels)
     assert (unguided - fast).abs().max() > 1e-3  # guidance changed the images
 
 
 @pytest.mark.parametrize("method", ["ddpm", "ddim", "dpm++2m"])
 def test_guided_chains_equal_diffusers_fed_the_guided_eps(method, monkeypatch):
-    from test_parameterizations import SEEDS, SHAPE, diffusers_chain
+    from test_parameterizations import SEEDS, SHAPE, chain_in_diffusers
 
     model, labels, w = ToyConditional(), torch.tensor([2, 0]), 4.0
     null = torch.full_like(labels, 4)
@@ -99,7 +98,7 @@ def test_guided_chains_equal_diffusers_fed_the_guided_eps(method, monkeypatch):
         return model(x, t, null) + w * (model(x, t, labels) - model(x, t, null))
 
     ours = R.sample(model, S, SEEDS, SHAPE, method, labels=labels, steps=10, guidance=w, dtype=torch.float64)
-    theirs = diffusers_chain(method, S, "epsilon", 10, monkeypatch, model=guided)
+    theirs = chain_in_diffusers(method, S, "epsilon", 10, monkeypatch, model=guided)
     torch.testing.assert_close(ours, theirs)
 
 

@@ -6,6 +6,7 @@ parameterizations samples the same images; bad input."""
 
 import pytest
 import torch
+from helpers import assert_fp32_chain
 
 
 from fastddpm import Plan, Sampler, Schedule
@@ -15,13 +16,11 @@ from fastddpm.core.conventions import Conventions
 
 diffusers = pytest.importorskip("diffusers")
 import diffusers.schedulers.scheduling_ddpm as ddpm_module  # noqa: E402
-import diffusers.schedulers.scheduling_dpmsolver_multistep as dpm_module  # noqa: E402
-from test_samplers import _Float32MeansFloat64, follows_diffusers  # noqa: E402
+from test_samplers import diffusers_chain, follows_diffusers  # noqa: E402
 
 SHAPE = (3, 6, 5)
 SEEDS = torch.tensor([3, 11])
 LINEAR, ZSNR = Schedule.linear(), Schedule.linear().rescale_zero_snr()
-DIFFUSERS_NAME = {"epsilon": "epsilon", "v": "v_prediction", "sample": "sample"}
 CONFIGS = [  # (method, options)
     ("ddpm", dict(variance="large")), ("ddpm", dict(variance="small")), ("ddpm", dict(variance="small", clip=True)),
     ("ddim", dict()), ("ddim", dict(eta=1.0)), ("ddim", dict(clip=True)), ("ddim", dict(eta=0.5, clip=True, clipped_eps=True)),
@@ -55,51 +54,10 @@ def toy_model(prediction, S):
     return model
 
 
-def diffusers_chain(method, S, prediction, steps, monkeypatch, variance="large", clip=False, eta=0.0, clipped_eps=False,
-                    spacing="trailing", model=None):
-    karras = spacing == "karras"
-    spacing = "linspace" if karras else spacing  # (ignored by diffusers under use_karras_sigmas)
-    """diffusers' own loop in float64 with its prediction_type, on our schedule, our prior, our noise."""
-    a = S.alphas_cumprod.clone()
-    common = dict(num_train_timesteps=S.T, timestep_spacing=spacing, prediction_type=DIFFUSERS_NAME[prediction])
-    if method == "ddpm":
-        sc = diffusers.DDPMScheduler(**common, variance_type="fixed_" + variance, clip_sample=clip)
-    elif method == "ddim":
-        sc = diffusers.DDIMScheduler(**common, clip_sample=clip)
-    else:
-        sc = diffusers.DPMSolverMultistepScheduler(**common, solver_order=2, use_karras_sigmas=karras,
-                                                   algorithm_type="dpmsolver++" if method == "dpm++2m" else "sde-dpmsolver++")
-        monkeypatch.setattr(dpm_module, "torch", _Float32MeansFloat64("torch"))
-        if S.zero_terminal_snr:
-            a[-1] = 2.0**-24  # what its rescale_betas_zero_snr does
-    sc.betas, sc.alphas, sc.alphas_cumprod = S.betas.clone(), S.alphas.clone(), a
-    sc.one = sc.final_alpha_cumprod = torch.tensor(1.0, dtype=torch.float64)
-    sc.alpha_t, sc.sigma_t = a.sqrt(), (1 - a).sqrt()
-    sc.lambda_t = sc.alpha_t.log() - sc.sigma_t.log()
-    sc.set_timesteps(steps)
-    if karras:  # its own Karras grid, in float64 (set_timesteps stores it in float32)
-        sig = sc._convert_to_karras(in_sigmas=((1 - a) / a).sqrt().flip(0).numpy(), num_inference_steps=steps)
-        sc.sigmas = torch.cat([torch.as_tensor(sig, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
-    elif method not in ("ddpm", "ddim"):
-        sc.sigmas = torch.cat([((1 - a) / a).sqrt()[sc.timesteps.long()], torch.zeros(1, dtype=torch.float64)])
-    model = model or toy_model(prediction, S)
-    B = SEEDS.numel()
-    x = K.randn((B, *SHAPE), SEEDS, torch.zeros(B, dtype=torch.int64), K.STREAM_PRIOR).double()
-    ts = [int(v) for v in sc.timesteps]
-    for i, t in enumerate(ts):
-        tt = torch.full((B,), t)
-        out = model(x, tt)
-        z = K.randn(x.shape, SEEDS, tt, K.STREAM_REVERSE).double()
-        if method == "ddpm":
-            last = torch.zeros_like(z) if i == len(ts) - 1 else z  # fastddpm ends with the mean (test_samplers.py)
-            monkeypatch.setattr(ddpm_module, "randn_tensor", lambda *args, _z=last, **kw: _z)
-            x = sc.step(out, t, x).prev_sample
-        elif method == "ddim":
-            x = sc.step(out, t, x, eta=eta, use_clipped_model_output=clipped_eps, variance_noise=z if eta > 0 else None).prev_sample
-        else:
-            x = sc.step(out, t, x, variance_noise=z).prev_sample
-    monkeypatch.undo()
-    return x
+def chain_in_diffusers(method, S, prediction, steps, monkeypatch, spacing="trailing", model=None, **options):
+    """test_samplers.diffusers_chain on schedule S, for a model predicting `prediction` (this file's toy by default)."""
+    return diffusers_chain(method, spacing, steps, SEEDS, monkeypatch, schedule=S, prediction=prediction,
+                           model=model or toy_model(prediction, S), **options)
 
 
 def reference_chain(method, S, prediction, steps, dtype=torch.float64, **options):
@@ -114,7 +72,7 @@ def test_reference_chains_equal_diffusers(config, prediction, monkeypatch):
         if not follows_diffusers(method, options.get("spacing", "trailing"), steps):
             continue  # diffusers' DDIM steps to t - T//N, not its next timestep (test_samplers.py)
         ours = reference_chain(method, LINEAR, prediction, steps, **options)
-        theirs = diffusers_chain(method, LINEAR, prediction, steps, monkeypatch, **options)
+        theirs = chain_in_diffusers(method, LINEAR, prediction, steps, monkeypatch, **options)
         torch.testing.assert_close(ours, theirs, msg=lambda m: f"{steps} steps: {m}")
 
 
@@ -134,7 +92,7 @@ def test_karras_timesteps_are_diffusers(steps):
 def test_karras_chains_equal_diffusers(method, prediction, monkeypatch):
     for steps in (1, 3, 10, 25):
         ours = reference_chain(method, LINEAR, prediction, steps, spacing="karras")
-        theirs = diffusers_chain(method, LINEAR, prediction, steps, monkeypatch, spacing="karras")
+        theirs = chain_in_diffusers(method, LINEAR, prediction, steps, monkeypatch, spacing="karras")
         torch.testing.assert_close(ours, theirs, msg=lambda m: f"{steps} steps: {m}")
 
 
@@ -144,7 +102,7 @@ def test_zero_terminal_snr_with_v_equals_diffusers(method, monkeypatch):
         if not follows_diffusers(method, "trailing", steps):
             continue
         ours = reference_chain(method, ZSNR, "v", steps)
-        theirs = diffusers_chain(method, ZSNR, "v", steps, monkeypatch)
+        theirs = chain_in_diffusers(method, ZSNR, "v", steps, monkeypatch)
         assert torch.isfinite(ours).all()
         torch.testing.assert_close(ours, theirs, msg=lambda m: f"{steps} steps: {m}")
 
@@ -169,8 +127,7 @@ def test_fused_sampler_equals_reference(config, prediction, backend):
     with K.cpu_backend(backend):
         fast = Sampler(toy_model(prediction, S), S, method=method, steps=10, prediction=prediction, shape=SHAPE,
                        progress=False, **options).run(seeds=SEEDS)
-    err, plain_err = (fast.double() - exact).abs().max().item(), (plain.double() - exact).abs().max().item()
-    assert err <= 2 * plain_err + 10 * 2.0**-24 * max(exact.abs().max().item(), 4.0), (err, plain_err)
+    assert_fp32_chain(fast, exact, plain, steps=10)
 
 
 @pytest.mark.parametrize("method", ["ddpm", "ddim", "dpm++2m"])
@@ -320,8 +277,7 @@ def test_a_karras_grid_that_repeats_timesteps():
     fast = Sampler(toy_model("epsilon", S), S, method="dpm++2m", steps=10, spacing="karras", shape=SHAPE, progress=False,
                    dtype=torch.float32).run(seeds=SEEDS)
     plain = R.sample(toy_model("epsilon", S), S, SEEDS, SHAPE, plan, dtype=torch.float32)
-    err, plain_err = (fast.double() - exact).abs().max().item(), (plain.double() - exact).abs().max().item()
-    assert err <= 2 * plain_err + 10 * 2.0**-24 * 4.0, (err, plain_err)
+    assert_fp32_chain(fast, exact, plain, steps=10, scale=4.0)
     with pytest.raises(ValueError, match="spacing: 'karras' with steps=10 .* repeated"):
         Plan.build(S, "sde-dpm++2m", steps=10, spacing="karras")
 

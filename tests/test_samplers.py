@@ -65,30 +65,44 @@ def follows_diffusers(method: str, spacing: str, steps: int) -> bool:
     return not (method == "ddim" and (spacing == "linspace" or (spacing == "trailing" and S.T % steps)))
 
 
-def diffusers_chain(method, spacing, steps, seeds, monkeypatch, variance="large", clip=False, eta=0.0, clipped_eps=False):
-    """diffusers' own scheduler loop in float64 on our schedule, with our prior and our noise."""
-    a = S.alphas_cumprod
+DIFFUSERS_PREDICTION = {"epsilon": "epsilon", "v": "v_prediction", "sample": "sample"}
+
+
+def diffusers_chain(method, spacing, steps, seeds, monkeypatch, variance="large", clip=False, eta=0.0, clipped_eps=False, *,
+                    schedule=S, prediction="epsilon", model=toy_model):
+    """diffusers' own scheduler loop in float64 on our schedule, with our prior and our noise:
+    its prediction_type, Karras σ ("karras": use_karras_sigmas) and zero terminal SNR (where
+    its DPMSolverMultistepScheduler takes ᾱ²_{T-1} = 2**-24) as asked."""
+    karras = spacing == "karras"
+    a = schedule.alphas_cumprod.clone()
+    common = dict(num_train_timesteps=schedule.T, timestep_spacing="linspace" if karras else spacing,  # (karras: ignored)
+                  prediction_type=DIFFUSERS_PREDICTION[prediction])
     if method == "ddpm":
-        sc = diffusers.DDPMScheduler(num_train_timesteps=S.T, timestep_spacing=spacing, variance_type="fixed_" + variance, clip_sample=clip)
+        sc = diffusers.DDPMScheduler(**common, variance_type="fixed_" + variance, clip_sample=clip)
     elif method == "ddim":
-        sc = diffusers.DDIMScheduler(num_train_timesteps=S.T, timestep_spacing=spacing, clip_sample=clip)
+        sc = diffusers.DDIMScheduler(**common, clip_sample=clip)
     else:
-        sc = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=S.T, timestep_spacing=spacing, solver_order=2,
+        sc = diffusers.DPMSolverMultistepScheduler(**common, solver_order=2, use_karras_sigmas=karras,
                                                    algorithm_type="dpmsolver++" if method == "dpm++2m" else "sde-dpmsolver++")
         monkeypatch.setattr(dpm_module, "torch", _Float32MeansFloat64("torch"))
-    sc.betas, sc.alphas, sc.alphas_cumprod = S.betas.clone(), S.alphas.clone(), a.clone()  # our float64 tables
+        if schedule.zero_terminal_snr:
+            a[-1] = 2.0**-24  # what its rescale_betas_zero_snr does
+    sc.betas, sc.alphas, sc.alphas_cumprod = schedule.betas.clone(), schedule.alphas.clone(), a  # our float64 tables
     sc.one = sc.final_alpha_cumprod = torch.tensor(1.0, dtype=torch.float64)
     sc.alpha_t, sc.sigma_t = a.sqrt(), (1 - a).sqrt()
     sc.lambda_t = sc.alpha_t.log() - sc.sigma_t.log()
     sc.set_timesteps(steps)
-    if method not in ("ddpm", "ddim"):  # set_timesteps stores its sigmas in float32: the same values in float64
+    if karras:  # its own Karras grid, in float64 (set_timesteps stores it in float32)
+        sig = sc._convert_to_karras(in_sigmas=((1 - a) / a).sqrt().flip(0).numpy(), num_inference_steps=steps)
+        sc.sigmas = torch.cat([torch.as_tensor(sig, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
+    elif method not in ("ddpm", "ddim"):  # set_timesteps stores its sigmas in float32: the same values in float64
         sc.sigmas = torch.cat([((1 - a) / a).sqrt()[sc.timesteps.long()], torch.zeros(1, dtype=torch.float64)])
     B = seeds.numel()
     x = K.randn((B, *SHAPE), seeds, torch.zeros(B, dtype=torch.int64), K.STREAM_PRIOR).double()
     ts = [int(v) for v in sc.timesteps]
     for i, t in enumerate(ts):
         tt = torch.full((B,), t)
-        eps = toy_model(x, tt)
+        out = model(x, tt)
         z = K.randn(x.shape, seeds, tt, K.STREAM_REVERSE).double()
         if method == "ddpm":
             # diffusers adds noise at its last step whenever that step's t > 0 (trailing spacing),
@@ -96,11 +110,11 @@ def diffusers_chain(method, spacing, steps, seeds, monkeypatch, variance="large"
             # as Ho et al. and improved-diffusion do. Its last draw is fed zeros to compare the rest.
             last = torch.zeros_like(z) if i == len(ts) - 1 else z
             monkeypatch.setattr(ddpm_module, "randn_tensor", lambda *args, _z=last, **kw: _z)
-            x = sc.step(eps, t, x).prev_sample
+            x = sc.step(out, t, x).prev_sample
         elif method == "ddim":
-            x = sc.step(eps, t, x, eta=eta, use_clipped_model_output=clipped_eps, variance_noise=z if eta > 0 else None).prev_sample
+            x = sc.step(out, t, x, eta=eta, use_clipped_model_output=clipped_eps, variance_noise=z if eta > 0 else None).prev_sample
         else:
-            x = sc.step(eps, t, x, variance_noise=z).prev_sample
+            x = sc.step(out, t, x, variance_noise=z).prev_sample
     monkeypatch.undo()
     return x
 
