@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _checks, tables
+from . import _checks
 from ._cast import to_storage
 from ._tile import at, channels_last, lane_mask, launch, noise4, row_index, tile
 from .philox import STREAM_REVERSE, noise_torch

@@ -14,6 +14,8 @@ reads the conditional and unconditional outputs and takes m = m_u + GUIDE · (m_
 kernels as they are and by host code as int(column) (torch indexing wants a plain int). In the seed notation ᾱ_t² = alphas_cumprod[t].
 """
 
+import math
+
 import torch
 import triton.language as tl
 
@@ -78,7 +80,7 @@ def min_snr_weights(alphas_cumprod, gamma: float = 5.0, prediction: str = "epsil
     weight undefined (an ε model cannot train there): a ValueError.
     """
     prediction = prediction_name(prediction)
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma > 0 or gamma != gamma or gamma == float("inf"):
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma <= 0:
         raise ValueError(f"gamma: expected a finite number > 0 (5 is the paper's), got {gamma!r}")
     ac = check_alphas_cumprod(alphas_cumprod)
     snr = ac / (1 - ac)
