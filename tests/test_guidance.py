@@ -134,6 +134,39 @@ def test_outside_the_interval_the_unconditional_half_is_skipped():
     assert sorted(calls) == sorted([2, 4] + [4] * guided_steps + [2] * (s.plan.K - guided_steps))
 
 
+class Recording(ToyConditional):
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __call__(self, x, t, labels):
+        self.calls.append(labels.tolist())
+        return super().__call__(x, t, labels)
+
+
+@pytest.mark.parametrize("interval", [None, (300, 700)])
+def test_w0_steps_call_the_model_once_with_the_null_label(interval):
+    """w = 0 is ε̂(x, ∅) exactly: those steps run B images with the null label, no conditional
+    half, and the chain equals the reference's two-call combination; with no label asked for
+    anywhere (w = 0 on every step) the labels may be left out."""
+    model, labels = Recording(), torch.tensor([0, 3])
+    s = Sampler(model, S, method="sde-dpm++2m", steps=10, guidance=0.0, guidance_interval=interval, shape=(3, 5, 5),
+                progress=False)
+    fast = s.run(seeds=[4, 9], labels=labels)
+    null = [4, 4]
+    w0 = [t for t in s.plan.timesteps if interval is None or interval[0] < t <= interval[1]]
+    run = model.calls[-s.plan.K:]
+    assert run.count(null) == len(w0) and all(c in (null, [0, 3]) for c in run)  # B images a step, never 2B
+    exact = R.sample(ToyConditional(), S, torch.tensor([4, 9]), (3, 5, 5), "sde-dpm++2m", steps=10, labels=labels,
+                     guidance=0.0, guidance_interval=interval, dtype=torch.float64)
+    torch.testing.assert_close(fast, exact.float(), rtol=1e-4, atol=1e-4)
+    if interval is None:
+        torch.testing.assert_close(s.run(seeds=[4, 9]), fast, rtol=0, atol=0)  # the labels change nothing at w = 0
+    else:
+        with pytest.raises(ValueError, match="labels: this model is class-conditional"):
+            s.run(seeds=[4, 9])
+
+
 def test_a_class_conditional_unet_samples_with_guidance():
     net = toy_unet()
     s = Sampler(net, S, method="dpm++2m", steps=4, guidance=2.0, progress=False)

@@ -223,6 +223,13 @@ class Plan:
         return len(self.timesteps)
 
     @property
+    def kinds(self) -> tuple:
+        """Each step's kind: "guided" (w ∉ {0, 1}: a conditional and an unconditional output,
+        combined), "null" (w = 0: the unconditional output alone, exactly) or "plain" (w = 1,
+        or unguided: one output as it is)."""
+        return tuple("plain" if w == 1.0 else "null" if w == 0.0 else "guided" for w in self.rows[:, int(GUIDE)].tolist())
+
+    @property
     def multistep(self) -> bool:
         return self.method.multistep
 

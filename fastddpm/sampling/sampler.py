@@ -44,7 +44,7 @@ class _Buffers:
     h: Optional[torch.Tensor]  # (m, C, H, W) fp32 previous x̂_0 (multistep solvers)
     labels: Optional[torch.Tensor] = None  # (m,) int64 class labels (a class-conditional model)
     null: Optional[torch.Tensor] = None  # (m,) int64 the null label, for the unconditional half
-    steps: dict = None  # guided (bool) -> callable running one step of that kind on these buffers
+    steps: dict = None  # a step's kind (Sampler.kinds) -> callable running one step of that kind on these buffers
     graphs: list = None  # the CUDA graphs behind them (kept alive)
 
 
@@ -71,7 +71,9 @@ class Sampler:
     guidance:      classifier-free guidance weight w for a class-conditional model (Ho &
                    Salimans 2022: m = m(x, ∅) + w (m(x, c) − m(x, ∅)); 0 unconditional, 1 plain
                    conditional). A guided step calls the model once on a 2B batch (labels, then
-                   the null label) and the fused kernel combines the halves in registers.
+                   the null label) and the fused kernel combines the halves in registers; a
+                   step with w = 0 calls it on B images with the null label only (and with
+                   w = 0 on every step, run() needs no labels).
     guidance_interval: (t_lo, t_hi): guide only for t_lo < t <= t_hi (Kynkäänniemi et al. 2024);
                    the other steps call the model on B images with their labels (w = 1).
     dtype:         the model's compute dtype: default bf16 on CUDA, fp32 on CPU. The
@@ -117,6 +119,7 @@ class Sampler:
         if guidance is not None and self.num_classes is None:
             raise ValueError("guidance: classifier-free guidance needs a class-conditional model (num_classes); this one "
                              "is unconditional")
+        self.kinds = self.plan.kinds  # "guided" (one 2B call), "null" (w = 0: B images, the null label) or "plain"
         self.schedule = self.plan.schedule
         self.shape = image_shape(model, shape)
         params = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
@@ -164,14 +167,16 @@ class Sampler:
             eps = eps.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         return eps
 
-    def _step(self, b: _Buffers, guided: bool = False) -> None:
+    def _step(self, b: _Buffers, kind: str = "plain") -> None:
         t = self.timesteps[b.k]
         eps_u = None
-        if guided:  # one model call on 2B: (x, labels) and (x, null); the kernel combines the halves
+        if kind == "guided":  # one model call on 2B: (x, labels) and (x, null); the kernel combines the halves
             m = b.x.shape[0]
             both = checked_output(self.model(torch.cat([b.x_in, b.x_in]), torch.cat([t, t]), torch.cat([b.labels, b.null])),
                                   (2 * m, *b.x.shape[1:]))
             eps, eps_u = self._dense(both[:m]), self._dense(both[m:])
+        elif kind == "null":  # w = 0: m(x, ∅) exactly (ε̂_u + 0·(ε̂_c − ε̂_u)), without the conditional half
+            eps = self._dense(checked_output(self.model(b.x_in, t, b.null), b.x))
         elif self.num_classes is not None:
             eps = self._dense(checked_output(self.model(b.x_in, t, b.labels), b.x))
         else:
@@ -202,8 +207,8 @@ class Sampler:
         )
         t0 = time.perf_counter()
         compiled = torch.compile(self._step, fullgraph=True, dynamic=False) if self.compile else self._step
-        for guided in sorted(set(self.plan.guided)):  # the kinds of step this plan takes: one graph each
-            step = (lambda g=guided: compiled(b, g))
+        for kind in sorted(set(self.kinds)):  # the kinds of step this plan takes: one graph each
+            step = (lambda g=kind: compiled(b, g))
             self._reset(b)
             with compile_errors_explained():
                 if self.cuda_graph:
@@ -222,10 +227,10 @@ class Sampler:
                     torch.cuda.synchronize()
                     self.stats["capture_s"] += time.perf_counter() - t1
                     b.graphs.append(graph)
-                    b.steps[guided] = graph.replay
+                    b.steps[kind] = graph.replay
                 else:
                     step()  # first step: compile (if asked) and allocate, reported apart from sampling
-                    b.steps[guided] = step
+                    b.steps[kind] = step
         self.stats["warmup_s"] = time.perf_counter() - t0 - self.stats["capture_s"]
         self._buffers[m] = b
         return b
@@ -285,7 +290,7 @@ class Sampler:
                         b.labels[n:].fill_(0)  # padding slots: any valid class
                     self._reset(b)
                     for i in range(steps):
-                        b.steps[self.plan.guided[i]]()  # the step's kind is known on the host: no sync
+                        b.steps[self.kinds[i]]()  # the step's kind is known on the host: no sync
                         bar.update(c * steps + i + 1)
                     out[lo : lo + n].copy_(b.x[:n])
                     flags[lo : lo + n].copy_(b.flags[:n])  # the padding slots' flags are never read
@@ -317,8 +322,10 @@ class Sampler:
                 raise ValueError("labels: this model is unconditional (it has no num_classes); pass no labels")
             return None
         if labels is None:
+            if set(self.kinds) == {"null"}:  # guidance=0 everywhere: the null label alone, no class asked for
+                return None
             raise ValueError(f"labels: this model is class-conditional (num_classes={n}): pass labels= (one int for all, "
-                             f"or one a image); guidance=0 samples unconditionally")
+                             f"or one a image), or guidance=0 to sample unconditionally")
         return label_tensor(labels, B, n).to(self.device)
 
     def _seeds(self, batch, seed, seeds) -> torch.Tensor:
