@@ -43,6 +43,10 @@ def print_report(rep: dict, out=None) -> None:
                       f"{_f(r['reference_images_per_s'], '.3g', 11)} {_f(r.get('diffusers_images_per_s'), '.3g', 11)}\n")
             capture = f"capture {r['sampler_capture_s']:.2f} s" if r.get("sampler_capture_s") else "capture -"
             out.write(f"{'':11} warm-up (compile) {r['sampler_compile_s']:.1f} s, {capture}\n")
+            if r.get("guided_ms") is not None:
+                out.write(f"{'':11} guided w=3 (class-conditional): {r['guided_ms']:.3f} ms/step against "
+                          f"{r['guided_unet_2b_ms']:.3f} for the U-Net alone on 2B = {2 * r['batch']} "
+                          f"({r['guided_overhead_ms']:+.3f}; unguided {r['sampler_ms'] - r['unet_ms']:+.3f} over it on B)\n")
             for mrow in r.get("methods", []):
                 out.write(f"{'':11} {mrow['method']:<12} {mrow['steps']:>5} steps: {mrow['ms_per_step']:9.3f} ms/step "
                           f"({mrow['overhead_ms']:+.3f} over the U-Net)  {mrow['images_per_s']:.3g} images/s\n")

@@ -1,6 +1,7 @@
 """The timed suites of `python -m fastddpm.bench`: kernels, the sampler (and each fewer-step
 method), the training step; each returns rows for the report (fastddpm.bench.report)."""
 
+import dataclasses
 import math
 import time
 
@@ -72,23 +73,25 @@ def bench_kernels(p, device, sched, rates) -> list:
 # ------------------------------------------------------------------ sampler
 
 
-def graphed_unet(net, x, t):
+def graphed_unet(net, x, t, labels=None):
     """The U-Net alone, run the way the Sampler runs it: the sampler's floor. -> (fn, setup s).
-    On CUDA compiled and captured in a CUDA graph; on a CPU eager, as the Sampler is there."""
+    On CUDA compiled and captured in a CUDA graph; on a CPU eager, as the Sampler is there.
+    labels: a class-conditional U-Net's (B,) labels."""
     t0 = time.perf_counter()
+    args = (x, t) if labels is None else (x, t, labels)
     if x.device.type != "cuda":
-        net(x, t)
-        return (lambda: net(x, t)), time.perf_counter() - t0
+        net(*args)
+        return (lambda: net(*args)), time.perf_counter() - t0
     fwd = torch.compile(net, fullgraph=True, dynamic=False)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(3):
-            fwd(x, t)
+            fwd(*args)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        fwd(x, t)
+        fwd(*args)
     torch.cuda.synchronize()
     return graph.replay, time.perf_counter() - t0
 
@@ -154,6 +157,7 @@ def bench_sampler(p, device, sched, rates, nvml) -> list:
             if f"{k}_ms" in row:
                 row[f"{k}_images_per_s"] = B / (row[f"{k}_ms"] * 1e-3 * sched.T)  # a full T-step run
         row["sampler_over_unet"] = row["sampler_ms"] / row["unet_ms"]
+        row.update(bench_guided(net, sched, B, p, device))
         row["methods"] = bench_methods(net, sched, B, p, row["unet_ms"], device) if B == max(p["batches"]) else []
         if "diffusers_ms" in row:
             row["speedup_vs_diffusers"] = row["diffusers_ms"] / row["sampler_ms"]
@@ -161,6 +165,31 @@ def bench_sampler(p, device, sched, rates, nvml) -> list:
             row["mfu"] = flops * B / (row["sampler_ms"] * 1e-3) / (rates["matmul_tflops"] * 1e12)
         rows.append(row)
     return rows
+
+
+GUIDED_CLASSES = 10
+
+
+def bench_guided(net, sched, B: int, p: dict, device) -> dict:
+    """A classifier-free-guided step (w = 3) of the same U-Net made class-conditional, against
+    that model alone on the 2B batch it is called with: the guided step's overhead, to compare
+    with the unguided step's over the U-Net on B (the kernel reads one more input, no more)."""
+    torch.manual_seed(0)
+    cond = UNet(dataclasses.replace(net.config, num_classes=GUIDED_CLASSES)).to(device).eval()
+    cond.load_state_dict(net.state_dict(), strict=False)  # the same weights, plus a class embedding
+    s = Sampler(cond, sched, guidance=3.0, progress=False)
+    shape = (net.config.in_channels, net.config.sample_size, net.config.sample_size)
+    x = torch.randn(2 * B, *shape, device=device, dtype=s.dtype).contiguous(memory_format=torch.channels_last)
+    t = torch.full((2 * B,), 500, device=device)
+    labels = torch.arange(2 * B, device=device) % (GUIDED_CLASSES + 1)
+    with torch.inference_mode():
+        floor, _ = graphed_unet(s.model, x, t, labels)
+        unet_2b = time_fn(floor, device, reps=max(p["steps"], 5))["median_ms"]
+    labels = torch.arange(B, device=device) % GUIDED_CLASSES
+    s.run(batch=B, labels=labels, stop_after=2)  # compile and capture
+    s.run(batch=B, labels=labels, stop_after=p["steps"])
+    ms = s.stats["ms_per_step"]
+    return dict(guided_unet_2b_ms=unet_2b, guided_ms=ms, guided_overhead_ms=ms - unet_2b)
 
 
 METHOD_STEPS = (("ddpm", 1000), ("ddpm", 100), ("ddim", 50), ("ddim", 20), ("ddim", 10), ("dpm++2m", 20), ("dpm++2m", 10),
