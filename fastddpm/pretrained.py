@@ -25,6 +25,7 @@ def main(argv=None):
     e.add_argument("run", help="a training run's folder (its newest checkpoint that verifies)")
     e.add_argument("name", help="the shipped model's name")
     e.add_argument("--command", default="", help="the training command, recorded beside the weights")
+    e.add_argument("--notes", default="", help="recorded beside the weights too: the wall time, the machine, the sittings")
     d = sub.add_parser("export-diffusers", help="MODEL OUT: a DDPMPipeline folder (unet/, scheduler/, model_index.json)")
     d.add_argument("model", help="a run folder, a checkpoint, a shipped model's name or a diffusers folder")
     d.add_argument("out", help="the new folder (must not exist)")
@@ -34,7 +35,7 @@ def main(argv=None):
         path = export_diffusers(args.model, args.out)
         sys.stdout.write(f"wrote {path} (DDPMPipeline.from_pretrained loads it)\n")
         return path
-    path = export(args.run, args.name, args.command)
+    path = export(args.run, args.name, args.command, notes=args.notes)
     sys.stdout.write(f"wrote {path} and {path.with_suffix('.json')}\n")
     return path
 

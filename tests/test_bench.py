@@ -140,3 +140,52 @@ def test_quality_rows_table_and_plot_on_a_tiny_configuration(tmp_path):
     assert quality.plot(rows, tmp_path / "q.png", "digits") == str(tmp_path / "q.png") and (tmp_path / "q.png").stat().st_size > 0
     again = quality.measure("digits", "digits", tmp_path, 80, configs[:1], progress=False)  # a rerun reuses the shards
     assert again[0]["fd"] == rows[0]["fd"] and again[0]["generate_seconds"] == rows[0]["generate_seconds"]
+
+
+def test_guidance_sweep_rows_table_and_plot_on_a_tiny_conditional_model(tmp_path):
+    # the --quality --guidance pipeline end to end on a 2-step-trained conditional digits model:
+    # labels k mod 10 through generate, class accuracy, per-class FD, the bootstrap spread,
+    # model evaluations counting both halves of a guided step only, the table's verdict line
+    from fastddpm import TrainConfig, Trainer, UNet, UNetConfig
+    from fastddpm.bench import quality
+    from fastddpm.io.data import load_labelled
+
+    torch.manual_seed(0)
+    cfg = UNetConfig(in_channels=1, out_channels=1, sample_size=8, base_channels=16, channel_mult=(1, 2), layers_per_block=1,
+                     attn_resolutions=(), norm_groups=8, num_classes=10)
+    run = tmp_path / "run"
+    Trainer(UNet(cfg), load_labelled("digits"), TrainConfig(steps=2, batch_size=8, sample_every=0), out_dir=run, device="cpu",
+            progress=False).fit()
+    configs = [("DDIM 4, w=0", "ddim", dict(steps=4, guidance=0.0)), ("DDIM 4, w=3", "ddim", dict(steps=4, guidance=3.0)),
+               ("DDIM 4, w=3 in (300, 800]", "ddim", dict(steps=4, guidance=3.0, guidance_interval=(300, 800)))]
+    rows = quality.measure(str(run), "digits", tmp_path, 40 * 10, configs, progress=False, real=True, labels=True)
+    real, rows = rows[0], rows[1:]
+    # digits' feature net on 400 real training digits: near its test accuracy, far above chance
+    assert real["class_accuracy"] > 0.8 and 0.8 < real["feature_network_accuracy"] <= 1
+    # ddim 4 trailing: t = 999, 749, 499, 249; the interval guides 749 and 499 only
+    assert [r["evaluations"] for r in rows] == [4, 8, 6]
+    for r in [real, *rows]:
+        assert r["fd_std"] > 0 and r["fd"] > 0 and 0 <= r["class_accuracy"] <= 1
+        # digits' held-out split has about 36 images a class, fewer than its 64 features: no per-class FD
+        assert r["fd_per_class_mean"] is None
+    assert real["fd"] < min(r["fd"] for r in rows)  # an untrained model is far from real digits
+    labels = json.loads((tmp_path / "samples" / "DDIM-4-w3" / "manifest.json").read_text())["config"]["labels"]
+    assert labels == "seed mod num_classes"
+    md = quality.guided_table([real, *rows], "digits")
+    assert md.count("\n| ") == 1 + len(rows) and "| DDIM 4, w=3 | 8 |" in md and "FD is lowest at" in md
+    assert all(line.split(" | ")[-2] == "-" for line in md.splitlines()[2:2 + len(rows)])  # the per-class FD column
+    assert quality.guided_plot([real, *rows], tmp_path / "g.png", "digits") == str(tmp_path / "g.png")
+    assert (tmp_path / "g.png").stat().st_size > 0
+
+
+def test_fd_spread_is_the_bootstrap_deviation_and_shrinks_with_more_samples():
+    # the noise measure the guidance table prints: resampling 4x as many images narrows FD's
+    # bootstrap spread (by about 2x: sqrt(n)); seeded, so the same figure twice
+    from fastddpm.bench import quality
+    from fastddpm.io.data import labelled
+    from fastddpm.io.images import to_uint8
+
+    x = to_uint8(labelled("digits", "train")[0])
+    small, large = quality.fd_spread([x[:200]], "digits"), quality.fd_spread([x[:800]], "digits")
+    assert small == quality.fd_spread([x[:200]], "digits")
+    assert large < 0.75 * small, (small, large)

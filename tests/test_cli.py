@@ -93,6 +93,9 @@ def test_other_clis_mistakes_are_one_line(run, tmp_path):
     assert not (tmp_path / "typo").exists()
     assert_error_line(cli("pretrained", "export-diffusers", "nosuch", tmp_path / "x"), "pretrained", "model: nosuch")
     assert_error_line(cli("bench", "--only", "nosuch"), "bench", "--only: expected a comma list", code=2)
+    assert_error_line(cli("bench", "--guidance"), "bench", "--guidance: only with --quality", code=2)
+    assert_error_line(cli("bench", "--quality", "--guidance", "--data", "digits"), "bench",
+                      "data: --quality --guidance needs a shipped class-conditional model: --data fashion-mnist")
 
 
 def test_a_second_trainer_on_a_locked_folder_is_one_line(run, tmp_path):

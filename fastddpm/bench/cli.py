@@ -95,8 +95,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--quality", action="store_true", help="the quality-per-model-evaluation table instead (needs --data)")
     ap.add_argument("--data", default=None, help="--quality: digits or fashion-mnist")
     ap.add_argument("--train", action="store_true", help="--quality --data digits: retrain the model first (README command)")
+    ap.add_argument("--guidance", action="store_true", help="--quality --data fashion-mnist: the classifier-free guidance "
+                    "sweep of the shipped class-conditional model (w = 0, 1, 2, 3, 5 and an interval; FD against class accuracy)")
     ap.add_argument("--debug", action="store_true", help="a Python stack for every error (also FASTDDPM_DEBUG=1)")
     args = ap.parse_args(argv)
+    for flag in ("data", "train", "guidance"):
+        if getattr(args, flag) not in (None, False) and not args.quality:
+            ap.error(f"--{flag}: only with --quality")
     if args.static:
         from . import static as staticcost
 
@@ -107,7 +112,7 @@ def main(argv=None) -> dict:
     if args.quality:
         from . import quality
 
-        return quality.main(args.data, out=args.out, train=args.train)
+        return quality.main(args.data, out=args.out, train=args.train, guidance=args.guidance)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     if any(s not in SECTIONS for s in only):
         ap.error(f"--only: expected a comma list of {SECTIONS}, got {args.only!r}")

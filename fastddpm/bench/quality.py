@@ -3,6 +3,7 @@
     python -m fastddpm.bench --quality --data digits                # the shipped digits model
     python -m fastddpm.bench --quality --data digits --train        # retrain it first (the README's command)
     python -m fastddpm.bench --quality --data fashion-mnist         # the shipped fashion-mnist-small model
+    python -m fastddpm.bench --quality --data fashion-mnist --guidance   # fashion-mnist-cond: the guidance sweep
 
 For every sampler configuration in CONFIGS: generate a fixed seed range through
 fastddpm.generate, measure FD, KID, precision and recall against the held-out split with
@@ -10,6 +11,14 @@ fastddpm.metrics, time the generation on this machine. Writes OUT/quality.json, 
 table OUT/quality.md and a plot OUT/quality.png (FD against model evaluations, log scale,
 one line per method). The figures compare samplers with each other in one feature
 network's features; they are not Inception FID.
+
+With --guidance, the rows are classifier-free guidance weights of the class-conditional model
+(GUIDED_CONFIGS: w = 0 unconditional, 1 plain conditional, 2, 3, 5, at DPM-Solver++(2M) and
+its SDE variant, 20 steps, plus one guidance interval), GUIDED_SAMPLES images a row with
+labels k mod 10, and the table adds class accuracy (the feature network recovering the
+asked-for class) and the mean per-class FD; the plot is FD against class accuracy. Every
+row's FD carries a bootstrap standard deviation (the sample set resampled), the measure of
+whether two rows are separated at all.
 """
 
 import json
@@ -39,6 +48,20 @@ SAMPLES = {"digits": 500, "fashion-mnist": 500}  # images a row: seeds 0 .. n-1
 # evaluations, over an hour on a 2-core CPU (README, "Which sampler")
 SKIP = {"fashion-mnist": ("DDPM 1000 (σ²=β)", "DDPM 1000 (posterior σ)")}
 REPORTED = ("fd", "kid", "kid_std", "precision", "recall", "density", "coverage")  # a row's metrics
+GUIDED_MODEL = {"fashion-mnist": "fashion-mnist-cond"}  # the shipped class-conditional model a data set's sweep samples
+GUIDED_SAMPLES = 2000  # a row; at 500, four disjoint sets of one row scored FD 24.9-33.0 (README, the guidance sweep)
+GUIDANCE_WEIGHTS = (0, 1, 2, 3, 5)
+# Kynkäänniemi et al. (2024) guide EDM2 only for σ ∈ (0.28, 5.42]; on the linear schedule
+# (σ_t = √((1 − ᾱ_t)/ᾱ_t)) that is t ∈ (81, 578]: 10 of the 20 trailing steps below
+GUIDANCE_INTERVAL = (81, 578)
+GUIDED_CONFIGS = [
+    *((f"{name} 20, w={w}", method, dict(steps=20, guidance=float(w)))
+      for name, method in (("DPM-Solver++(2M)", "dpm++2m"), ("SDE-DPM-Solver++(2M)", "sde-dpm++2m")) for w in GUIDANCE_WEIGHTS),
+    (f"SDE-DPM-Solver++(2M) 20, w=3 in t ∈ ({GUIDANCE_INTERVAL[0]}, {GUIDANCE_INTERVAL[1]}]", "sde-dpm++2m",
+     dict(steps=20, guidance=3.0, guidance_interval=GUIDANCE_INTERVAL)),
+]
+CLASS_REPORTED = ("class_accuracy", "fd_per_class_mean")
+BOOTSTRAP = 20  # resamples of a row's sample set for the spread of its FD
 DIGITS_RUN = ["--data", "digits"]  # the README's training command, into OUT/model
 
 
@@ -72,29 +95,66 @@ def slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-")
 
 
-def real_row(data: str, n: int) -> dict:
+def evaluations(method: str, opts: dict, schedule=None) -> int:
+    """Model evaluations an image costs: one a step, two on a guided step (w ∉ {0, 1}: the
+    conditional and the unconditional half)."""
+    from ..core.plan import Plan
+    from ..core.schedule import Schedule
+
+    plan = Plan.build(schedule or Schedule.linear(), method, **opts)
+    return plan.K + plan.kinds.count("guided")
+
+
+def fd_spread(images, data: str, rounds: int = BOOTSTRAP, seed: int = 0) -> float:
+    """The bootstrap standard deviation of the FD of `images` (uint8 batches) against the
+    held-out split: the sample set resampled with replacement `rounds` times (seeded), the
+    reference fixed. Two rows whose FDs differ by less than about twice this are not separated."""
+    import torch
+
+    from .. import metrics
+
+    s = metrics.FeatureStream(data)
+    for batch in images:
+        s.add_uint8(batch)
+    f = s.all().double()
+    mu, cov = metrics.reference_features(data).moments.mean_cov()
+    g = torch.Generator().manual_seed(seed)
+    fds = []
+    for _ in range(rounds):
+        x = f[torch.randint(len(f), (len(f),), generator=g)]
+        fds.append(metrics.frechet(x.mean(0), torch.cov(x.T), mu, cov))
+    return float(torch.tensor(fds).std())
+
+
+def real_row(data: str, n: int, labels: bool = False) -> dict:
     """The floor: n real training images against the same held-out split. What a perfect
-    sampler would score with n samples (FD is biased upwards at small n; KID is not)."""
+    sampler would score with n samples (FD is biased upwards at small n; KID is not). labels:
+    with their true classes (the feature network's class accuracy on these real images)."""
     from .. import metrics
     from ..io.data import labelled
     from ..io.images import to_uint8
 
-    images = to_uint8(labelled(data, "train")[0][:n])
-    rep = metrics.evaluate(images, data, kid_subsets=50)
+    x, y = labelled(data, "train")
+    images = to_uint8(x[:n])
+    rep = metrics.evaluate(images, data, kid_subsets=50, labels=y[:n] if labels else None)
     return dict(label="real training images (the floor)", method="real", steps=0, evaluations=0, n=n, generate_seconds=0.0,
-                **{k: rep[k] for k in REPORTED},
-                feature_network=rep["feature_network"])
+                **{k: rep[k] for k in REPORTED}, **({k: rep[k] for k in CLASS_REPORTED} if labels else {}),
+                fd_std=fd_spread([images], data), feature_network=rep["feature_network"],
+                feature_network_accuracy=rep["feature_network_accuracy"])
 
 
 def measure(model: str, data: str, out: Path, n: int, configs=CONFIGS, batch: int = 1000, progress: bool = True,
-            on_row=None, real: bool = False) -> list:
+            on_row=None, real: bool = False, labels: bool = False) -> list:
     """One row a configuration (after the real-data floor, with real); on_row(rows) after each
     (the CLI rewrites its files, so an interrupted run shows what it measured, and a rerun
-    reuses the shards already written, and the wall time of the run that wrote them)."""
+    reuses the shards already written, and the wall time of the run that wrote them).
+    labels: a class-conditional model, sampled with generate's default labels (seed k: class
+    k mod N); each row adds class accuracy and the mean per-class FD."""
     from .. import metrics
+    from ..io.samples import sample_labels
     from ..sampling.generate import generate, shard_images
 
-    rows = [real_row(data, n)] if real else []
+    rows = [real_row(data, n, labels)] if real else []
     for label, method, opts in configs:
         folder = out / "samples" / slug(label)
         timing = folder / "generate-seconds.json"  # the wall time of the run that wrote the shards
@@ -105,16 +165,20 @@ def measure(model: str, data: str, out: Path, n: int, configs=CONFIGS, batch: in
         if not (was_complete and timing.exists()):
             timing.write_text(json.dumps(round(time.perf_counter() - t0, 1)) + "\n")
         seconds = json.loads(timing.read_text())
-        rep = metrics.evaluate((shard_images(folder, s, "npz") for s in m["shards"]), data, kid_subsets=50)
-        row = dict(label=label, method=method, **opts, evaluations=opts["steps"], n=n, generate_seconds=round(seconds, 1),
-                   **{k: rep[k] for k in REPORTED},
+        rep = metrics.evaluate((shard_images(folder, s, "npz") for s in m["shards"]), data, kid_subsets=50,
+                               labels=sample_labels(folder) if labels else None)
+        row = dict(label=label, method=method, **opts, evaluations=evaluations(method, opts), n=n,
+                   generate_seconds=round(seconds, 1), **{k: rep[k] for k in REPORTED},
+                   **({k: rep[k] for k in CLASS_REPORTED} if labels else {}),
+                   fd_std=fd_spread((shard_images(folder, s, "npz") for s in m["shards"]), data),
                    feature_network=rep["feature_network"])
         rows.append(row)
         if on_row is not None:
             on_row(rows)
         if progress:
-            sys.stderr.write(f"{label:<26} FD {row['fd']:8.3f}  KID {row['kid']:.4f}  P {row['precision']:.2f}  "
-                             f"R {row['recall']:.2f}  {seconds:6.1f} s\n")
+            acc = f"  acc {row['class_accuracy']:.3f}" if labels else ""
+            sys.stderr.write(f"{label:<26} FD {row['fd']:8.3f} ± {row['fd_std']:.2f}  KID {row['kid']:.4f}  "
+                             f"P {row['precision']:.2f}  R {row['recall']:.2f}{acc}  {seconds:6.1f} s\n")
     return rows
 
 
@@ -164,25 +228,100 @@ def plot(rows: list, path: Path, data: str):
     return str(path)
 
 
-def main(data: str, out=None, train: bool = False) -> dict:
+def guided_table(rows: list, data: str) -> str:
+    """The guidance sweep as markdown: FD with its bootstrap spread, class accuracy, and a
+    closing line stating in the table's own numbers where FD is best and what guidance did to
+    class accuracy (against the feature network's accuracy on real test images)."""
+    real = next(r for r in rows if r["method"] == "real")
+    n = real["n"]
+    lines = [f"| sampler ({data}, {n} samples, labels k mod 10) | model evaluations | FD ↓ (± bootstrap σ) | KID ↓ | "
+             f"precision ↑ | recall ↑ | class accuracy ↑ | per-class FD ↓ | wall time (this CPU) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        wall = "-" if r["method"] == "real" else f"{r['generate_seconds']:.0f} s"
+        lines.append(f"| {r['label']} | {r['evaluations'] or '-'} | {r['fd']:.2f} ± {r['fd_std']:.2f} | {r['kid']:.3f} ± "
+                     f"{r['kid_std']:.3f} | {r['precision']:.2f} | {r['recall']:.2f} | {r['class_accuracy']:.3f} | "
+                     f"{'-' if r['fd_per_class_mean'] is None else format(r['fd_per_class_mean'], '.2f')} | {wall} |")
+    sampled = [r for r in rows if r["method"] != "real"]
+    if sampled:
+        best = min(sampled, key=lambda r: r["fd"])
+        top = max(sampled, key=lambda r: r["class_accuracy"])
+        target = 0.9 * real["feature_network_accuracy"]
+        at_best = best["class_accuracy"]
+        lines += ["", f"FD is lowest at {best['label']} ({best['fd']:.2f} ± {best['fd_std']:.2f}); class accuracy there "
+                  f"{at_best:.3f}, the highest {top['class_accuracy']:.3f} ({top['label']}). The feature network recovers "
+                  f"{real['feature_network_accuracy']:.4f} of real test images' classes: the target, 0.9× that, is "
+                  f"{target:.3f}, {'reached' if at_best >= target else 'not reached'} at the best-FD row and "
+                  f"{'reached' if top['class_accuracy'] >= target else 'not reached'} at the most accurate one."]
+    return "\n".join(lines) + "\n"
+
+
+def guided_plot(rows: list, path: Path, data: str):
+    """FD against class accuracy (the fidelity/diversity trade of guidance): one line per
+    method through w = 0 .. 5, the interval row as its own marker, the real images' point."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for r in rows:
+        if r["method"] == "real":
+            ax.plot([r["class_accuracy"]], [r["fd"]], marker="*", markersize=11, color="grey", linestyle="none",
+                    label=f"real training images (n = {r['n']})")
+    for method, label in (("dpm++2m", "DPM-Solver++(2M) 20"), ("sde-dpm++2m", "SDE-DPM-Solver++(2M) 20")):
+        pts = [r for r in rows if r["method"] == method and not r.get("guidance_interval")]
+        if pts:
+            pts.sort(key=lambda r: r["guidance"])
+            ax.errorbar([r["class_accuracy"] for r in pts], [r["fd"] for r in pts], yerr=[r["fd_std"] for r in pts],
+                        marker="o", capsize=2, label=label)
+            for r in pts:
+                ax.annotate(f"w={r['guidance']:g}", (r["class_accuracy"], r["fd"]), textcoords="offset points",
+                            xytext=(4, 4), fontsize=7)
+    for r in rows:
+        if r.get("guidance_interval"):
+            ax.errorbar([r["class_accuracy"]], [r["fd"]], yerr=[r["fd_std"]], marker="s", linestyle="none", capsize=2,
+                        label=r["label"])
+    ax.set(yscale="log", xlabel="class accuracy (feature net recovers the asked-for class)",
+           ylabel="Fréchet distance (feature net)", title=f"{data}: classifier-free guidance, FD against class accuracy")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
+def main(data: str, out=None, train: bool = False, guidance: bool = False) -> dict:
     if data not in SAMPLES:
         raise ValueError(f"data: --quality needs --data {' or '.join(SAMPLES)}, got {data!r}")
-    out = Path(out or f"bench-results/quality-{data}")
+    if guidance and data not in GUIDED_MODEL:
+        raise ValueError(f"data: --quality --guidance needs a shipped class-conditional model: --data "
+                         f"{' or '.join(GUIDED_MODEL)}, got {data!r}")
+    if guidance and train:
+        raise ValueError(f"train: the guidance sweep samples the shipped {GUIDED_MODEL[data]!r} (its command is in "
+                         f"fastddpm/models/weights/{GUIDED_MODEL[data]}.json); --train is for the digits table")
+    out = Path(out or f"bench-results/quality-{data}{'-guidance' if guidance else ''}")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    model = model_for(data, out, train)
-    configs = [c for c in CONFIGS if c[0] not in SKIP.get(data, ())]
+    if guidance:
+        model, configs, n = GUIDED_MODEL[data], GUIDED_CONFIGS, GUIDED_SAMPLES
+    else:
+        model, n = model_for(data, out, train), SAMPLES[data]
+        configs = [c for c in CONFIGS if c[0] not in SKIP.get(data, ())]
 
     def write(rows):
-        md = table(rows, data)
+        md = guided_table(rows, data) if guidance else table(rows, data)
         (out / "quality.md").write_text(md)
-        png = plot(rows, out / "quality.png", data)
-        rep = dict(schema="fastddpm.quality/1", data=data, model=model, samples=SAMPLES[data], rows=rows,
+        png = (guided_plot if guidance else plot)(rows, out / "quality.png", data)
+        rep = dict(schema="fastddpm.quality/1", data=data, model=model, samples=n, guidance=guidance, rows=rows,
                    complete=sum(r["method"] != "real" for r in rows) == len(configs), seconds=round(time.perf_counter() - t0, 1))
         (out / "quality.json").write_text(json.dumps(rep, indent=1) + "\n")
         return rep, md, png
 
-    rows = measure(model, data, out, SAMPLES[data], configs, on_row=write, real=True)
+    rows = measure(model, data, out, n, configs, on_row=write, real=True, labels=guidance)
     rep, md, png = write(rows)
     sys.stdout.write(md + f"\nwrote {out / 'quality.json'}, {out / 'quality.md'}" + (f", {png}" if png else "") + "\n")
     return rep

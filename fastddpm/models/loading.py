@@ -234,9 +234,10 @@ def load_model(spec):
     return net.eval(), schedule, info
 
 
-def export(run, name: str, command: str = "", out=SHIPPED) -> Path:
+def export(run, name: str, command: str = "", out=SHIPPED, notes: str = "") -> Path:
     """Ship a run's EMA weights under `name`: NAME.safetensors (the UNet's parameters) and
-    NAME.json (model config, schedule, step, command, training curve, source commit)."""
+    NAME.json (model config, schedule, step, command, training curve, notes such as the
+    wall time and the machine)."""
     from safetensors.torch import save_file
 
     folder = Path(run) / "checkpoints" if (Path(run) / "checkpoints").is_dir() else Path(run)
@@ -254,6 +255,8 @@ def export(run, name: str, command: str = "", out=SHIPPED) -> Path:
                 step=meta.get("step"), train_config=tc, command=command, parameters=net.num_parameters(),
                 sha256=hashlib.sha256(target.read_bytes()).hexdigest(), source_checkpoint=path.name)
     curve = Path(run) / "curve.json"
+    if notes:
+        card["notes"] = notes
     if curve.exists():
         card["curve"] = json.loads(curve.read_text())
     target.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
