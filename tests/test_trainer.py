@@ -126,16 +126,18 @@ def test_bad_images(data):
 
 
 @pytest.mark.slow
-def test_ddp_two_ranks_equal_one_process_with_twice_the_batch(tmp_path):
-    # Each rank draws its own slice of the sample counter (data, seeds, t), so two ranks of
-    # batch 8 see exactly the samples of one process with batch 16, and DDP's averaged
-    # gradient must equal that process's. lr = 0 keeps the parameters fixed so Adam's
-    # first moment in the checkpoint, 0.1 g2 + 0.09 g1, is a pure gradient comparison
-    # (after a real update Adam's g/|g| would amplify rounding in near-zero gradients).
+@pytest.mark.parametrize("conditional, port", [(False, 29533), (True, 29534)], ids=["unconditional", "conditional"])
+def test_ddp_two_ranks_equal_one_process_with_twice_the_batch(tmp_path, conditional, port):
+    # Each rank draws its own slice of the sample counter (data, seeds, t, and a conditional
+    # model's label drops), so two ranks of batch 8 see exactly the samples of one process
+    # with batch 16, and DDP's averaged gradient must equal that process's. lr = 0 keeps the
+    # parameters fixed so Adam's first moment in the checkpoint, 0.1 g2 + 0.09 g1, is a pure
+    # gradient comparison (after a real update Adam's g/|g| would amplify rounding in
+    # near-zero gradients). cond_drop 0.5: both labelled and null-label samples in a batch.
     common = ["--data", "digits", "--steps", "2", "--lr", "0", "--log-every", "1", "--checkpoint-every", "2",
-              "--sample-every", "0", "--device", "cpu"]
+              "--sample-every", "0", "--device", "cpu", *(["--conditional", "--cond-drop", "0.5"] if conditional else [])]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
                           "-m", "fastddpm.train", *common, "--batch-size", "8", "--out", str(tmp_path / "ddp")],
                          capture_output=True, text=True, env=env, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
@@ -150,6 +152,7 @@ def test_ddp_two_ranks_equal_one_process_with_twice_the_batch(tmp_path):
     for k in moments:
         assert one[k].abs().max() > 0
         torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-7)
+    assert ("model.class_embedding.weight" in one) == conditional  # its moment among those compared
 
 
 def test_diffusers_training_step_drop_in():
