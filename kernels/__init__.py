@@ -8,8 +8,9 @@
     x = reverse_step(x, eps_hat, t, table, seeds=seeds, out=x)    # in place
 
 This package imports torch and triton only (never the rest of fastddpm). CUDA tensors
-run the Triton kernels; CPU tensors run a torch twin of the same noise contract, or the
-Triton kernels themselves under TRITON_INTERPRET=1 and `cpu_backend("triton")`.
+run the Triton kernels; CPU tensors run a torch twin of the same noise contract (its draw
+torch.compile'd once per process, `cpu_twin("eager")` or FASTDDPM_CPU_TWIN=eager for plain
+tensor ops), or the Triton kernels themselves under TRITON_INTERPRET=1 and `cpu_backend("triton")`.
 The notation and the noise contract: docs/notation.md and docs/noise.md.
 """
 
@@ -17,7 +18,7 @@ from . import loss as _loss
 from . import noise as _noise
 from . import noising as _noising
 from . import step as _step
-from ._checks import FLOAT_DTYPES, check_device, cpu_backend, value_checks, values_checked
+from ._checks import CPU_TWINS, FLOAT_DTYPES, check_device, cpu_backend, cpu_twin, cpu_twin_name, value_checks, values_checked
 from ._tile import MAX_REGISTERS, Launch, geometry
 from .loss import eps_mse_loss
 from .noise import philox_words, randn, randn_
@@ -37,6 +38,7 @@ TRITON_KERNELS = {
 }
 
 __all__ = [
+    "CPU_TWINS",
     "FLOAT_DTYPES",
     "Launch",
     "MAX_REGISTERS",
@@ -54,6 +56,8 @@ __all__ = [
     "check_device",
     "coef_table",
     "cpu_backend",
+    "cpu_twin",
+    "cpu_twin_name",
     "eps_mse_loss",
     "for_prediction",
     "min_snr_weights",

@@ -17,7 +17,8 @@ _CPU_DTYPES = FLOAT_DTYPES + (torch.float64,)
 # imported, so it is read once here.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-_state = {"cpu_backend": "torch", "value_checks": True}
+_state = {"cpu_backend": "torch", "value_checks": True, "cpu_twin": os.environ.get("FASTDDPM_CPU_TWIN", "compiled")}
+CPU_TWINS = ("compiled", "eager")
 
 
 @contextlib.contextmanager
@@ -38,6 +39,28 @@ def cpu_backend(name: str):
         yield
     finally:
         _state["cpu_backend"] = old
+
+
+@contextlib.contextmanager
+def cpu_twin(name: str):
+    """The torch twin's noise on CPU tensors: "compiled" (default: torch.compile'd once per
+    process, from inductor's cache after the first time on a machine) or "eager" (plain
+    tensor ops, no compiler needed; also FASTDDPM_CPU_TWIN=eager). The same words either way."""
+    if name not in CPU_TWINS:
+        raise ValueError(f"cpu_twin: expected one of {CPU_TWINS}, got {name!r}")
+    old = _state["cpu_twin"]
+    _state["cpu_twin"] = name
+    try:
+        yield
+    finally:
+        _state["cpu_twin"] = old
+
+
+def cpu_twin_name() -> str:
+    name = _state["cpu_twin"]
+    if name not in CPU_TWINS:
+        raise ValueError(f"FASTDDPM_CPU_TWIN: expected one of {CPU_TWINS}, got {name!r}")
+    return name
 
 
 def use_triton(x: torch.Tensor) -> bool:

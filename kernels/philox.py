@@ -21,11 +21,13 @@ the GPU's hardware approximations on CUDA and the precise functions elsewhere (s
 _fastmath.py), which bounds the CPU/GPU difference (docs/noise.md). |n| < 5.77.
 """
 
+import warnings
+
 import torch
 import triton
 import triton.language as tl
 
-from . import _fastmath
+from . import _checks, _fastmath
 
 # The stream registry: the counter's last word names what a draw is for.
 STREAM_NOISING = 0  # ε of the forward process q(x_t | x_0); the loss regenerates it
@@ -148,15 +150,10 @@ def philox(seed: torch.Tensor, c0, c1, c2, c3, rounds: int = ROUNDS.value):
 
 def words_torch(seeds: torch.Tensor, t: torch.Tensor, stream: int, C: int, HW: int) -> torch.Tensor:
     """The raw words of every counter of a (B, C, H*W) batch: int64 (B, G, 4, HW),
-    G = ceil(C / 4); words[b, g, j, p] is lane j of counter (p, g, t[b], stream)."""
+    G = ceil(C / 4); words[b, g, j, p] is lane j of counter (p, g, t[b], stream). Computed
+    as the draws are (compiled unless cpu_twin("eager")), so the words tests cover both."""
     B, G = seeds.shape[0], (C + 3) // 4
-    dev = seeds.device
-    shape = (B, G, HW)
-    pixel = torch.arange(HW, device=dev, dtype=torch.int64).view(1, 1, HW).expand(shape)
-    group = torch.arange(G, device=dev, dtype=torch.int64).view(1, G, 1).expand(shape)
-    tt = (t.to(torch.int64) & _M32).view(B, 1, 1).expand(shape)
-    c3 = torch.full(shape, stream & _M32, device=dev, dtype=torch.int64)
-    return torch.stack(philox(seeds.to(torch.int64).view(B, 1, 1), pixel, group, tt, c3), dim=2)
+    return _twin("words", seeds, t, stream, G, HW).view(4, B, G, HW).permute(1, 2, 0, 3)
 
 
 def uniform_torch(words: torch.Tensor) -> torch.Tensor:
@@ -172,18 +169,83 @@ def angle_torch(words: torch.Tensor) -> torch.Tensor:
 
 def normals_torch(words: torch.Tensor) -> torch.Tensor:
     """(..., 4, N) words -> (..., 4, N) fp32 normals, the transform of `normals4`."""
-    u0, u2 = uniform_torch(words[..., 0, :]), uniform_torch(words[..., 2, :])
-    th1, th3 = angle_torch(words[..., 1, :]), angle_torch(words[..., 3, :])
+    return _normals_of(words[..., 0, :], words[..., 1, :], words[..., 2, :], words[..., 3, :])
+
+
+def _normals_of(w0, w1, w2, w3) -> torch.Tensor:
+    """Four word tensors (N,) -> (4, N) normals (or (..., 4, N)): Box-Muller on (w0, w1), (w2, w3)."""
+    u0, u2 = uniform_torch(w0), uniform_torch(w2)
+    th1, th3 = angle_torch(w1), angle_torch(w3)
     r01 = torch.sqrt(torch.clamp(NEG_2LN2.value * torch.log2(u0), min=0.0))
     r23 = torch.sqrt(torch.clamp(NEG_2LN2.value * torch.log2(u2), min=0.0))
     return torch.stack((r01 * torch.cos(th1), r01 * torch.sin(th1), r23 * torch.cos(th3), r23 * torch.sin(th3)), dim=-2)
 
 
+def _words4(seeds: torch.Tensor, t: torch.Tensor, stream: torch.Tensor, G: torch.Tensor, HW: torch.Tensor, N: int):
+    """The four int64 word tensors (N,) of the counters n = (b G + g) HW + p, n < N = B G HW:
+    lane j of counter (p, g, t[b], stream) under key seeds[b]. stream, G and HW are 0-d int64
+    tensors and N the only size, so that one compiled graph serves every shape and stream."""
+    n = torch.arange(N, device=seeds.device, dtype=torch.int64)
+    q = n // HW
+    b = q // G
+    return philox(seeds[b], n - q * HW, q - b * G, t[b] & _M32, (stream & _M32).expand(N))
+
+
+def _words_flat(seeds, t, stream, G, HW, N: int) -> torch.Tensor:
+    """(4, N) int64 words of those counters."""
+    return torch.stack(_words4(seeds, t, stream, G, HW, N))
+
+
+def _normals_flat(seeds, t, stream, G, HW, N: int) -> torch.Tensor:
+    """(4, N) fp32 normals of those counters: the transform applied to the words as they are
+    made (compiled, one loop: no word is stored)."""
+    return _normals_of(*_words4(seeds, t, stream, G, HW, N))
+
+
+_FLAT = {"words": _words_flat, "normals": _normals_flat}
+_compiled = {}  # name -> torch.compile of _FLAT[name], made at the first call that wants it
+
+
+def _twin(name: str, seeds, t, stream: int, G: int, HW: int) -> torch.Tensor:
+    """_FLAT[name] over the B G HW counters of a batch, (4, N): compiled (one fused loop over
+    the Philox rounds and the transform, about 10x faster than ~100 separate int64 tensor
+    ops) unless cpu_twin("eager") or FASTDDPM_CPU_TWIN=eager. The same words either way; the
+    normals within docs/noise.md's tolerance of each other (vectorized log2, sqrt, sin, cos)."""
+    B = seeds.shape[0]
+    fn = _FLAT[name]
+    if _checks.cpu_twin_name() == "compiled" and seeds.device.type == "cpu":
+        fn = _compiled.get(name)
+        if fn is None:
+            fn = _compiled[name] = torch.compile(_FLAT[name], dynamic=True, fullgraph=True)
+    # plain (not inference-mode) int64 inputs of at least two rows: no graph specialized on
+    # a batch of one or on inference tensors; the pad row is never indexed (b < B)
+    with torch.inference_mode(False), torch.no_grad():
+        s = seeds.to(torch.int64).view(-1).clone()
+        tt = t.to(torch.int64).view(-1).clone()
+        if B == 1:
+            s, tt = s.repeat(2), tt.repeat(2)
+        const = torch.tensor([stream, G, HW], dtype=torch.int64, device=seeds.device)
+        args = (s, tt, const[0], const[1], const[2], B * G * HW)
+        if fn is _FLAT[name]:
+            return fn(*args)
+        try:
+            return fn(*args)
+        except Exception as e:  # no C++ compiler on this machine, a damaged Inductor cache, ...
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            warnings.warn(f"fastddpm.kernels: the compiled CPU noise twin failed ({type(e).__name__}: {first}); drawing "
+                          f"with the eager twin from now on (the same words, about 10x slower); set "
+                          f"FASTDDPM_CPU_TWIN=eager to skip the attempt", RuntimeWarning, stacklevel=3)
+            _compiled[name] = _FLAT[name]
+            return _FLAT[name](*args)
+
+
 def randn_torch(seeds: torch.Tensor, t: torch.Tensor, stream: int, shape) -> torch.Tensor:
-    """The addressed normals of a (B, C, H, W) batch, fp32, contiguous."""
+    """The addressed normals of a (B, C, H, W) batch, fp32 (for C <= 4 a strided view: no copy)."""
     B, C, H, W = shape
-    n = normals_torch(words_torch(seeds, t, stream, C, H * W))  # (B, G, 4, HW)
-    return n.reshape(B, -1, H * W)[:, :C].reshape(B, C, H, W)
+    G = (C + 3) // 4
+    n = _twin("normals", seeds, t, stream, G, H * W).view(4, B, G, H * W).permute(1, 2, 0, 3)  # lane j -> channel 4g + j
+    n = n[:, 0] if G == 1 else n.reshape(B, G * 4, H * W)
+    return n[:, :C].reshape(B, C, H, W)
 
 
 def noise_torch(noise, seeds, t, stream: int, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

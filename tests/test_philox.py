@@ -129,3 +129,79 @@ def test_triton_and_torch_twin_draw_the_same_normals(device, shape):
     else:
         bound = torch.full_like(a, 2e-6)
     assert ((a - b).abs() <= bound).all(), (a - b).abs().max()
+
+
+def test_cpu_tensors_draw_through_the_compiled_twin(monkeypatch):
+    # the faster twin is the one the kernels use on CPU tensors: every draw (randn, q_sample,
+    # reverse and sampler steps, the loss forward and backward, philox_words) goes through the
+    # torch.compile'd generator; cpu_twin("eager") through the plain ops, with the same words
+    # and normals within 2e-6 (the vectorized log2/sqrt/sin/cos against libm's)
+    import importlib
+    import os
+
+    P = importlib.import_module("fastddpm.kernels.philox")
+    assert K.cpu_twin_name() == os.environ.get("FASTDDPM_CPU_TWIN", "compiled")  # the suite runs the default
+    shape, seeds, t = (3, 3, 5, 7), torch.tensor([5, -2, 2**40]), torch.tensor([0, 7, 999])
+    table = K.coef_table(torch.linspace(0.99, 0.01, 1000))
+    x, e = torch.randn(shape), torch.randn(shape, requires_grad=True)
+    ops = {
+        "randn": lambda: K.randn(shape, seeds, t, K.STREAM_PRIOR),
+        "q_sample": lambda: K.q_sample(x, t, table, seeds=seeds),
+        "reverse_step": lambda: K.reverse_step(x, e.detach(), t, table, seeds=seeds),
+        "loss": lambda: torch.autograd.grad(K.eps_mse_loss(e, t, seeds=seeds), e)[0],
+        "words": lambda: K.philox_words(seeds, t, 3, 3, 35),
+    }
+    with K.cpu_backend("torch"), K.cpu_twin("compiled"):
+        compiled = {k: f() for k, f in ops.items()}  # makes both compiled functions
+        calls = []
+        for name, fn in list(P._compiled.items()):
+            assert fn._torchdynamo_orig_callable is P._FLAT[name]  # a torch.compile of the twin
+            monkeypatch.setitem(P._compiled, name, lambda *a, _f=fn, _n=name: calls.append(_n) or _f(*a))
+        for k, f in ops.items():
+            before = len(calls)
+            f()
+            assert len(calls) > before, f"{k} did not draw through the compiled twin"
+        with K.cpu_twin("eager"):
+            before = len(calls)
+            eager = {k: f() for k, f in ops.items()}
+            assert len(calls) == before  # eager: the compiled functions are not called
+    assert torch.equal(compiled["words"], eager["words"])
+    for k in ops:
+        torch.testing.assert_close(compiled[k], eager[k], rtol=0, atol=2e-6)
+    with pytest.raises(ValueError, match="cpu_twin: expected one of"):
+        with K.cpu_twin("fast"):
+            pass
+    monkeypatch.setitem(importlib.import_module("fastddpm.kernels._checks")._state, "cpu_twin", "fast")
+    with pytest.raises(ValueError, match="FASTDDPM_CPU_TWIN: expected one of"), K.cpu_backend("torch"):
+        ops["randn"]()
+
+
+@pytest.mark.parametrize("B", [1, 2, 5])
+def test_the_compiled_twin_is_the_same_in_any_batch(B):
+    # an image's noise depends on its address only: row k of a batch equals the batch of that
+    # row alone, bit for bit (the compiled loop's vector body and tail compute alike)
+    seeds, t = torch.arange(5) * 7919 - 3, torch.tensor([0, 1, 500, 998, 999])
+    with K.cpu_backend("torch"), K.cpu_twin("compiled"):
+        full = K.randn((5, 5, 3, 7), seeds, t, K.STREAM_REVERSE)
+        part = K.randn((B, 5, 3, 7), seeds[5 - B:], t[5 - B:], K.STREAM_REVERSE)
+    assert torch.equal(full[5 - B:], part)
+
+
+def test_a_failing_compiler_falls_back_to_the_eager_twin_with_a_warning(monkeypatch):
+    # a machine without a C++ compiler (or with a damaged Inductor cache) still draws: the
+    # same words through the eager twin, and a warning that names the way to skip the attempt
+    import importlib
+
+    P = importlib.import_module("fastddpm.kernels.philox")
+
+    def broken(*args):
+        raise RuntimeError("InductorError: no working C++ compiler found\nmore")
+
+    seeds, t = torch.tensor([3, 4]), torch.tensor([10, 20])
+    with K.cpu_backend("torch"), K.cpu_twin("eager"):
+        expected = K.philox_words(seeds, t, 1, 3, 6)
+    monkeypatch.setitem(P._compiled, "words", broken)
+    with K.cpu_backend("torch"), K.cpu_twin("compiled"):
+        with pytest.warns(RuntimeWarning, match="compiled CPU noise twin failed .*no working C\\+\\+ compiler.*FASTDDPM_CPU_TWIN=eager"):
+            assert torch.equal(K.philox_words(seeds, t, 1, 3, 6), expected)
+        assert P._compiled["words"] is P._FLAT["words"]  # once: no second attempt, no second warning

@@ -26,8 +26,9 @@ def print_report(rep: dict, out=None) -> None:
     if rep["kernels"]:
         out.write("\nkernels                                     median ms     GB/s  of copy\n")
         if rep["device"].get("cpu"):
-            out.write("(fused*: on a CPU the kernels run their torch twin, which draws the addressed Philox noise with small "
-                      "int64 ops; the reference draws with torch.randn. The Triton kernels run on CUDA.)\n")
+            out.write("(fused*: on a CPU the kernels run their torch twin, whose addressed Philox draw is compiled, the "
+                      "elementwise update eager; the reference draws with torch.randn, and the loss reads a stored ε "
+                      "where the fused one draws it twice, forward and backward. The Triton kernels run on CUDA.)\n")
         for r in rep["kernels"]:
             frac = f"{100 * r['frac_copy_bw']:6.1f}%" if r.get("frac_copy_bw") else f"{'-':>7}"
             impl = "fused*" if r["impl"] == "fused" and rep["device"].get("cpu") else r["impl"]
