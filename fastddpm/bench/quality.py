@@ -192,7 +192,8 @@ def table(rows: list, data: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list, path: Path, data: str):
+def _figure():
+    """(pyplot, figure, axes) on the Agg backend, or None without matplotlib (then no plot)."""
     try:
         import matplotlib
 
@@ -200,7 +201,22 @@ def plot(rows: list, path: Path, data: str):
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    return (plt, *plt.subplots(figsize=(6.5, 4.2)))
+
+
+def _finish(plt, fig, ax, path: Path) -> str:
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
+def plot(rows: list, path: Path, data: str):
+    if (made := _figure()) is None:
+        return None
+    plt, fig, ax = made
     for r in rows:
         if r["method"] == "real":
             ax.axhline(r["fd"], color="grey", linestyle="--", linewidth=1, label=f"real training images (n = {r['n']})")
@@ -220,12 +236,7 @@ def plot(rows: list, path: Path, data: str):
     ax.set_xticks(ticks)
     ax.set_xticklabels([str(t) for t in ticks])
     ax.minorticks_off()
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return str(path)
+    return _finish(plt, fig, ax, path)
 
 
 def guided_table(rows: list, data: str) -> str:
@@ -259,14 +270,9 @@ def guided_table(rows: list, data: str) -> str:
 def guided_plot(rows: list, path: Path, data: str):
     """FD against class accuracy (the fidelity/diversity trade of guidance): one line per
     method through w = 0 .. 5, the interval row as its own marker, the real images' point."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    if (made := _figure()) is None:
         return None
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    plt, fig, ax = made
     for r in rows:
         if r["method"] == "real":
             ax.plot([r["class_accuracy"]], [r["fd"]], marker="*", markersize=11, color="grey", linestyle="none",
@@ -286,12 +292,7 @@ def guided_plot(rows: list, path: Path, data: str):
                         label=r["label"])
     ax.set(yscale="log", xlabel="class accuracy (feature net recovers the asked-for class)",
            ylabel="Fréchet distance (feature net)", title=f"{data}: classifier-free guidance, FD against class accuracy")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return str(path)
+    return _finish(plt, fig, ax, path)
 
 
 def main(data: str, out=None, train: bool = False, guidance: bool = False) -> dict:
