@@ -128,7 +128,7 @@ def test_outside_the_interval_the_unconditional_half_is_skipped():
     s = Sampler(model, S, method="ddim", steps=10, guidance=3.0, guidance_interval=(300, 700), shape=(3, 5, 5), progress=False)
     s.run(batch=2, seed=0, labels=[0, 1])
     calls = model.calls
-    guided_steps = sum(s.plan.guided)
+    guided_steps = s.plan.kinds.count("guided")
     assert 0 < guided_steps < s.plan.K
     # one warm-up step of each kind, then the run: the 2B batch only where w != 1
     assert sorted(calls) == sorted([2, 4] + [4] * guided_steps + [2] * (s.plan.K - guided_steps))

@@ -190,7 +190,6 @@ class Plan:
     prev: tuple  # the timestep step k lands on (-1: the end)
     rows: torch.Tensor  # (K, NCOEF) float64
     alphas: torch.Tensor  # (K,) float64: the ᾱ² step k's coefficients use (ᾱ²[t_k] but on a Karras σ grid, or at ᾱ = 0)
-    guided: tuple  # (K,) bools: step k combines a conditional and an unconditional output (its w != 1)
     stochastic: bool  # some step adds noise (σ > 0): a host bool, so compiled steps branch on no tensor
     eps_term: bool  # some step weighs ε̂ directly (C_EPS != 0: DDIM without clipped ε)
     _cache: dict = field(default_factory=dict, init=False, repr=False)
@@ -213,10 +212,9 @@ class Plan:
         prev = ts[1:] + [-1]
         a_t = step_alphas(schedule.alphas_cumprod, m, ts)
         rows = K.for_prediction(_rows(schedule.alphas_cumprod, m, ts, prev, a_t), m.prediction)
-        w = m.guide_weights(ts)
-        rows[:, int(GUIDE)] = torch.tensor(w, dtype=torch.float64)  # linear in the output: any parameterization
-        return cls(schedule, m, tuple(ts), tuple(prev), rows, a_t, tuple(v != 1.0 for v in w),
-                   bool((rows[:, int(SIGMA)] > 0).any()), bool((rows[:, int(C_EPS)] != 0).any()))
+        rows[:, int(GUIDE)] = torch.tensor(m.guide_weights(ts), dtype=torch.float64)  # linear in the output: any parameterization
+        return cls(schedule, m, tuple(ts), tuple(prev), rows, a_t, bool((rows[:, int(SIGMA)] > 0).any()),
+                   bool((rows[:, int(C_EPS)] != 0).any()))
 
     @property
     def K(self) -> int:
