@@ -42,8 +42,9 @@ class _Buffers:
     seeds: torch.Tensor  # (m,) int64
     flags: torch.Tensor  # (m,) int64: the first t whose state went non-finite, -1 if none
     h: Optional[torch.Tensor]  # (m, C, H, W) fp32 previous x̂_0 (multistep solvers)
-    labels: Optional[torch.Tensor] = None  # (m,) int64 class labels (a class-conditional model)
-    null: Optional[torch.Tensor] = None  # (m,) int64 the null label, for the unconditional half
+    both: Optional[torch.Tensor] = None  # (2m,) int64 a class-conditional model's labels, then m null labels
+    labels: Optional[torch.Tensor] = None  # both[:m]: the class labels
+    null: Optional[torch.Tensor] = None  # both[m:]: the null label, for the unconditional half
     steps: dict = None  # a step's kind (Sampler.kinds) -> callable running one step of that kind on these buffers
     graphs: list = None  # the CUDA graphs behind them (kept alive)
 
@@ -172,8 +173,7 @@ class Sampler:
         eps_u = None
         if kind == "guided":  # one model call on 2B: (x, labels) and (x, null); the kernel combines the halves
             m = b.x.shape[0]
-            both = checked_output(self.model(torch.cat([b.x_in, b.x_in]), torch.cat([t, t]), torch.cat([b.labels, b.null])),
-                                  (2 * m, *b.x.shape[1:]))
+            both = checked_output(self.model(torch.cat([b.x_in, b.x_in]), torch.cat([t, t]), b.both), (2 * m, *b.x.shape[1:]))
             eps, eps_u = self._dense(both[:m]), self._dense(both[m:])
         elif kind == "null":  # w = 0: m(x, ∅) exactly (ε̂_u + 0·(ε̂_c − ε̂_u)), without the conditional half
             eps = self._dense(checked_output(self.model(b.x_in, t, b.null), b.x))
@@ -196,13 +196,15 @@ class Sampler:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         x = torch.empty((m, C, H, W), device=dev, dtype=torch.float32, memory_format=fmt)
         x_in = x if self.dtype == torch.float32 else torch.empty((m, C, H, W), device=dev, dtype=self.dtype, memory_format=fmt)
-        conditional = self.num_classes is not None
+        both = None
+        if self.num_classes is not None:
+            both = torch.full((2 * m,), self.num_classes, device=dev, dtype=torch.int64)
+            both[:m] = 0
         b = _Buffers(
             x=x, x_in=x_in, k=torch.zeros(m, device=dev, dtype=torch.int64), seeds=torch.arange(m, device=dev, dtype=torch.int64),
             flags=torch.full((m,), -1, device=dev, dtype=torch.int64),
             h=torch.zeros_like(x) if self.plan.multistep else None,
-            labels=torch.zeros(m, device=dev, dtype=torch.int64) if conditional else None,
-            null=torch.full((m,), self.num_classes, device=dev, dtype=torch.int64) if conditional else None,
+            both=both, labels=None if both is None else both[:m], null=None if both is None else both[m:],
             steps={}, graphs=[],
         )
         t0 = time.perf_counter()
