@@ -152,8 +152,7 @@ def words_torch(seeds: torch.Tensor, t: torch.Tensor, stream: int, C: int, HW: i
     """The raw words of every counter of a (B, C, H*W) batch: int64 (B, G, 4, HW),
     G = ceil(C / 4); words[b, g, j, p] is lane j of counter (p, g, t[b], stream). Computed
     as the draws are (compiled unless cpu_twin("eager")), so the words tests cover both."""
-    B, G = seeds.shape[0], (C + 3) // 4
-    return _twin("words", seeds, t, stream, G, HW).view(4, B, G, HW).permute(1, 2, 0, 3)
+    return _by_group("words", seeds, t, stream, (C + 3) // 4, HW)
 
 
 def uniform_torch(words: torch.Tensor) -> torch.Tensor:
@@ -226,11 +225,11 @@ def _twin(name: str, seeds, t, stream: int, G: int, HW: int) -> torch.Tensor:
             s, tt = s.repeat(2), tt.repeat(2)
         const = torch.tensor([stream, G, HW], dtype=torch.int64, device=seeds.device)
         args = (s, tt, const[0], const[1], const[2], B * G * HW)
-        if fn is _FLAT[name]:
-            return fn(*args)
         try:
             return fn(*args)
-        except Exception as e:  # no C++ compiler on this machine, a damaged Inductor cache, ...
+        except Exception as e:  # the compiled one: no C++ compiler on this machine, a damaged Inductor cache, ...
+            if fn is _FLAT[name]:
+                raise
             first = (str(e).strip().splitlines() or [""])[0][:200]
             warnings.warn(f"fastddpm.kernels: the compiled CPU noise twin failed ({type(e).__name__}: {first}); drawing "
                           f"with the eager twin from now on (the same words, about 10x slower); set "
@@ -239,11 +238,16 @@ def _twin(name: str, seeds, t, stream: int, G: int, HW: int) -> torch.Tensor:
             return _FLAT[name](*args)
 
 
+def _by_group(name: str, seeds, t, stream: int, G: int, HW: int) -> torch.Tensor:
+    """_twin's (4, N) lanes as (B, G, 4, HW), a view: [b, g, j, p] is lane j of counter (p, g, t[b])."""
+    return _twin(name, seeds, t, stream, G, HW).view(4, seeds.shape[0], G, HW).permute(1, 2, 0, 3)
+
+
 def randn_torch(seeds: torch.Tensor, t: torch.Tensor, stream: int, shape) -> torch.Tensor:
     """The addressed normals of a (B, C, H, W) batch, fp32 (for C <= 4 a strided view: no copy)."""
     B, C, H, W = shape
     G = (C + 3) // 4
-    n = _twin("normals", seeds, t, stream, G, H * W).view(4, B, G, H * W).permute(1, 2, 0, 3)  # lane j -> channel 4g + j
+    n = _by_group("normals", seeds, t, stream, G, H * W)  # lane j of group g -> channel 4g + j
     n = n[:, 0] if G == 1 else n.reshape(B, G * 4, H * W)
     return n[:, :C].reshape(B, C, H, W)
 
