@@ -125,11 +125,14 @@ _M32 = 0xFFFFFFFF
 
 
 def _mulhilo_torch(a: int, b: torch.Tensor):
-    # a: uint32 constant, b: int64 tensor holding uint32 values. The product is below 2**64,
-    # so int64's wrapped product holds all its 64 bits (two's complement): the high word is
-    # (p >> 32) & M32 (the arithmetic shift's sign bits masked off), the low word p & M32.
-    p = b * a
-    return (p >> 32) & _M32, p & _M32
+    # a: uint32 constant, b: int64 tensor holding uint32 values -> the (high, low) words of a b.
+    # The product is built from 16-bit halves of a, so no int64 ever overflows: a wrapped int64
+    # product would do it in one multiply, but signed overflow is undefined behaviour in the C++
+    # that torch.compile generates, and Inductor did miscompile it (a dropped mask: wrong words
+    # for a negative seed once the counters were broadcast from (B, G, HW) instead of gathered).
+    lo = b * (a & 0xFFFF)  # < 2**48
+    mid = b * (a >> 16) + (lo >> 16)  # < 2**49: a b = mid 2**16 + (lo & 0xFFFF)
+    return mid >> 16, ((mid & 0xFFFF) << 16) | (lo & 0xFFFF)
 
 
 def philox(seed: torch.Tensor, c0, c1, c2, c3, rounds: int = ROUNDS.value):
@@ -152,7 +155,7 @@ def words_torch(seeds: torch.Tensor, t: torch.Tensor, stream: int, C: int, HW: i
     """The raw words of every counter of a (B, C, H*W) batch: int64 (B, G, 4, HW),
     G = ceil(C / 4); words[b, g, j, p] is lane j of counter (p, g, t[b], stream). Computed
     as the draws are (compiled unless cpu_twin("eager")), so the words tests cover both."""
-    return _by_group("words", seeds, t, stream, (C + 3) // 4, HW)
+    return _twin("words", seeds, t, stream, (C + 3) // 4, HW)
 
 
 def uniform_torch(words: torch.Tensor) -> torch.Tensor:
@@ -180,74 +183,75 @@ def _normals_of(w0, w1, w2, w3) -> torch.Tensor:
     return torch.stack((r01 * torch.cos(th1), r01 * torch.sin(th1), r23 * torch.cos(th3), r23 * torch.sin(th3)), dim=-2)
 
 
-def _words4(seeds: torch.Tensor, t: torch.Tensor, stream: torch.Tensor, G: torch.Tensor, HW: torch.Tensor, N: int):
-    """The four int64 word tensors (N,) of the counters n = (b G + g) HW + p, n < N = B G HW:
-    lane j of counter (p, g, t[b], stream) under key seeds[b]. stream, G and HW are 0-d int64
-    tensors and N the only size, so that one compiled graph serves every shape and stream."""
-    n = torch.arange(N, device=seeds.device, dtype=torch.int64)
-    q = n // HW
-    b = q // G
-    return philox(seeds[b], n - q * HW, q - b * G, t[b] & _M32, (stream & _M32).expand(N))
+def _words4(seeds: torch.Tensor, t: torch.Tensor, stream: torch.Tensor, G: int, HW: int):
+    """The four int64 word tensors (B, G, HW) of a batch's counters: [b, g, p] is lane j of
+    counter (p, g, t[b], stream) under key seeds[b]. The counters are broadcast from (B, 1, 1),
+    (1, G, 1) and (1, 1, HW), so compiled it is one loop over pixels per (b, g), with no index
+    arithmetic; stream is a 0-d tensor, so one graph serves every stream."""
+    B = seeds.shape[0]
+    g = torch.arange(G, device=seeds.device, dtype=torch.int64).view(1, G, 1)
+    p = torch.arange(HW, device=seeds.device, dtype=torch.int64).view(1, 1, HW)
+    words = philox(seeds.view(B, 1, 1), p, g, (t & _M32).view(B, 1, 1), stream & _M32)
+    return [w.expand(B, G, HW) for w in words]
 
 
-def _words_flat(seeds, t, stream, G, HW, N: int) -> torch.Tensor:
-    """(4, N) int64 words of those counters."""
-    return torch.stack(_words4(seeds, t, stream, G, HW, N))
+def _words_grouped(seeds, t, stream, G: int, HW: int) -> torch.Tensor:
+    """(B, G, 4, HW) int64 words of those counters."""
+    return torch.stack(_words4(seeds, t, stream, G, HW), dim=2)
 
 
-def _normals_flat(seeds, t, stream, G, HW, N: int) -> torch.Tensor:
-    """(4, N) fp32 normals of those counters: the transform applied to the words as they are
-    made (compiled, one loop: no word is stored)."""
-    return _normals_of(*_words4(seeds, t, stream, G, HW, N))
+def _normals_grouped(seeds, t, stream, G: int, HW: int) -> torch.Tensor:
+    """(B, G, 4, HW) fp32 normals of those counters: the transform applied to the words as they
+    are made (compiled, one loop: no word is stored)."""
+    return _normals_of(*_words4(seeds, t, stream, G, HW))
 
 
-_FLAT = {"words": _words_flat, "normals": _normals_flat}
-_compiled = {}  # name -> torch.compile of _FLAT[name], made at the first call that wants it
+_TWINS = {"words": _words_grouped, "normals": _normals_grouped}
+_compiled = {}  # name -> torch.compile of _TWINS[name], made at the first call that wants it
 
 
 def _twin(name: str, seeds, t, stream: int, G: int, HW: int) -> torch.Tensor:
-    """_FLAT[name] over the B G HW counters of a batch, (4, N): compiled (one fused loop over
-    the Philox rounds and the transform, about 10x faster than ~100 separate int64 tensor
-    ops) unless cpu_twin("eager") or FASTDDPM_CPU_TWIN=eager. The same words either way; the
+    """_TWINS[name] of a batch, (B, G, 4, HW): [b, g, j, p] is lane j of counter (p, g, t[b]).
+    Compiled (one fused loop over the Philox rounds and the transform, about 20x faster than
+    ~150 separate int64 tensor ops) unless cpu_twin("eager") or FASTDDPM_CPU_TWIN=eager; traced
+    into the caller's graph when the caller is being compiled. The same words either way; the
     normals within docs/noise.md's tolerance of each other (vectorized log2, sqrt, sin, cos)."""
     B = seeds.shape[0]
-    fn = _FLAT[name]
+    fn = _TWINS[name]
+    if torch.compiler.is_compiling():  # traced into the caller's graph: compiled with it, fused with what uses it
+        return fn(seeds.to(torch.int64).view(-1), t.to(torch.int64).view(-1),
+                  torch.tensor(stream, dtype=torch.int64, device=seeds.device), G, HW)
     if _checks.cpu_twin_name() == "compiled" and seeds.device.type == "cpu":
         fn = _compiled.get(name)
         if fn is None:
-            fn = _compiled[name] = torch.compile(_FLAT[name], dynamic=True, fullgraph=True)
+            fn = _compiled[name] = torch.compile(_TWINS[name], dynamic=True, fullgraph=True)
     # plain (not inference-mode) int64 inputs of at least two rows: no graph specialized on
-    # a batch of one or on inference tensors; the pad row is never indexed (b < B)
+    # a batch of one or on inference tensors; the pad row is cut off
     with torch.inference_mode(False), torch.no_grad():
         s = seeds.to(torch.int64).view(-1).clone()
         tt = t.to(torch.int64).view(-1).clone()
         if B == 1:
             s, tt = s.repeat(2), tt.repeat(2)
-        const = torch.tensor([stream, G, HW], dtype=torch.int64, device=seeds.device)
-        args = (s, tt, const[0], const[1], const[2], B * G * HW)
+        args = (s, tt, torch.tensor(stream, dtype=torch.int64, device=seeds.device), G, HW)
         try:
-            return fn(*args)
+            out = fn(*args)
         except Exception as e:  # the compiled one: no C++ compiler on this machine, a damaged Inductor cache, ...
-            if fn is _FLAT[name]:
+            if fn is _TWINS[name]:
                 raise
             first = (str(e).strip().splitlines() or [""])[0][:200]
             warnings.warn(f"fastddpm.kernels: the compiled CPU noise twin failed ({type(e).__name__}: {first}); drawing "
-                          f"with the eager twin from now on (the same words, about 10x slower); set "
+                          f"with the eager twin from now on (the same words, about 20x slower); set "
                           f"FASTDDPM_CPU_TWIN=eager to skip the attempt", RuntimeWarning, stacklevel=3)
-            _compiled[name] = _FLAT[name]
-            return _FLAT[name](*args)
-
-
-def _by_group(name: str, seeds, t, stream: int, G: int, HW: int) -> torch.Tensor:
-    """_twin's (4, N) lanes as (B, G, 4, HW), a view: [b, g, j, p] is lane j of counter (p, g, t[b])."""
-    return _twin(name, seeds, t, stream, G, HW).view(4, seeds.shape[0], G, HW).permute(1, 2, 0, 3)
+            _compiled[name] = _TWINS[name]
+            out = _TWINS[name](*args)
+    return out[:B]
 
 
 def randn_torch(seeds: torch.Tensor, t: torch.Tensor, stream: int, shape) -> torch.Tensor:
     """The addressed normals of a (B, C, H, W) batch, fp32 (for C <= 4 a strided view: no copy)."""
     B, C, H, W = shape
     G = (C + 3) // 4
-    n = _by_group("normals", seeds, t, stream, G, H * W)  # lane j of group g -> channel 4g + j
+    n = _twin("normals", seeds, t, stream, G, H * W)  # lane j of group g -> channel 4g + j
     n = n[:, 0] if G == 1 else n.reshape(B, G * 4, H * W)
     return n[:, :C].reshape(B, C, H, W)
 

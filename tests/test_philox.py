@@ -155,7 +155,7 @@ def test_cpu_tensors_draw_through_the_compiled_twin(monkeypatch):
         compiled = {k: f() for k, f in ops.items()}  # makes both compiled functions
         calls = []
         for name, fn in list(P._compiled.items()):
-            assert fn._torchdynamo_orig_callable is P._FLAT[name]  # a torch.compile of the twin
+            assert fn._torchdynamo_orig_callable is P._TWINS[name]  # a torch.compile of the twin
             monkeypatch.setitem(P._compiled, name, lambda *a, _f=fn, _n=name: calls.append(_n) or _f(*a))
         for k, f in ops.items():
             before = len(calls)
@@ -204,4 +204,24 @@ def test_a_failing_compiler_falls_back_to_the_eager_twin_with_a_warning(monkeypa
     with K.cpu_backend("torch"), K.cpu_twin("compiled"):
         with pytest.warns(RuntimeWarning, match="compiled CPU noise twin failed .*no working C\\+\\+ compiler.*FASTDDPM_CPU_TWIN=eager"):
             assert torch.equal(K.philox_words(seeds, t, 1, 3, 6), expected)
-        assert P._compiled["words"] is P._FLAT["words"]  # once: no second attempt, no second warning
+        assert P._compiled["words"] is P._TWINS["words"]  # once: no second attempt, no second warning
+
+
+@pytest.mark.parametrize("C,HW", [(3, 17 * 19), (5, 9)])
+def test_words_traced_into_a_compiled_caller_are_bit_exact(C, HW):
+    # Under torch.compile the CPU twin is traced into the caller's graph (Inductor fuses the draw
+    # with what uses it): the words stay those of the NumPy Philox, negative and 2**62 seeds and
+    # t >= 2**31 included. (The twin once formed the 32-bit product as a wrapped int64; signed
+    # overflow is undefined in the generated C++ and this graph's shape got it miscompiled.)
+    seeds = [0, 1, -1, 2**40 + 3, -(2**62)]
+    t = [0, 999, 5, 2**31 - 1, 123]
+    stream = 2**31 + 5
+    expected = _numpy_words(seeds, t, stream, C, HW)
+    with K.cpu_backend("torch"):
+        words = torch.compile(lambda s, tt: K.philox_words(s, tt, stream, C, HW) + 0, fullgraph=True)(
+            torch.tensor(seeds), torch.tensor(t))
+        normals = torch.compile(lambda s, tt: K.randn((5, C, 1, HW), s, tt, stream), fullgraph=True)(
+            torch.tensor(seeds), torch.tensor(t))
+        eager = K.randn((5, C, 1, HW), torch.tensor(seeds), torch.tensor(t), stream)
+    np.testing.assert_array_equal(words.numpy(), expected)
+    torch.testing.assert_close(normals, eager, rtol=0, atol=2e-6)
