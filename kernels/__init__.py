@@ -8,9 +8,10 @@
     x = reverse_step(x, eps_hat, t, table, seeds=seeds, out=x)    # in place
 
 This package imports torch and triton only (never the rest of fastddpm). CUDA tensors
-run the Triton kernels; CPU tensors run a torch twin of the same noise contract (its draw
-torch.compile'd once per process, `cpu_twin("eager")` or FASTDDPM_CPU_TWIN=eager for plain
-tensor ops), or the Triton kernels themselves under TRITON_INTERPRET=1 and `cpu_backend("triton")`.
+run the Triton kernels; CPU tensors run a torch twin of the same noise contract, called
+directly (its draw torch.compile'd once per process, `cpu_twin("eager")` or
+FASTDDPM_CPU_TWIN=eager for plain tensor ops; traced into the caller's graph when the caller
+is compiled), or the Triton kernels themselves under TRITON_INTERPRET=1 and `cpu_backend("triton")`.
 The notation and the noise contract: docs/notation.md and docs/noise.md.
 """
 

@@ -6,7 +6,8 @@
 m is the model's output and y its target: ε (ε-prediction), v = ᾱ_t ε − β̄_t x_0 (Salimans &
 Ho 2022; ᾱ_t, β̄_t read from row t of the coefficient table) or x_0 ("sample"), built in
 the kernel. ε is never stored: both passes redraw it from (seed, STREAM_NOISING, t, c, h, w),
-the address q_sample used; an x_0 target draws nothing. Forward reads N (+N of x_0 for the
+the address q_sample used; an x_0 target draws nothing. (The CPU twin draws it once and keeps
+m - y for the backward: on a CPU the draw costs more than reading N floats back.) Forward reads N (+N of x_0 for the
 v and x_0 targets) and writes one fp32 partial sum per program (summed in a fixed order, so
 the loss is bitwise reproducible, no atomics); backward reads the same and writes N. The
 eager reference keeps ε alive from the noising step, builds the target and reads it twice.
@@ -163,6 +164,36 @@ def _loss_backward_torch(grad_in, eps_hat, t, seeds, noise, weights, stream, pre
     grad_out.copy_(k.view(-1, 1, 1, 1) * (eps_hat.to(f) - _target_torch(eps_hat, t, seeds, noise, stream, pred, x0, table, f)))
 
 
+class _LossTwin(torch.autograd.Function):
+    """The loss on CPU tensors: the torch twin, keeping m - y for the backward instead of drawing ε a
+    second time (on a CPU the draw costs more than reading N floats back; the CUDA kernel redraws).
+    The same values and gradients as the custom op (an explicit noise gets -∂L/∂m for an ε target
+    only), the gradient in eps_hat's dtype and layout; traced into the caller's graph by torch.compile."""
+
+    @staticmethod
+    def forward(ctx, eps_hat, t, seeds, noise, weights, stream, pred, x0, table):
+        f = _checks.compute_dtype(eps_hat)
+        d = eps_hat.to(f) - _target_torch(eps_hat, t, seeds, noise, stream, pred, x0, table, f)
+        loss = (d * d).mean(dim=(1, 2, 3))
+        w = weights[t].to(f) if weights is not None else None
+        ctx.save_for_backward(d, w)
+        ctx.noise_grad = noise is not None and pred == 0
+        ctx.dtype = eps_hat.dtype  # the gradient's dtype and layout (check_image: NCHW or NHWC)
+        ctx.format = torch.contiguous_format if eps_hat.is_contiguous() else torch.channels_last
+        return loss * w if w is not None else loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        d, w = ctx.saved_tensors
+        B, C, H, W = d.shape
+        k = grad.to(d.dtype) * (2.0 / (C * H * W))
+        if w is not None:
+            k = k * w
+        g = torch.empty(d.shape, dtype=ctx.dtype, device=d.device, memory_format=ctx.format)
+        g.copy_(k.view(-1, 1, 1, 1) * d)
+        return g, None, None, (-g if ctx.noise_grad and ctx.needs_input_grad[3] else None), None, None, None, None, None
+
+
 @torch.library.custom_op("fastddpm::diffusion_loss", mutates_args=())
 def _loss_op(
     eps_hat: torch.Tensor, t: torch.Tensor, seeds: Optional[torch.Tensor], noise: Optional[torch.Tensor],
@@ -285,8 +316,12 @@ def eps_mse_loss(
         seeds = _checks.check_noise_source(seeds, noise, eps_hat, "eps_hat")
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction: expected 'mean', 'sum' or 'none', got {reduction!r}")
-    per_sample = torch.ops.fastddpm.diffusion_loss(eps_hat, t, seeds, noise, weights, _checks.check_stream(stream), pred, x0,
-                                                   table)
+    stream = _checks.check_stream(stream)
+    if _checks.use_triton(eps_hat):
+        per_sample = torch.ops.fastddpm.diffusion_loss(eps_hat, t, seeds, noise, weights, stream, pred, x0, table)
+    else:
+        # CPU tensors: the torch twin without the custom op's dispatch; traced under torch.compile
+        per_sample = _LossTwin.apply(eps_hat, t, seeds, noise, weights, stream, pred, x0, table)
     if reduction == "mean":
         return per_sample.mean()
     return per_sample.sum() if reduction == "sum" else per_sample

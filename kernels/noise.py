@@ -86,7 +86,11 @@ def randn_(out: torch.Tensor, seeds, t: torch.Tensor, stream: int) -> torch.Tens
     B = out.shape[0]
     seeds = _checks.make_seeds(seeds, B, out.device)
     _checks.check_timesteps(t, B, 2**32, out.device)
-    torch.ops.fastddpm.randn_(out, seeds, t, _checks.check_stream(stream))
+    stream = _checks.check_stream(stream)
+    if _checks.use_triton(out):
+        torch.ops.fastddpm.randn_(out, seeds, t, stream)
+    else:  # CPU tensors: the twin directly, as the other ops (no dispatch; traced under torch.compile)
+        out.copy_(randn_torch(seeds, t, stream, out.shape))
     return out
 
 

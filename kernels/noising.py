@@ -134,4 +134,11 @@ def q_sample(
     T = _checks.check_table(table, x0, tables.NCOEF)
     _checks.check_timesteps(t, x0.shape[0], T, x0.device)
     seeds = _checks.check_noise_source(seeds, noise, x0, "x0")
-    return torch.ops.fastddpm.q_sample(x0, t, table, seeds, noise, _checks.check_stream(stream))
+    stream = _checks.check_stream(stream)
+    if _checks.use_triton(x0):
+        return torch.ops.fastddpm.q_sample(x0, t, table, seeds, noise, stream)
+    # CPU tensors: the torch twin called directly (differentiable as it stands): no custom-op dispatch
+    # in eager mode, and under torch.compile traced, so Inductor fuses the draw into the caller's graph
+    out = torch.empty_like(x0)
+    _q_sample_torch(x0, t, table, seeds, noise, stream, out)
+    return out

@@ -205,6 +205,18 @@ def _(x, eps_hat, k, table, timesteps, seeds, noise, h, out, out_h, out_lowp, no
     return None
 
 
+def _step(*args) -> None:
+    """The step on x's device: the Triton kernel through the custom op (opaque to torch.compile, a
+    CUDA graph node), or, on CPU tensors, the torch twin called directly: under torch.compile its
+    ops are traced, so Inductor fuses the draw and the update into the caller's graph (a compiled
+    CPU sampler step is the model plus one more loop), and in eager mode it skips the custom op's
+    dispatch (~0.1 ms a call on a CPU, the step's whole budget at batch 1)."""
+    if _checks.use_triton(args[0]):
+        torch.ops.fastddpm.step_(*args)
+    else:
+        _step_torch(*args)
+
+
 def _outputs(x, out, out_lowp):
     if out is None:
         out = torch.empty_like(x)
@@ -246,8 +258,8 @@ def reverse_step(
     seeds = _checks.check_noise_source(seeds, noise, x, "x")
     out = _outputs(x, out, out_lowp)
     # coef_table's rows are in the posterior form: no ε column
-    torch.ops.fastddpm.step_(x, eps_hat, t, table, None, seeds, noise, None, out, None, out_lowp, None,
-                             _checks.check_flag(clip, "clip"), _checks.check_stream(stream), True, False)
+    _step(x, eps_hat, t, table, None, seeds, noise, None, out, None, out_lowp, None,
+          _checks.check_flag(clip, "clip"), _checks.check_stream(stream), True, False)
     return out
 
 
@@ -324,7 +336,7 @@ def sampler_step(
                                   or nonfinite.shape != (B,) or nonfinite.device != x.device):
         raise ValueError(f"nonfinite: expected an int64 tensor of shape ({B},) on {x.device}")
     out = _outputs(x, out, out_lowp)
-    torch.ops.fastddpm.step_(x, eps_hat, k, table, timesteps, seeds, noise, h, out, out_h, out_lowp, nonfinite,
-                             _checks.check_flag(clip, "clip"), _checks.check_stream(stream), False,
-                             _checks.check_flag(eps_term, "eps_term"), eps_uncond)
+    _step(x, eps_hat, k, table, timesteps, seeds, noise, h, out, out_h, out_lowp, nonfinite,
+          _checks.check_flag(clip, "clip"), _checks.check_stream(stream), False, _checks.check_flag(eps_term, "eps_term"),
+          eps_uncond)
     return out
