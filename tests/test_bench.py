@@ -107,7 +107,8 @@ def test_cpu_run_end_to_end_writes_valid_json(tmp_path, monkeypatch, capsys):
     assert {"torch", "triton", "python", "commit", "date"} <= set(data["env"])
     assert any("not the product's target" in n for n in data["notes"])
     ops = {(r["op"], r["impl"]) for r in data["kernels"]}
-    assert ops == {(o, i) for o in ("q_sample", "reverse_step", "loss") for i in ("fused", "eager", "compiled")}
+    assert ops == {(o, i) for o in ("q_sample", "reverse_step", "loss") for i in ("fused", "eager", "compiled")} | {
+        ("randn", "fused"), ("randn", "eager")}  # the draw alone, against torch.randn
     for r in data["kernels"]:
         assert r["median_ms"] > 0 and r["gbs"] > 0 and r["bytes"] == kernel_bytes(r["op"], r["shape"], getattr(torch, r["dtype"]))
         assert r["frac_copy_bw"] is None  # no copy bandwidth on a CPU: not measured, not 0
@@ -115,10 +116,27 @@ def test_cpu_run_end_to_end_writes_valid_json(tmp_path, monkeypatch, capsys):
         for key in ("unet_ms", "sampler_ms", "reference_ms", "sampler_images_per_s", "flops_per_image", "sampler_compile_s"):
             assert isinstance(r[key], (int, float)) and r[key] > 0, key
         assert "mfu" not in r
+        assert r["sampler_over_unet"] == r["sampler_ms"] / r["unet_ms"]
+        assert "sampler_compiled_ms" not in r  # --quick: the compiled CPU rows (a minute of compiling) are left out
     methods = [(m["method"], m["steps"]) for m in data["sampler"][-1]["methods"]]
     assert ("ddim", 50) in methods and ("dpm++2m", 10) in methods
     assert [r["impl"] for r in data["train"]] == ["fused", "reference"]
     assert all(r["images_per_s"] > 0 for r in data["train"])
+
+
+@pytest.mark.slow
+def test_cpu_compiled_sampler_row_against_the_compiled_unet():
+    # the full CPU bench's compiled rows (compile=True: the update traced into the step's graph)
+    # on the sampler tests' tiny U-Net: both timed, the compile apart, the ratio theirs
+    from helpers import tiny_unet
+
+    from fastddpm.bench.suites import bench_cpu_compiled
+    from fastddpm.core.schedule import Schedule
+
+    r = bench_cpu_compiled(tiny_unet(), Schedule.linear(), 2, {"steps": 2, "rounds": 1}, torch.device("cpu"))
+    for key in ("unet_compiled_ms", "unet_compiled_setup_s", "sampler_compiled_ms", "sampler_compiled_compile_s"):
+        assert isinstance(r[key], float) and r[key] > 0, key
+    assert r["sampler_compiled_over_unet"] == r["sampler_compiled_ms"] / r["unet_compiled_ms"]
 
 
 def test_quality_rows_table_and_plot_on_a_tiny_configuration(tmp_path):

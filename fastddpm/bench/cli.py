@@ -40,12 +40,16 @@ def plan(device: torch.device, quick: bool) -> dict:
         return dict(
             kernel_shapes=[(1024, 3, 32, 32), (128, 3, 256, 256)] if not quick else [(1024, 3, 32, 32)],
             unet=UNetConfig.cifar10(), batches=[1, 1024], steps=100 if not quick else 30, ref_steps=10 if not quick else 3,
-            train_batch=128, train_reps=20 if not quick else 5, energy_s=10.5 if not quick else 0.0,
+            train_batch=128, train_reps=20 if not quick else 5, energy_s=10.5 if not quick else 0.0, kernel_min_s=0.0,
+            cpu_compiled=False, rounds=1,
         )
     return dict(
         kernel_shapes=[(64, 3, 32, 32), (2, 3, 256, 256)] if not quick else [(8, 3, 32, 32)],
-        unet=TINY_UNET, batches=[1, 8] if not quick else [2], steps=10 if not quick else 2, ref_steps=3 if not quick else 1,
+        unet=TINY_UNET, batches=[1, 8] if not quick else [2], steps=50 if not quick else 2, ref_steps=3 if not quick else 1,
         train_batch=8 if not quick else 2, train_reps=5 if not quick else 2, energy_s=0.0,
+        kernel_min_s=0.3 if not quick else 0.0,  # a CPU's timings wander: a median of hundreds of calls, not ten
+        cpu_compiled=not quick,  # the Sampler with compile=True against the U-Net compiled alone (compiles: ~1 min)
+        rounds=5 if not quick else 1,  # U-Net and sampler timed in turn, five times: medians
     )
 
 
@@ -80,7 +84,8 @@ def main(argv=None) -> dict:
         prog="python -m fastddpm.bench", description=__doc__.split("\n")[0],
         epilog="On a CPU (a smoke run, not the product's target): a small built-in U-Net "
                f"({TINY_UNET.sample_size}x{TINY_UNET.sample_size}, base {TINY_UNET.base_channels}), sampler batches 1 and 8, "
-               "10 timed steps, kernel shapes 64x3x32x32 and 2x3x256x256 (--quick: batch 2, 2 steps, 8x3x32x32). On a GPU: "
+               "50 timed steps, eager and (apart) compiled, kernel shapes 64x3x32x32 and 2x3x256x256 (--quick: batch 2, 2 "
+               "steps, eager only, 8x3x32x32). On a GPU: "
                "the CIFAR-10 U-Net, batches 1 and 1024, 100 timed steps, kernel shapes 1024x3x32x32 and 128x3x256x256.")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of {SECTIONS}")
     ap.add_argument("--batch", default=None, help="sampler batch sizes, comma list (default 1,1024 on GPU, 1,8 on CPU)")
@@ -145,7 +150,12 @@ def main(argv=None) -> dict:
         rep["notes"].append("CPU run: a smoke test of the benchmark, not the product's target (fastddpm is measured on GPUs)")
         rep["notes"].append("on a CPU the Sampler's step is the U-Net plus the fused update's torch twin; the twin's "
                             "addressed draw is torch.compile'd (kernels.cpu_twin), the reference and diffusers draw with "
-                            "torch.randn; on CUDA the update is one Triton kernel")
+                            "torch.randn; on CUDA the update is one Triton kernel"
+                            + (". The 'compiled' line is the Sampler with compile=True, whose step graph takes the update "
+                               "in (Inductor fuses it with the U-Net's output), against the U-Net compiled alone"
+                               if p["cpu_compiled"] else "")
+                            + (f"; the U-Net and each sampler are timed in turn, {p['rounds']} times, medians kept"
+                               if p["rounds"] > 1 else ""))
         t0 = time.perf_counter()  # the twin's one-off compile (or its load from Inductor's cache), apart from the timings
         K.randn((2, 3, 4, 4), torch.tensor([0, 1]), torch.tensor([0, 1]), K.STREAM_PRIOR)
         rep["device"]["cpu_twin"] = K.cpu_twin_name()

@@ -27,8 +27,9 @@ def print_report(rep: dict, out=None) -> None:
         out.write("\nkernels                                     median ms     GB/s  of copy\n")
         if rep["device"].get("cpu"):
             out.write("(fused*: on a CPU the kernels run their torch twin, whose addressed Philox draw is compiled, the "
-                      "elementwise update eager; the reference draws with torch.randn, and the loss reads a stored ε "
-                      "where the fused one draws it twice, forward and backward. The Triton kernels run on CUDA.)\n")
+                      "elementwise update eager; the reference draws with torch.randn (the randn rows: the draw alone), "
+                      "and its loss reads a stored ε, where the fused loss draws ε in its forward pass (and keeps m - y "
+                      "for the backward): compare it with the eager loss plus a randn. The Triton kernels run on CUDA.)\n")
         for r in rep["kernels"]:
             frac = f"{100 * r['frac_copy_bw']:6.1f}%" if r.get("frac_copy_bw") else f"{'-':>7}"
             impl = "fused*" if r["impl"] == "fused" and rep["device"].get("cpu") else r["impl"]
@@ -44,6 +45,12 @@ def print_report(rep: dict, out=None) -> None:
                       f"{_f(r['reference_images_per_s'], '.3g', 11)} {_f(r.get('diffusers_images_per_s'), '.3g', 11)}\n")
             capture = f"capture {r['sampler_capture_s']:.2f} s" if r.get("sampler_capture_s") else "capture -"
             out.write(f"{'':11} warm-up (compile) {r['sampler_compile_s']:.1f} s, {capture}\n")
+            out.write(f"{'':11} fastddpm over the U-Net alone: {r['sampler_over_unet']:.3f}x\n")
+            if r.get("sampler_compiled_ms") is not None:
+                out.write(f"{'':11} compiled (compile=True; the update fused into the step's graph): {r['sampler_compiled_ms']:.3f} "
+                          f"ms/step against {r['unet_compiled_ms']:.3f} for the U-Net compiled alone = "
+                          f"{r['sampler_compiled_over_unet']:.3f}x (compile {r['sampler_compiled_compile_s']:.1f} s and "
+                          f"{r['unet_compiled_setup_s']:.1f} s, not timed)\n")
             if r.get("guided_ms") is not None:
                 out.write(f"{'':11} guided w=3 (class-conditional): {r['guided_ms']:.3f} ms/step against "
                           f"{r['guided_unet_2b_ms']:.3f} for the U-Net alone on 2B = {2 * r['batch']} "

@@ -3,6 +3,7 @@ method), the training step; each returns rows for the report (fastddpm.bench.rep
 
 import dataclasses
 import math
+import statistics
 import time
 
 import torch
@@ -13,7 +14,7 @@ from ..core.schedule import Schedule
 from ..models.unet import UNet, UNetConfig
 from ..sampling.sampler import Sampler
 from ..training.trainer import TrainConfig, Trainer
-from .timing import kernel_bytes, peak_memory, time_fn, time_kernel, unet_flops
+from .timing import kernel_bytes, peak_memory, summarize, time_fn, time_kernel, unet_flops
 
 TINY_UNET = UNetConfig(sample_size=16, base_channels=32, channel_mult=(1, 2), layers_per_block=1, attn_resolutions=(8,))
 
@@ -42,7 +43,10 @@ def kernel_cases(shape, dtype, device, sched: Schedule):
     def loss_ref():
         return torch.autograd.grad(R.eps_mse_loss(eps_req, t, noise=noise), eps_req)
 
+    out = torch.empty(shape, device=device, dtype=dtype)
     return [
+        # the draw alone: the addressed normals (what the fused ops draw inside) against torch.randn
+        ("randn", {"fused": lambda: K.randn_(out, seeds, t, K.STREAM_NOISING), "eager": lambda: torch.randn(shape, out=out)}),
         ("q_sample", {"fused": lambda: K.q_sample(x0, t, table, seeds=seeds), "eager": q_ref, "compiled": torch.compile(q_ref)}),
         ("reverse_step", {
             "fused": lambda: K.reverse_step(state, eps, t, table, seeds=seeds, out=state, out_lowp=lowp),
@@ -63,7 +67,7 @@ def bench_kernels(p, device, sched, rates) -> list:
                 nbytes = kernel_bytes(op, shape, dtype)
                 for impl, fn in impls.items():
                     with K.value_checks(False):  # the eager t-range check would wait for the GPU each call
-                        r = time_kernel(fn, device)
+                        r = time_kernel(fn, device, p["kernel_min_s"])
                     gbs = nbytes / (r["median_ms"] * 1e-3) / 1e9
                     rows.append(dict(op=op, impl=impl, shape=list(shape), dtype=str(dtype).replace("torch.", ""),
                                      bytes=nbytes, gbs=gbs, frac_copy_bw=gbs / rates["copy_gbs"] if rates.get("copy_gbs") else None, **r))
@@ -133,11 +137,9 @@ def bench_sampler(p, device, sched, rates, nvml) -> list:
         t = torch.full((B,), 500, device=device)
         with torch.inference_mode():
             floor, row["unet_setup_s"] = graphed_unet(fast.model, x, t)
-            row["unet_ms"] = time_fn(floor, device, reps=max(p["steps"], 5))["median_ms"]
         fast.run(batch=B, stop_after=2)  # compile and capture
         row["sampler_compile_s"], row["sampler_capture_s"] = fast.stats["warmup_s"], fast.stats["capture_s"]
-        fast.run(batch=B, stop_after=p["steps"])
-        row["sampler_ms"] = fast.stats["ms_per_step"]
+        row["unet_ms"], row["sampler_ms"] = floor_and_sampler(floor, fast, B, p, device)
         if p["energy_s"]:  # NVML's energy counter over at least energy_s seconds of sampling
             n = min(sched.T, math.ceil(1e3 * p["energy_s"] / row["sampler_ms"]))
             done, t0 = 0, time.perf_counter()
@@ -157,6 +159,8 @@ def bench_sampler(p, device, sched, rates, nvml) -> list:
             if f"{k}_ms" in row:
                 row[f"{k}_images_per_s"] = B / (row[f"{k}_ms"] * 1e-3 * sched.T)  # a full T-step run
         row["sampler_over_unet"] = row["sampler_ms"] / row["unet_ms"]
+        if device.type == "cpu" and p["cpu_compiled"]:
+            row.update(bench_cpu_compiled(net, sched, B, p, device))
         row.update(bench_guided(net, sched, B, p, device))
         row["methods"] = bench_methods(net, sched, B, p, row["unet_ms"], device) if B == max(p["batches"]) else []
         if "diffusers_ms" in row:
@@ -165,6 +169,50 @@ def bench_sampler(p, device, sched, rates, nvml) -> list:
             row["mfu"] = flops * B / (row["sampler_ms"] * 1e-3) / (rates["matmul_tflops"] * 1e12)
         rows.append(row)
     return rows
+
+
+def floor_and_sampler(floor, sampler: Sampler, B: int, p: dict, device, labels=None) -> tuple:
+    """(U-Net alone, ms a call; the sampler, ms a step of a run of p["steps"] steps): medians of
+    p["rounds"] measurements taken in turn. A CPU's speed drifts by several per cent over
+    seconds, so the two are measured alternately, never one after the other, and both as
+    the mean of a run of p["steps"] calls (a median of single calls would drop the slow ones
+    that the sampler's run counts). On CUDA: the median call, from CUDA events."""
+    floors, steps = [], []
+    n = max(p["steps"], 5)
+    for _ in range(p["rounds"]):
+        with torch.inference_mode():
+            if device.type == "cuda":
+                floors.append(time_fn(floor, device, reps=n)["median_ms"])
+            else:
+                floor()
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    floor()
+                floors.append(1e3 * (time.perf_counter() - t0) / n)
+        sampler.run(batch=B, labels=labels, stop_after=p["steps"])
+        steps.append(sampler.stats["ms_per_step"])
+    return statistics.median(floors), statistics.median(steps)
+
+
+def bench_cpu_compiled(net, sched, B: int, p: dict, device) -> dict:
+    """On a CPU: the Sampler with compile=True, whose step traces the update's torch twin (the
+    draw included) into the model's graph, where Inductor fuses it, against the U-Net compiled
+    alone the same way: the like-for-like floor, as the graphed U-Net is on CUDA. The compile
+    times are reported apart from the timings."""
+    s = Sampler(net, sched, compile=True, progress=False)
+    shape = (net.config.in_channels, net.config.sample_size, net.config.sample_size)
+    x = torch.randn(B, *shape, device=device, dtype=s.dtype).contiguous(memory_format=torch.channels_last)
+    t = torch.full((B,), 500, device=device)
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        fwd = torch.compile(s.model, fullgraph=True, dynamic=False)
+        fwd(x, t)
+        setup = time.perf_counter() - t0
+    s.run(batch=B, stop_after=2)  # compile
+    compile_s = s.stats["warmup_s"]
+    unet_ms, ms = floor_and_sampler(lambda: fwd(x, t), s, B, p, device)
+    return dict(unet_compiled_ms=unet_ms, unet_compiled_setup_s=setup, sampler_compiled_ms=ms,
+                sampler_compiled_compile_s=compile_s, sampler_compiled_over_unet=ms / unet_ms)
 
 
 GUIDED_CLASSES = 10
@@ -184,11 +232,9 @@ def bench_guided(net, sched, B: int, p: dict, device) -> dict:
     labels = torch.arange(2 * B, device=device) % (GUIDED_CLASSES + 1)
     with torch.inference_mode():
         floor, _ = graphed_unet(s.model, x, t, labels)
-        unet_2b = time_fn(floor, device, reps=max(p["steps"], 5))["median_ms"]
     labels = torch.arange(B, device=device) % GUIDED_CLASSES
     s.run(batch=B, labels=labels, stop_after=2)  # compile and capture
-    s.run(batch=B, labels=labels, stop_after=p["steps"])
-    ms = s.stats["ms_per_step"]
+    unet_2b, ms = floor_and_sampler(floor, s, B, p, device, labels)
     return dict(guided_unet_2b_ms=unet_2b, guided_ms=ms, guided_overhead_ms=ms - unet_2b)
 
 
@@ -228,16 +274,23 @@ def bench_train(p, device, sched) -> list:
     c = p["unet"]
     g = torch.Generator().manual_seed(0)
     data = torch.rand(max(4 * p["train_batch"], 64), c.in_channels, c.sample_size, c.sample_size, generator=g).mul_(2).sub_(1)
-    rows = []
+    trainers = {}
     for fused in (True, False):
         torch.manual_seed(0)
         cfg = TrainConfig(steps=10**9, batch_size=p["train_batch"], fused=fused, schedule="linear", T=sched.T)
-        trainer = Trainer(UNet(c), data, cfg, device=device, progress=False)
+        trainers[fused] = Trainer(UNet(c), data, cfg, device=device, progress=False)
+    times = {fused: [] for fused in trainers}
+    with K.value_checks(False):
+        for _ in range(p["rounds"]):  # in turn, as the sampler's (a CPU's speed drifts over seconds)
+            for fused, trainer in trainers.items():
+                time_fn(trainer.train_step, device, warmup=2, reps=p["train_reps"], samples=times[fused])
+    rows = []
+    for fused, trainer in trainers.items():
+        r = summarize(times[fused])
         with K.value_checks(False):
-            r = time_fn(trainer.train_step, device, warmup=2, reps=p["train_reps"])
             peak = peak_memory(trainer.train_step, device)
-        rows.append(dict(impl="fused" if fused else "reference", batch=cfg.batch_size,
-                         images_per_s=cfg.batch_size / (r["median_ms"] * 1e-3), peak_bytes=peak, **r))
+        rows.append(dict(impl="fused" if fused else "reference", batch=trainer.cfg.batch_size,
+                         images_per_s=trainer.cfg.batch_size / (r["median_ms"] * 1e-3), peak_bytes=peak, **r))
     return rows
 
 

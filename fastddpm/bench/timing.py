@@ -22,6 +22,7 @@ def kernel_bytes(op: str, shape, dtype: torch.dtype) -> int:
     reverse_step: reads x_t (fp32 state) and ε̂ (s), writes x_{t-1} (fp32) and the
                   model's next input (s)                         N (4 + s + 4 + s)
     loss:         forward reads ε̂; backward reads ε̂, writes ∂L/∂ε̂   3 N s
+    randn:        writes the normals                             N s
     The per-sample t, seeds and table rows are O(B) and left out.
     """
     n = 1
@@ -34,7 +35,9 @@ def kernel_bytes(op: str, shape, dtype: torch.dtype) -> int:
         return n * (4 + s + 4 + s)
     if op == "loss":
         return 3 * n * s
-    raise ValueError(f"op: expected q_sample, reverse_step or loss, got {op!r}")
+    if op == "randn":
+        return n * s
+    raise ValueError(f"op: expected randn, q_sample, reverse_step or loss, got {op!r}")
 
 
 def unet_flops(model, shape, device, dtype=torch.float32) -> int:
@@ -56,9 +59,10 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def time_fn(fn, device, *, warmup: int = 3, reps: int = 20, min_s: float = 0.0) -> dict:
+def time_fn(fn, device, *, warmup: int = 3, reps: int = 20, min_s: float = 0.0, samples=None) -> dict:
     """Median and spread (p20, p80) in ms over `reps` calls after `warmup`. CUDA uses
-    CUDA events around each call; CPU the wall clock."""
+    CUDA events around each call; CPU the wall clock. samples: a list to extend with the
+    single times (ms), to summarize several interleaved measurements together."""
     device = torch.device(device)
     for _ in range(warmup):
         fn()
@@ -77,6 +81,8 @@ def time_fn(fn, device, *, warmup: int = 3, reps: int = 20, min_s: float = 0.0) 
             t0 = time.perf_counter()
             fn()
             times.append(1e3 * (time.perf_counter() - t0))
+    if samples is not None:
+        samples.extend(times)
     return summarize(times)
 
 
@@ -127,15 +133,15 @@ def _proc_stat() -> tuple:
     return sum(v) - idle, sum(v)
 
 
-def time_kernel(fn, device) -> dict:
+def time_kernel(fn, device, min_s: float = 0.0) -> dict:
     """Kernel timing: triton.testing.do_bench on CUDA (median, L2 flushed between
-    calls), the wall clock on CPU."""
+    calls), the wall clock on CPU (at least 10 calls and min_s seconds)."""
     if torch.device(device).type == "cuda":
         import triton.testing
 
         med, lo, hi = triton.testing.do_bench(fn, warmup=25, rep=100, quantiles=[0.5, 0.2, 0.8])
         return {"median_ms": med, "p20_ms": lo, "p80_ms": hi, "reps": None}
-    return time_fn(fn, device, warmup=2, reps=10)
+    return time_fn(fn, device, warmup=2, reps=10, min_s=min_s)
 
 
 # ------------------------------------------------------------------ device rates
