@@ -212,8 +212,8 @@ _compiled = {}  # name -> torch.compile of _TWINS[name], made at the first call 
 
 def _twin(name: str, seeds, t, stream: int, G: int, HW: int) -> torch.Tensor:
     """_TWINS[name] of a batch, (B, G, 4, HW): [b, g, j, p] is lane j of counter (p, g, t[b]).
-    Compiled (one fused loop over the Philox rounds and the transform, about 20x faster than
-    ~150 separate int64 tensor ops) unless cpu_twin("eager") or FASTDDPM_CPU_TWIN=eager; traced
+    Compiled (one fused loop over the Philox rounds and the transform, about 10x faster than
+    the few hundred separate int64 tensor ops of the eager twin) unless cpu_twin("eager") or FASTDDPM_CPU_TWIN=eager; traced
     into the caller's graph when the caller is being compiled. The same words either way; the
     normals within docs/noise.md's tolerance of each other (vectorized log2, sqrt, sin, cos)."""
     B = seeds.shape[0]
@@ -240,7 +240,7 @@ def _twin(name: str, seeds, t, stream: int, G: int, HW: int) -> torch.Tensor:
                 raise
             first = (str(e).strip().splitlines() or [""])[0][:200]
             warnings.warn(f"fastddpm.kernels: the compiled CPU noise twin failed ({type(e).__name__}: {first}); drawing "
-                          f"with the eager twin from now on (the same words, about 20x slower); set "
+                          f"with the eager twin from now on (the same words, about 10x slower); set "
                           f"FASTDDPM_CPU_TWIN=eager to skip the attempt", RuntimeWarning, stacklevel=3)
             _compiled[name] = _TWINS[name]
             out = _TWINS[name](*args)

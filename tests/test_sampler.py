@@ -79,7 +79,9 @@ def test_compiled_step_is_one_graph_for_all_timesteps(net):
     torch._dynamo.reset()
     counters.clear()
     s = _sampler(net, compile=True)
-    with K.cpu_twin("eager"):  # the CPU twin's own compiled draw (inside the step's custom op) is not counted here
+    # the step's graph traces the update's draw in; the prior's draw (run() resets x outside the
+    # step) would be the twin's own compiled function, another graph: the eager twin leaves it out
+    with K.cpu_twin("eager"):
         got = s.run(batch=2, seed=1)
         assert counters["stats"]["unique_graphs"] == 1  # fullgraph, and no recompile across t
         torch.testing.assert_close(got, reference.sample(net, SHORT, torch.tensor([1, 2]), SHAPE))
