@@ -136,6 +136,14 @@ def _loss_launch(eps_hat, t, seeds, noise, weights, stream, pred, x0, table, gra
     return None if backward else part.view(L.B, L.G * L.tiles).sum(dim=1)
 
 
+def _v_coefs(table, t, f):
+    """(ᾱ_t, β̄_t) per sample, (B, 1, 1, 1) in dtype f, from row t of the table; an out-of-range t
+    gives NaN, as the kernel's row_index."""
+    ok = (t >= 0) & (t < table.shape[0])
+    row = table[t.long().clamp(0, table.shape[0] - 1)].to(f) + torch.where(ok, 0.0, float("nan")).to(f).view(-1, 1)
+    return row[:, int(SQRT_AB)].view(-1, 1, 1, 1), row[:, int(SQRT_1M_AB)].view(-1, 1, 1, 1)
+
+
 def _target_torch(eps_hat, t, seeds, noise, stream, pred, x0, table, f):
     """The target y in the compute dtype f: ε, ᾱ_t ε − β̄_t x_0, or x_0."""
     if pred == 2:
@@ -143,9 +151,16 @@ def _target_torch(eps_hat, t, seeds, noise, stream, pred, x0, table, f):
     eps = noise_torch(noise, seeds, t, stream, eps_hat, f)
     if pred == 0:
         return eps
-    ok = (t >= 0) & (t < table.shape[0])  # an out-of-range t gives NaN, as the kernel's row_index
-    row = table[t.long().clamp(0, table.shape[0] - 1)].to(f) + torch.where(ok, 0.0, float("nan")).to(f).view(-1, 1)
-    return row[:, int(SQRT_AB)].view(-1, 1, 1, 1) * eps - row[:, int(SQRT_1M_AB)].view(-1, 1, 1, 1) * x0.to(f)
+    ca, cb = _v_coefs(table, t, f)
+    return ca * eps - cb * x0.to(f)
+
+
+def _noise_grad(g, pred, t, table):
+    """∂L/∂ε of an explicit noise from g = ∂L/∂m: the target holds ε with weight 1 (ε) or ᾱ_t (v)."""
+    if pred == 0:
+        return -g
+    ca, _ = _v_coefs(table, t, torch.float64 if g.dtype == torch.float64 else torch.float32)
+    return -(ca * g)  # in fp32 (fp64), cast to the noise's dtype by autograd
 
 
 def _loss_torch(eps_hat, t, seeds, noise, weights, stream, pred, x0, table):
@@ -167,8 +182,8 @@ def _loss_backward_torch(grad_in, eps_hat, t, seeds, noise, weights, stream, pre
 class _LossTwin(torch.autograd.Function):
     """The loss on CPU tensors: the torch twin, keeping m - y for the backward instead of drawing ε a
     second time (on a CPU the draw costs more than reading N floats back; the CUDA kernel redraws).
-    The same values and gradients as the custom op (an explicit noise gets -∂L/∂m for an ε target
-    only), the gradient in eps_hat's dtype and layout; traced into the caller's graph by torch.compile."""
+    The same values and gradients as the custom op (an explicit noise gets its gradient too), the
+    gradient in eps_hat's dtype and layout; traced into the caller's graph by torch.compile."""
 
     @staticmethod
     def forward(ctx, eps_hat, t, seeds, noise, weights, stream, pred, x0, table):
@@ -176,22 +191,24 @@ class _LossTwin(torch.autograd.Function):
         d = eps_hat.to(f) - _target_torch(eps_hat, t, seeds, noise, stream, pred, x0, table, f)
         loss = (d * d).mean(dim=(1, 2, 3))
         w = weights[t].to(f) if weights is not None else None
-        ctx.save_for_backward(d, w)
-        ctx.noise_grad = noise is not None and pred == 0
+        ctx.save_for_backward(d, w, t, table)
+        ctx.pred = pred
+        ctx.noise_grad = noise is not None and pred != 2
         ctx.dtype = eps_hat.dtype  # the gradient's dtype and layout (check_image: NCHW or NHWC)
         ctx.format = torch.contiguous_format if eps_hat.is_contiguous() else torch.channels_last
         return loss * w if w is not None else loss
 
     @staticmethod
     def backward(ctx, grad):
-        d, w = ctx.saved_tensors
+        d, w, t, table = ctx.saved_tensors
         B, C, H, W = d.shape
         k = grad.to(d.dtype) * (2.0 / (C * H * W))
         if w is not None:
             k = k * w
         g = torch.empty(d.shape, dtype=ctx.dtype, device=d.device, memory_format=ctx.format)
         g.copy_(k.view(-1, 1, 1, 1) * d)
-        return g, None, None, (-g if ctx.noise_grad and ctx.needs_input_grad[3] else None), None, None, None, None, None
+        g_noise = _noise_grad(g, ctx.pred, t, table) if ctx.noise_grad and ctx.needs_input_grad[3] else None
+        return g, None, None, g_noise, None, None, None, None, None
 
 
 @torch.library.custom_op("fastddpm::diffusion_loss", mutates_args=())
@@ -238,7 +255,7 @@ def _loss_setup(ctx, inputs, output):
 def _loss_backward(ctx, grad):
     eps_hat, t, seeds, noise, weights, x0, table = ctx.saved_tensors
     g = torch.ops.fastddpm.diffusion_loss_backward(grad, eps_hat, t, seeds, noise, weights, ctx.stream, ctx.pred, x0, table)
-    g_noise = -g if (noise is not None and ctx.needs_input_grad[3] and ctx.pred == 0) else None
+    g_noise = _noise_grad(g, ctx.pred, t, table) if (noise is not None and ctx.needs_input_grad[3] and ctx.pred != 2) else None
     return g, None, None, g_noise, None, None, None, None, None
 
 

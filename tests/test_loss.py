@@ -95,6 +95,26 @@ def test_noise_gradient_when_noise_requires_grad(impl, device):
     torch.testing.assert_close(gn, -ge)
 
 
+def test_noise_gradient_of_a_v_target_when_noise_requires_grad(impl, device):
+    # v = ᾱ_t ε − β̄_t x_0 holds the explicit ε with weight ᾱ_t: its gradient is −ᾱ_t ∂L/∂m, as
+    # autograd through the formula says (it was None before: a gradient silently missing)
+    shape = (3, 3, 4, 5)
+    out = rand_image(shape, torch.float32, device, 5).requires_grad_()
+    noise = rand_image(shape, torch.float32, device, 6).requires_grad_()
+    x0 = rand_image(shape, torch.float32, device, 7)
+    t = timesteps(3, SCHEDULE.T, device)
+    table = SCHEDULE.table(device=device)
+    loss = K.eps_mse_loss(out, t, noise=noise, prediction="v", x0=x0, table=table, reduction="sum")
+    go, gn = torch.autograd.grad(loss, (out, noise))
+    o, n = out.detach().clone().requires_grad_(), noise.detach().clone().requires_grad_()
+    a = SCHEDULE.alphas_cumprod.to(device)[t].view(-1, 1, 1, 1)
+    target = a.sqrt().float() * n - (1 - a).sqrt().float() * x0
+    ref = ((o - target) ** 2).mean(dim=(1, 2, 3)).sum()
+    ro, rn = torch.autograd.grad(ref, (o, n))
+    torch.testing.assert_close(go, ro, rtol=2e-6, atol=1e-7)
+    torch.testing.assert_close(gn, rn, rtol=2e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("source", ["seeds", "noise"])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_gradcheck_float64_cpu(source, reduction):
