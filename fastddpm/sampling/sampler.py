@@ -83,7 +83,7 @@ class Sampler:
     compile:       torch.compile(fullgraph=True) the step; default on CUDA only. On a CPU the
                    compiled step takes the update in (Inductor fuses it with the model's
                    output): it pays for small models and long runs (the bench's small U-Net:
-                   ~1.3x faster a step), after a compile of ~35 s the first time on a machine
+                   ~1.5x faster a step), after a compile of ~35 s the first time on a machine
                    and ~5 s from Inductor's cache; a short run does not gain it back.
     cuda_graph:    capture the step in a CUDA graph and replay it (CUDA only).
     max_batch:     the largest micro-batch (default 1024); larger runs are split.
