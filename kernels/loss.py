@@ -7,9 +7,9 @@ m is the model's output and y its target: ε (ε-prediction), v = ᾱ_t ε − �
 Ho 2022; ᾱ_t, β̄_t read from row t of the coefficient table) or x_0 ("sample"), built in
 the kernel. ε is never stored: both passes redraw it from (seed, STREAM_NOISING, t, c, h, w),
 the address q_sample used; an x_0 target draws nothing. (The CPU twin draws it once and keeps
-m - y for the backward: on a CPU the draw costs more than reading N floats back.) Forward reads N (+N of x_0 for the
-v and x_0 targets) and writes one fp32 partial sum per program (summed in a fixed order, so
-the loss is bitwise reproducible, no atomics); backward reads the same and writes N. The
+m - y for the backward: on a CPU the draw costs more than reading N floats back.) Forward reads
+N (+N of x_0 for the v and x_0 targets) and writes one fp32 partial sum per program (summed in
+a fixed order, so the loss is bitwise reproducible, no atomics); backward reads the same and writes N. The
 eager reference keeps ε alive from the noising step, builds the target and reads it twice.
 """
 
@@ -163,20 +163,39 @@ def _noise_grad(g, pred, t, table):
     return -(ca * g)  # in fp32 (fp64), cast to the noise's dtype by autograd
 
 
-def _loss_torch(eps_hat, t, seeds, noise, weights, stream, pred, x0, table):
+def _residual(eps_hat, t, seeds, noise, stream, pred, x0, table):
+    """m - y in the compute dtype (fp32; fp64 for fp64 input)."""
     f = _checks.compute_dtype(eps_hat)
-    d = eps_hat.to(f) - _target_torch(eps_hat, t, seeds, noise, stream, pred, x0, table, f)
+    return eps_hat.to(f) - _target_torch(eps_hat, t, seeds, noise, stream, pred, x0, table, f)
+
+
+def _weight(weights, t, d):
+    """w_t per sample in d's dtype, or None without weights."""
+    return weights[t].to(d.dtype) if weights is not None else None
+
+
+def _per_sample(d, w):
+    """loss_b = w_t mean_{c,h,w} d²."""
     loss = (d * d).mean(dim=(1, 2, 3))
-    return loss * weights[t].to(f) if weights is not None else loss
+    return loss * w if w is not None else loss
+
+
+def _grad_of(grad_in, d, w):
+    """∂L/∂m = 2 w_t (m - y) / (C H W) ∂L/∂loss_b, in d's dtype."""
+    k = grad_in.to(d.dtype) * (2.0 / d[0].numel())
+    if w is not None:
+        k = k * w
+    return k.view(-1, 1, 1, 1) * d
+
+
+def _loss_torch(eps_hat, t, seeds, noise, weights, stream, pred, x0, table):
+    d = _residual(eps_hat, t, seeds, noise, stream, pred, x0, table)
+    return _per_sample(d, _weight(weights, t, d))
 
 
 def _loss_backward_torch(grad_in, eps_hat, t, seeds, noise, weights, stream, pred, x0, table, grad_out):
-    f = _checks.compute_dtype(eps_hat)
-    B, C, H, W = eps_hat.shape
-    k = grad_in.to(f) * (2.0 / (C * H * W))
-    if weights is not None:
-        k = k * weights[t].to(f)
-    grad_out.copy_(k.view(-1, 1, 1, 1) * (eps_hat.to(f) - _target_torch(eps_hat, t, seeds, noise, stream, pred, x0, table, f)))
+    d = _residual(eps_hat, t, seeds, noise, stream, pred, x0, table)
+    grad_out.copy_(_grad_of(grad_in, d, _weight(weights, t, d)))
 
 
 class _LossTwin(torch.autograd.Function):
@@ -187,26 +206,20 @@ class _LossTwin(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, eps_hat, t, seeds, noise, weights, stream, pred, x0, table):
-        f = _checks.compute_dtype(eps_hat)
-        d = eps_hat.to(f) - _target_torch(eps_hat, t, seeds, noise, stream, pred, x0, table, f)
-        loss = (d * d).mean(dim=(1, 2, 3))
-        w = weights[t].to(f) if weights is not None else None
+        d = _residual(eps_hat, t, seeds, noise, stream, pred, x0, table)
+        w = _weight(weights, t, d)
         ctx.save_for_backward(d, w, t, table)
         ctx.pred = pred
         ctx.noise_grad = noise is not None and pred != 2
         ctx.dtype = eps_hat.dtype  # the gradient's dtype and layout (check_image: NCHW or NHWC)
         ctx.format = torch.contiguous_format if eps_hat.is_contiguous() else torch.channels_last
-        return loss * w if w is not None else loss
+        return _per_sample(d, w)
 
     @staticmethod
     def backward(ctx, grad):
         d, w, t, table = ctx.saved_tensors
-        B, C, H, W = d.shape
-        k = grad.to(d.dtype) * (2.0 / (C * H * W))
-        if w is not None:
-            k = k * w
         g = torch.empty(d.shape, dtype=ctx.dtype, device=d.device, memory_format=ctx.format)
-        g.copy_(k.view(-1, 1, 1, 1) * d)
+        g.copy_(_grad_of(grad, d, w))
         g_noise = _noise_grad(g, ctx.pred, t, table) if ctx.noise_grad and ctx.needs_input_grad[3] else None
         return g, None, None, g_noise, None, None, None, None, None
 

@@ -213,9 +213,10 @@ _compiled = {}  # name -> torch.compile of _TWINS[name], made at the first call 
 def _twin(name: str, seeds, t, stream: int, G: int, HW: int) -> torch.Tensor:
     """_TWINS[name] of a batch, (B, G, 4, HW): [b, g, j, p] is lane j of counter (p, g, t[b]).
     Compiled (one fused loop over the Philox rounds and the transform, about 10x faster than
-    the few hundred separate int64 tensor ops of the eager twin) unless cpu_twin("eager") or FASTDDPM_CPU_TWIN=eager; traced
-    into the caller's graph when the caller is being compiled. The same words either way; the
-    normals within docs/noise.md's tolerance of each other (vectorized log2, sqrt, sin, cos)."""
+    the few hundred separate int64 tensor ops of the eager twin) unless cpu_twin("eager") or
+    FASTDDPM_CPU_TWIN=eager; traced into the caller's graph when the caller is being compiled.
+    The same words either way; the normals within docs/noise.md's tolerance of each other
+    (vectorized log2, sqrt, sin, cos)."""
     B = seeds.shape[0]
     fn = _TWINS[name]
     if torch.compiler.is_compiling():  # traced into the caller's graph: compiled with it, fused with what uses it
