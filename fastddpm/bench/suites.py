@@ -77,16 +77,17 @@ def bench_kernels(p, device, sched, rates) -> list:
 # ------------------------------------------------------------------ sampler
 
 
-def graphed_unet(net, x, t, labels=None):
+def graphed_unet(net, x, t, labels=None, compiled_on_cpu: bool = False):
     """The U-Net alone, run the way the Sampler runs it: the sampler's floor. -> (fn, setup s).
-    On CUDA compiled and captured in a CUDA graph; on a CPU eager, as the Sampler is there.
+    On CUDA compiled and captured in a CUDA graph; on a CPU eager, as the Sampler is there by
+    default, or compiled (compiled_on_cpu, the floor of Sampler(compile=True)).
     labels: a class-conditional U-Net's (B,) labels."""
     t0 = time.perf_counter()
     args = (x, t) if labels is None else (x, t, labels)
+    fwd = torch.compile(net, fullgraph=True, dynamic=False) if x.device.type == "cuda" or compiled_on_cpu else net
     if x.device.type != "cuda":
-        net(*args)
-        return (lambda: net(*args)), time.perf_counter() - t0
-    fwd = torch.compile(net, fullgraph=True, dynamic=False)
+        fwd(*args)
+        return (lambda: fwd(*args)), time.perf_counter() - t0
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -204,13 +205,10 @@ def bench_cpu_compiled(net, sched, B: int, p: dict, device) -> dict:
     x = torch.randn(B, *shape, device=device, dtype=s.dtype).contiguous(memory_format=torch.channels_last)
     t = torch.full((B,), 500, device=device)
     with torch.inference_mode():
-        t0 = time.perf_counter()
-        fwd = torch.compile(s.model, fullgraph=True, dynamic=False)
-        fwd(x, t)
-        setup = time.perf_counter() - t0
+        floor, setup = graphed_unet(s.model, x, t, compiled_on_cpu=True)
     s.run(batch=B, stop_after=2)  # compile
     compile_s = s.stats["warmup_s"]
-    unet_ms, ms = floor_and_sampler(lambda: fwd(x, t), s, B, p, device)
+    unet_ms, ms = floor_and_sampler(floor, s, B, p, device)
     return dict(unet_compiled_ms=unet_ms, unet_compiled_setup_s=setup, sampler_compiled_ms=ms,
                 sampler_compiled_compile_s=compile_s, sampler_compiled_over_unet=ms / unet_ms)
 
