@@ -4,14 +4,17 @@
                                     time the library names (ValueError, TypeError, OSError,
                                     FloatingPointError, ImportError: exit 1), no stack
     prog: interrupted: <what was kept and how to go on>      Ctrl-C (exit 130)
+    prog: interrupted (SIGTERM): <what was kept ...>          SIGTERM (exit 143): a scheduler's stop
 
 A genuine bug (any other exception) still shows its stack; `--debug` or FASTDDPM_DEBUG=1
 shows it for every error.
 """
 
 import os
+import signal
 import sys
 
+from .io import stop
 from .io.checkpoint import FolderInUse
 
 USER_ERRORS = (ValueError, TypeError, OSError, FloatingPointError, ImportError, FolderInUse)
@@ -28,15 +31,19 @@ def strip_debug(argv):
 
 
 def run(prog: str, main, argv=None):
-    """main(argv) with the library's errors as one line and an exit status, when run as a command."""
+    """main(argv) with the library's errors as one line and an exit status, when run as a command.
+    SIGTERM stops the command as Ctrl-C does (fastddpm.io.stop), with exit status 143."""
     debug = debug_requested(argv)
     try:
-        return main(strip_debug(argv))
+        with stop.term_raises():
+            return main(strip_debug(argv))
     except KeyboardInterrupt as e:
         if debug:
             raise
-        sys.stderr.write(f"\n{prog}: interrupted" + (f": {e}" if str(e) else "") + "\n")
-        raise SystemExit(130) from None
+        signum = stop.signal_of(e)
+        how = "" if signum == signal.SIGINT else f" ({stop.name(signum)})"
+        sys.stderr.write(f"\n{prog}: interrupted{how}" + (f": {e}" if str(e) else "") + "\n")
+        raise SystemExit(128 + signum) from None
     except USER_ERRORS as e:
         if debug:
             raise

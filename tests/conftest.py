@@ -47,3 +47,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def procs():
+    """Child processes started with SIGINT and SIGTERM at their defaults, waited on with bounds,
+    killed and reaped with everything they started when the test ends (tests/procs.py)."""
+    from procs import Procs
+
+    p = Procs()
+    try:
+        yield p
+    finally:
+        p.close()

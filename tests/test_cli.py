@@ -1,18 +1,17 @@
 """The command lines as a user meets them, through real `python -m` processes: a mistake is
 one line `prog: error: ...` and an exit status (2 for usage, 1 at run time), never a stack;
-Ctrl-C says what was kept and how to go on; long work speaks first and last. And generate's
+long work speaks first and last (Ctrl-C and SIGTERM: test_stop.py). And generate's
 work is the images asked for."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 from fastddpm import TrainConfig, Trainer, UNet, UNetConfig
+from procs import default_signals
 from fastddpm.io.data import digits
 
 TINY = UNetConfig(in_channels=1, out_channels=1, sample_size=8, base_channels=16, channel_mult=(1, 2),
@@ -29,8 +28,9 @@ def run(tmp_path_factory):
 
 
 def cli(module, *args, env=None, timeout=300):
+    """The command to its end; on a timeout subprocess.run kills it (these start no children)."""
     return subprocess.run([sys.executable, "-m", f"fastddpm.{module}", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+                          timeout=timeout, env={**os.environ, **(env or {})}, preexec_fn=default_signals)
 
 
 def assert_error_line(proc, module, match, code=1):
@@ -111,50 +111,6 @@ def test_a_second_trainer_on_a_locked_folder_is_one_line(run, tmp_path):
         assert_error_line(proc, "train", "is in use by another trainer (pid 1 on elsewhere)")
     finally:
         os.close(fd)
-
-
-def _interrupt_when(proc, text: str, timeout: float = 240) -> str:
-    """Send Ctrl-C once `text` appears on the process's stderr; return all it printed."""
-    import select
-
-    seen, t0, fd = b"", time.time(), proc.stderr.fileno()
-    while text.encode() not in seen and time.time() - t0 < timeout and proc.poll() is None:
-        if select.select([fd], [], [], 0.1)[0]:
-            seen += os.read(fd, 65536)
-    assert text.encode() in seen, seen.decode(errors="replace")
-    proc.send_signal(signal.SIGINT)
-    rest = proc.communicate(timeout=timeout)[1]
-    return (seen + (rest or b"")).decode(errors="replace")
-
-
-def test_ctrl_c_during_generate_says_what_was_kept(run, tmp_path):
-    out = tmp_path / "g"
-    args = ["--model", str(run), "--out", str(out), "--n", "40", "--shard", "4", "--batch", "2", "--method", "ddim", "--steps", "20"]
-    proc = subprocess.Popen([sys.executable, "-m", "fastddpm.generate", *args], stderr=subprocess.PIPE)
-    err = _interrupt_when(proc, "/40 images")
-    assert proc.returncode == 130 and "Traceback" not in err, err
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("python -m fastddpm.generate: interrupted: ") and "of 10 shards written into" in last
-    assert last.endswith("run the same command to resume")
-    done = cli("generate", *args)
-    assert done.returncode == 0 and "shards verified" in done.stderr, done.stderr
-    assert not list(out.glob(".*"))
-
-
-def test_ctrl_c_during_training_writes_a_checkpoint(tmp_path):
-    out = tmp_path / "t"
-    args = ["--out", str(out), "--steps", "100000", "--log-every", "1", "--checkpoint-every", "0", "--device", "cpu"]
-    proc = subprocess.Popen([sys.executable, "-m", "fastddpm.train", *args], stderr=subprocess.PIPE)
-    err = _interrupt_when(proc, "step 3/")
-    assert proc.returncode == 130 and "Traceback" not in err, err
-    assert err.splitlines()[0].startswith("train: digits (1797 images 1x8x8), U-Net 'digits'")
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("python -m fastddpm.train: interrupted: stopped after step ") and "--resume" in last
-    step = int(last.split("stopped after step ")[1].split()[0])
-    assert (out / "checkpoints" / f"step-{step:09d}.safetensors").exists()
-    resumed = subprocess.Popen([sys.executable, "-m", "fastddpm.train", *args, "--resume"], stderr=subprocess.PIPE)
-    err = _interrupt_when(resumed, f"resuming from step {step} (checkpoint ")
-    assert resumed.returncode == 130, err
 
 
 def test_generate_work_is_the_images_asked_for(run, tmp_path, monkeypatch):

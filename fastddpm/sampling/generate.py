@@ -33,6 +33,7 @@ from ..core import conventions
 from ..core.outputs import label_tensor, seed_tensor
 from ..models.loading import load_model
 from ..io import checkpoint as ckpt
+from ..io import stop
 from ..io.images import to_uint8
 from ..io.samples import (FORMATS, ShardLock, claim_manifest, complete_shard, read_manifest, remove_stale_temps, seed_spec,
                           shard_images, write_shard)
@@ -212,35 +213,40 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
         + f"{who}: {len(mine) - len(todo)} shards verified, {len(todo)} to do ({total} images)\n")
     done, t0, skipped, written = 0, time.perf_counter(), [], 0
     try:
-        for i in todo:
-            lock = ShardLock(out, i)
-            if not lock.try_acquire():
-                skipped.append(i)  # another process is writing it
-                continue
-            try:
-                if complete_shard(out, i, format) is not None:  # finished by another process meanwhile
+        with stop.raising() as signals:
+            for i in todo:
+                lock = ShardLock(out, i)
+                if not lock.try_acquire():
+                    skipped.append(i)  # another process is writing it
                     continue
-                chunk, parts = shards[i], []
-                first = i * shard
-                chunk_labels = None if image_labels is None else image_labels[first : first + len(chunk)]
-                mb = micro_batch(len(chunk), batch)
-                for j in range(0, len(chunk), mb):
-                    part = chunk[j : j + mb]
-                    pad = [part[-1] + 1 + q for q in range(mb - len(part))]  # discarded: fills the micro-batch
-                    lab = None if chunk_labels is None else chunk_labels[j : j + mb] + [0] * len(pad)
-                    imgs = sampler.run(seeds=torch.tensor(part + pad, dtype=torch.int64), labels=lab, max_batch=mb, progress=False)
-                    parts.append(to_uint8(imgs[: len(part)]).permute(0, 2, 3, 1).numpy())
-                    done += len(part)
-                    el = time.perf_counter() - t0
-                    eta_s = (total - done) * el / max(done, 1)
-                    say(f"\r{who}: {done}/{total} images  {rate(done, el)}  ETA {int(eta_s) // 60}m{int(eta_s) % 60:02d}s ")
-                write_shard(out, i, format, np.concatenate(parts), chunk, chunk_labels)
-                written += 1
-            finally:
-                lock.release(remove=True)  # held: nobody else writes this shard now; a later run re-checks it
-    except KeyboardInterrupt:
+                try:
+                    if complete_shard(out, i, format) is not None:  # finished by another process meanwhile
+                        continue
+                    chunk, parts = shards[i], []
+                    first = i * shard
+                    chunk_labels = None if image_labels is None else image_labels[first : first + len(chunk)]
+                    mb = micro_batch(len(chunk), batch)
+                    for j in range(0, len(chunk), mb):
+                        part = chunk[j : j + mb]
+                        pad = [part[-1] + 1 + q for q in range(mb - len(part))]  # discarded: fills the micro-batch
+                        lab = None if chunk_labels is None else chunk_labels[j : j + mb] + [0] * len(pad)
+                        imgs = sampler.run(seeds=torch.tensor(part + pad, dtype=torch.int64), labels=lab, max_batch=mb, progress=False)
+                        parts.append(to_uint8(imgs[: len(part)]).permute(0, 2, 3, 1).numpy())
+                        done += len(part)
+                        el = time.perf_counter() - t0
+                        eta_s = (total - done) * el / max(done, 1)
+                        say(f"\r{who}: {done}/{total} images  {rate(done, el)}  ETA {int(eta_s) // 60}m{int(eta_s) % 60:02d}s ")
+                        signals.check()  # a stop Python swallowed mid-batch is not lost
+                    with stop.shielded():  # a shard whose images are all made is written, sidecar and all, before a stop
+                        write_shard(out, i, format, np.concatenate(parts), chunk, chunk_labels)
+                    written += 1
+                finally:
+                    lock.release(remove=True)  # held: nobody else writes this shard now; a later run re-checks it
+            signals.check()
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the shard in flight is dropped, its lock removed (finally above)
         have = sum(complete_shard(out, i, format) is not None for i in range(len(shards)))
-        raise KeyboardInterrupt(f"{have} of {len(shards)} shards written into {out}; run the same command to resume") from None
+        raise stop.Interrupted(stop.signal_of(e), f"{have} of {len(shards)} shards written into {out}; run the same "
+                               f"command to resume") from None
     elapsed = time.perf_counter() - t0  # the summary line, with or without progress:
     sys.stderr.write(("\r" if done and progress else "") + f"{who}: {done} images in {elapsed:.1f} s ({rate(done, elapsed)}), "
                      f"{written} shards written, {len(mine) - len(todo)} verified before" +

@@ -8,13 +8,10 @@ and a torchrun job with W ranks of batch B trains on the same samples as one pro
 with batch W * B.
 """
 
-import contextlib
 import copy
 import hashlib
 import json
 import math
-import signal
-import threading
 import uuid
 import sys
 import time
@@ -27,6 +24,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..io import checkpoint as ckpt
+from ..io import stop
 from ..core import fused
 from ..core import reference
 from .. import kernels as K
@@ -175,6 +173,7 @@ class Trainer:
         self.history = []  # (step, loss), read back once per log interval
         self._pending = []  # device losses not yet read back
         self._perms = {}  # epoch -> data permutation (the current and the previous)
+        self._vote = None  # DDP: how the ranks agree on the step to stop at (fit makes it)
         self._tick = (time.perf_counter(), 0)
         self.t_start = time.perf_counter()
         if self.out_dir is None:
@@ -284,10 +283,19 @@ class Trainer:
         if self.lock is not None:
             self.lock.acquire()
             ckpt.remove_stale_temps(self._ckpt_dir())
-        stop = _CtrlC() if self.world == 1 else contextlib.nullcontext()  # DDP: ranks would stop at different steps
+        # SIGINT / SIGTERM: noted, the step in flight finishes and is kept (io/stop.py). A DDP rank
+        # may see one stop twice (Slurm signals every process of the job, and torchrun forwards
+        # its own copy to its workers), so there a repeat is absorbed: the launcher's SIGKILL
+        # after its grace period is the hard stop.
+        signals = stop.deferred("finishing this step and writing a checkpoint", repeat_acts=self.world == 1)
+        if self.world > 1 and self._vote is None:
+            self._vote = _StopVote()
+        vote = self._vote
         try:
-            with compile_errors_explained(), stop:
-                self._loop(end, stop)
+            with compile_errors_explained(), signals:
+                self._loop(end, signals, vote)
+            if vote is not None:
+                vote.close()
         except BaseException:
             if self.lock is not None:
                 self.lock.release()
@@ -299,16 +307,13 @@ class Trainer:
             sys.stderr.write("\n")
         return self.history
 
-    def _loop(self, end: int, stop=None) -> None:
+    def _loop(self, end: int, signals, vote=None) -> None:
         cfg = self.cfg
         while self.step < end:
             self.train_step()
-            if getattr(stop, "pressed", False):  # Ctrl-C: finish the step, keep it, then stop
-                self._read_losses()
-                kept = f"checkpoint {self.save()}" if self.out_dir is not None and self.rank == 0 else "no out_dir: nothing kept"
-                raise KeyboardInterrupt(f"stopped after step {self.step} of {end}; {kept}; run the same command with "
-                                        f"--resume to continue" if self.out_dir is not None else
-                                        f"stopped after step {self.step} of {end}; {kept}")
+            signum = signals.signum if vote is None else vote(signals.signum)  # DDP: every rank the same step
+            if signum:  # SIGINT or SIGTERM: the step is finished; keep it, then stop
+                self._interrupted(signum, end, vote)
             at_end = self.step == end
             if self.step % cfg.log_every == 0 or at_end:
                 self._read_losses()
@@ -318,6 +323,18 @@ class Trainer:
                     self.save()
                 if cfg.sample_every and (self.step % cfg.sample_every == 0 or at_end):
                     self.sample_grid()
+
+    def _interrupted(self, signum: int, end: int, vote=None):
+        """Write the checkpoint of the finished step (rank 0), wait until it is written (DDP: a
+        rank that exited first would make torchrun kill rank 0 mid-write), and stop."""
+        self._read_losses()
+        kept = "no out_dir: nothing kept"
+        if self.out_dir is not None:
+            kept = f"checkpoint {self.save()}" if self.rank == 0 else "checkpoint written by rank 0"
+        if vote is not None:
+            vote.barrier()
+        how = "; run the same command with --resume to continue" if self.out_dir is not None else ""
+        raise stop.Interrupted(signum, f"stopped after step {self.step} of {end}; {kept}{how}")
 
     def _discard_if_empty(self) -> None:
         """A run that failed before keeping anything leaves no folder behind that it made."""
@@ -478,24 +495,30 @@ def _config_dict(model):
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}  # as JSON gives it back
 
 
-class _CtrlC:
-    """While training: the first Ctrl-C is noted (the step in flight finishes and is kept);
-    a second one interrupts at once, as usual. Only in the main thread, where signals go."""
+class _StopVote:
+    """The ranks of a DDP run agree on the step to stop at. Each step a rank posts the signal it
+    noted (0: none) to a MAX all-reduce on a CPU gloo group, without waiting, and reads the
+    result of the one it posted a step before: every rank reads the same vote at the same step,
+    one step after the signal, and the GPU is never waited on."""
 
     def __init__(self):
-        self.pressed, self.old = False, None
+        self.group = dist.new_group(backend="gloo")  # collective: every rank builds its Trainer
+        self.work, self.flag = None, None
 
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self.old = signal.signal(signal.SIGINT, self._note)
-        return self
+    def __call__(self, signum: int) -> int:
+        agreed = 0
+        if self.work is not None:
+            self.work.wait()
+            agreed = int(self.flag[0])  # a CPU tensor: no GPU sync
+        self.flag = torch.tensor([signum], dtype=torch.int64)
+        self.work = dist.all_reduce(self.flag, op=dist.ReduceOp.MAX, group=self.group, async_op=True)
+        return agreed
 
-    def _note(self, signum, frame):
-        self.pressed = True
-        signal.signal(signal.SIGINT, self.old)
-        sys.stderr.write("\ninterrupt: finishing this step and writing a checkpoint (Ctrl-C again to stop at once)\n")
+    def barrier(self) -> None:
+        dist.barrier(group=self.group)
 
-    def __exit__(self, *exc):
-        if self.old is not None:
-            signal.signal(signal.SIGINT, self.old)
-        return False
+    def close(self) -> None:
+        """At the run's end (every rank took the same steps): collect the last vote posted."""
+        if self.work is not None:
+            self.work.wait()
+            self.work = None
