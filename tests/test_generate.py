@@ -1,10 +1,6 @@
 """Generation at scale: shards, resume after SIGKILL, many processes, damaged shards, bad input."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -68,35 +64,33 @@ def test_png_format(run, tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_runs_resume_to_the_same_files(run, tmp_path):
+def test_killed_runs_resume_to_the_same_files(run, tmp_path, procs):
     args = ["--n", "40", "--shard", "5", "--method", "ddpm", "--steps", "40", "--batch", "5", "--no-progress", "--device", "cpu"]
     straight = tmp_path / "straight"
     generate_main(["--model", str(run), "--out", str(straight), *args])
     want = files(straight)
     killed = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for after in (1, 3, 6):  # SIGKILL once `after` shards are on disk (or the run ends), then again later
-        proc = subprocess.Popen([sys.executable, "-m", "fastddpm.generate", "--model", str(run), "--out", str(killed), *args],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.time() + 120
-        while proc.poll() is None and len(list(killed.glob("shard-*.json"))) < after and time.time() < deadline:
+        child = procs.python("-m", "fastddpm.generate", "--model", run, "--out", killed, *args, env={"OMP_NUM_THREADS": "1"})
+        deadline = time.monotonic() + 120
+        while child.proc.poll() is None and len(list(killed.glob("shard-*.json"))) < after and time.monotonic() < deadline:
             time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        child.kill()
     generate_main(["--model", str(run), "--out", str(killed), *args])
     assert files(killed) == want
     assert not list(killed.glob(".*.tmp-*"))  # a killed write leaves a temporary file, which a rerun replaces
 
 
 @pytest.mark.slow
-def test_two_processes_write_the_same_files_as_one(run, tmp_path):
+def test_two_processes_write_the_same_files_as_one(run, tmp_path, procs):
     args = ["--model", str(run), "--n", "30", "--shard", "4", *FAST]
     generate_main([*args, "--out", str(tmp_path / "one")])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2"}
-    procs = [subprocess.Popen([sys.executable, "-m", "fastddpm.generate", *args, "--out", str(tmp_path / "two")],
-                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stderr=subprocess.PIPE) for r in (0, 1)]
-    for p in procs:
-        assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
+    env = {"OMP_NUM_THREADS": "1", "WORLD_SIZE": "2"}
+    two = [procs.python("-m", "fastddpm.generate", *args, "--out", tmp_path / "two", env={**env, "RANK": str(r), "LOCAL_RANK": str(r)})
+           for r in (0, 1)]
+    for child in two:
+        rc, err = child.finish()
+        assert rc == 0, err[-2000:]
     assert files(tmp_path / "two") == files(tmp_path / "one")
 
 

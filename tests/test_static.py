@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+from procs import default_signals
 
 from fastddpm.bench import aot
 from fastddpm.bench import static as staticcost
@@ -19,7 +20,7 @@ from fastddpm.bench import static as staticcost
 
 def _run(code: str) -> str:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the real compiler
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900, preexec_fn=default_signals)
     assert run.returncode == 0, run.stderr[-4000:]
     return run.stdout.strip().splitlines()[-1]
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from procs import default_signals
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 ENGINE = sorted((ROOT / "fastddpm").rglob("*.py"))
@@ -128,7 +129,7 @@ def test_modules_the_readme_names_are_reachable_from_import_fastddpm():
     code = ("import fastddpm; fastddpm.pretrained.load_model; fastddpm.generate.generate; fastddpm.eval.main; "
             "fastddpm.train.main; fastddpm.bench.main; fastddpm.reference.sample; fastddpm.fused.sampler_step; "
             "fastddpm.kernels.q_sample; fastddpm.metrics.evaluate")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, preexec_fn=default_signals)
     assert run.returncode == 0, run.stderr
 
 
@@ -136,7 +137,7 @@ def test_modules_the_readme_names_are_reachable_from_import_fastddpm():
 def test_every_cli_imports_and_answers_help(module):
     assert callable(importlib.import_module(f"fastddpm.{module}").main)
     run = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", f"fastddpm.{module}", "--help"],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, preexec_fn=default_signals)
     assert run.returncode == 0 and "usage:" in run.stdout, run.stderr
 
 

@@ -1,9 +1,6 @@
 """The Trainer: convergence against the reference path, exact resume, crash-safe
 checkpoints, bad input, DDP, and the diffusers drop-in."""
 
-import os
-import subprocess
-import sys
 import warnings
 
 import pytest
@@ -127,7 +124,7 @@ def test_bad_images(data):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("conditional, port", [(False, 29533), (True, 29534)], ids=["unconditional", "conditional"])
-def test_ddp_two_ranks_equal_one_process_with_twice_the_batch(tmp_path, conditional, port):
+def test_ddp_two_ranks_equal_one_process_with_twice_the_batch(tmp_path, conditional, port, procs):
     # Each rank draws its own slice of the sample counter (data, seeds, t, and a conditional
     # model's label drops), so two ranks of batch 8 see exactly the samples of one process
     # with batch 16, and DDP's averaged gradient must equal that process's. lr = 0 keeps the
@@ -136,10 +133,8 @@ def test_ddp_two_ranks_equal_one_process_with_twice_the_batch(tmp_path, conditio
     # near-zero gradients). cond_drop 0.5: both labelled and null-label samples in a batch.
     common = ["--data", "digits", "--steps", "2", "--lr", "0", "--log-every", "1", "--checkpoint-every", "2",
               "--sample-every", "0", "--device", "cpu", *(["--conditional", "--cond-drop", "0.5"] if conditional else [])]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-                          "-m", "fastddpm.train", *common, "--batch-size", "8", "--out", str(tmp_path / "ddp")],
-                         capture_output=True, text=True, env=env, timeout=300)
+    ddp = procs.run("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port, "-m", "fastddpm.train",
+                    *common, "--batch-size", "8", "--out", tmp_path / "ddp", env={"OMP_NUM_THREADS": "1"})
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     from fastddpm.train import main
 
