@@ -12,9 +12,9 @@ import argparse
 import sys
 
 from . import cli
-from .models.loading import export, export_diffusers, load_model, shipped
+from .models.loading import SHIPPED, export, export_diffusers, load_model, shipped
 
-__all__ = ["export", "export_diffusers", "load_model", "main", "shipped"]
+__all__ = ["SHIPPED", "export", "export_diffusers", "load_model", "main", "shipped"]  # SHIPPED: the weights' folder
 
 
 def main(argv=None):

@@ -73,7 +73,7 @@ def value_checks(enabled: bool):
     call) or back on. Compiled code and CUDA-graph capture never run it; the kernels
     themselves answer NaN for an out-of-range t instead of reading out of bounds."""
     old = _state["value_checks"]
-    _state["value_checks"] = bool(enabled)
+    _state["value_checks"] = check_flag(enabled, "enabled")
     try:
         yield
     finally:

@@ -112,7 +112,7 @@ def randn(
     B = shape[0]
     if device is None:
         device = seeds.device if isinstance(seeds, torch.Tensor) else torch.device("cpu")
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    fmt = torch.channels_last if _checks.check_flag(channels_last, "channels_last") else torch.contiguous_format
     out = torch.empty(shape, dtype=dtype, device=device, memory_format=fmt)
     if t is None:
         t = torch.zeros(B, dtype=torch.int64, device=device)

@@ -140,6 +140,12 @@ def philox(seed: torch.Tensor, c0, c1, c2, c3, rounds: int = ROUNDS.value):
     broadcastable), keyed by `seed` (int64; its two's-complement bits are the 64-bit key,
     as in Triton). Returns four int64 tensors with values in [0, 2**32): the same words
     the kernels draw."""
+    for name, v in (("seed", seed), ("c0", c0), ("c1", c1), ("c2", c2), ("c3", c3)):
+        if not (v.dtype in (torch.int32, torch.int64) if isinstance(v, torch.Tensor) else type(v) is int):
+            raise TypeError(f"{name}: expected an int or an int64 (or int32) tensor, got "
+                            f"{v.dtype if isinstance(v, torch.Tensor) else type(v).__name__}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds: expected a positive int (10 is Philox4x32-10), got {rounds!r}")
     k0 = seed & _M32
     k1 = (seed >> 32) & _M32
     for _ in range(rounds):

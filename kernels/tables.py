@@ -19,6 +19,8 @@ import math
 import torch
 import triton.language as tl
 
+from ._checks import check_device
+
 SQRT_AB = tl.constexpr(0)  # ᾱ_t                  forward noising: x_t = ᾱ_t x_0 + β̄_t ε
 SQRT_1M_AB = tl.constexpr(1)  # β̄_t
 X0_X = tl.constexpr(2)  # 1 / ᾱ_t              predicted x_0 from x_t ...
@@ -55,6 +57,10 @@ def for_prediction(rows: torch.Tensor, prediction: str) -> torch.Tensor:
     x̂_0 (and ε re-derived from the clipped x̂_0, already folded into C_X0/C_X) stays exact.
     """
     prediction = prediction_name(prediction)
+    if not isinstance(rows, torch.Tensor) or not rows.is_floating_point() or rows.dim() != 2 or rows.shape[1] != NCOEF:
+        raise TypeError(f"rows: expected a floating-point tensor (K, {int(NCOEF)}) of coefficient rows, got "
+                        f"{rows.dtype if isinstance(rows, torch.Tensor) else type(rows).__name__} "
+                        f"{tuple(rows.shape) if isinstance(rows, torch.Tensor) else ''}")
     if prediction == "epsilon":
         return rows
     rows = rows.to(torch.float64)
@@ -82,6 +88,8 @@ def min_snr_weights(alphas_cumprod, gamma: float = 5.0, prediction: str = "epsil
     prediction = prediction_name(prediction)
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma <= 0:
         raise ValueError(f"gamma: expected a finite number > 0 (5 is the paper's), got {gamma!r}")
+    if device is not None:
+        device = check_device(device)
     ac = check_alphas_cumprod(alphas_cumprod)
     snr = ac / (1 - ac)
     clipped = snr.clamp(max=float(gamma))
@@ -146,6 +154,10 @@ def coef_table(alphas_cumprod, variance: str = "large", device=None, *, t=None, 
     prediction = prediction_name(prediction)
     if variance not in VARIANCES:
         raise ValueError(f"variance: expected one of {VARIANCES}, got {variance!r}")
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"dtype: expected torch.float32 (the kernels' table) or torch.float64, got {dtype!r}")
+    if device is not None:
+        device = check_device(device)
     ac = check_alphas_cumprod(alphas_cumprod)
     T = ac.numel()
     t = torch.arange(T) if t is None else _int_steps(t, "t")

@@ -12,8 +12,10 @@ from fastddpm import reference as R
 from fastddpm.core.plan import Method
 from fastddpm.generate import generate
 from fastddpm.io.data import digits
+from fastddpm.models.loading import load_model
 
 X = torch.zeros(2, 3, 8, 8)
+NO_GPU = "cuda:7"  # no GPU here; on a machine with one, no eighth
 T2 = torch.tensor([0, 5])
 TABLE = Schedule.linear().table()
 SMALL = dict(in_channels=1, out_channels=1, sample_size=8, base_channels=16, channel_mult=(1, 2), layers_per_block=1,
@@ -140,6 +142,32 @@ CASES = [
     ("generate n", lambda: generate("fashion-mnist-small", n=0, out="/tmp/x"), "n"),
     ("generate format", lambda: generate("fashion-mnist-small", n=3, out="/tmp/x", format="jpg"), "format"),
     ("generate out", lambda: generate("fashion-mnist-small", n=3), "out"),
+    # issue 31: the last deep errors, each named
+    ("model None", lambda: generate(None, 4, "/tmp/fastddpm-never"), "model"),
+    ("model a number", lambda: load_model(3), "model"),
+    ("model an object", lambda: load_model(object()), "model"),
+    ("a coefficient table on a missing GPU", lambda: K.coef_table(Schedule.linear().alphas_cumprod, device=NO_GPU), "device"),
+    ("a Schedule table on a missing GPU", lambda: Schedule.linear().table(device=NO_GPU), "device"),
+    ("a Schedule tensor on a missing GPU", lambda: Schedule.linear().on("alpha_bar", NO_GPU), "device"),
+    ("min-SNR weights on a missing GPU", lambda: K.min_snr_weights(Schedule.linear().alphas_cumprod, 5.0, device=NO_GPU), "device"),
+    ("an unknown table name", lambda: Schedule.linear().on("alpha_hat", "cpu"), "name"),
+    ("stop_after past the last step", lambda: R.sample(_model, Schedule.linear(), [1], (3, 8, 8), "ddim", steps=3, stop_after=4), "stop_after"),
+    ("stop_after negative", lambda: R.sample(_model, Schedule.linear(), [1], (3, 8, 8), "ddim", steps=3, stop_after=-1), "stop_after"),
+    ("n of 10**12 images", lambda: generate("digits", 10**12, "/tmp/fastddpm-never"), "n"),
+    ("seeds 0-10**12", lambda: generate("digits", out="/tmp/fastddpm-never", seeds=f"0-{10**12}"), "seeds"),
+    ("seeds range(10**12)", lambda: generate("digits", out="/tmp/fastddpm-never", seeds=range(10**12)), "seeds"),
+    ("KID of NHWC images", lambda: metrics.kid(torch.rand(64, 8, 8, 1), torch.rand(64, 8, 8, 1)), "x"),
+    ("precision/recall of NHWC images", lambda: metrics.prdc(torch.rand(64, 8, 8, 1), torch.rand(64, 8, 8, 1)), "real"),
+    ("KID of sets of two widths", lambda: metrics.kid(torch.rand(64, 5), torch.rand(64, 6)), "y"),
+    ("labelled data for an unconditional model",
+     lambda: Trainer(UNet(UNetConfig(**SMALL)), (digits(), torch.zeros(1797, dtype=torch.int64)), TrainConfig(steps=1), device="cpu"),
+     "data"),
+    ("randn channels_last a string", lambda: K.randn((2, 3, 8, 8), 1, T2, channels_last="yes"), "channels_last"),
+    ("value_checks a string", lambda: K.value_checks("no").__enter__(), "enabled"),
+    ("an integer coefficient table", lambda: K.coef_table(Schedule.linear().alphas_cumprod, dtype=torch.int32), "dtype"),
+    ("integer rows for another prediction", lambda: K.for_prediction(torch.ones(3, 10, dtype=torch.int64), "v"), "rows"),
+    ("philox float counters", lambda: K.philox(torch.tensor(1), torch.tensor([1.5]), T2, T2, T2), "c0"),
+    ("philox rounds a string", lambda: K.philox(torch.tensor(1), T2, T2, T2, T2, rounds="10"), "rounds"),
 ]
 
 
@@ -154,6 +182,17 @@ def test_bad_input_names_the_argument(label, fn, name):
 
 
 def test_documented_meanings_instead_of_errors():
+    # a shipped model's weights file (its card beside it) is that shipped model
+    from fastddpm import pretrained
+
+    by_path, _, info = load_model(pretrained.SHIPPED / "digits.safetensors")
+    by_name, _, named = load_model("digits")
+    assert info["hash"] == named["hash"] and info["kind"] == "shipped"
+    # a NumPy array of images given to evaluate is one batch, NHWC as generate writes it
+    import numpy as np
+
+    u = np.random.default_rng(0).integers(0, 256, (200, 8, 8, 1), dtype=np.uint8)
+    assert metrics.evaluate(u, "digits")["fd"] == metrics.evaluate(torch.from_numpy(u).permute(0, 3, 1, 2), "digits")["fd"]
     # float timesteps into the U-Net: the embedding takes them, as diffusers' does
     net = UNet(UNetConfig(**SMALL))
     torch.testing.assert_close(net(torch.zeros(2, 1, 8, 8), torch.tensor([3.0, 5.0])), net(torch.zeros(2, 1, 8, 8), torch.tensor([3, 5])))

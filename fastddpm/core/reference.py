@@ -246,6 +246,9 @@ def sample(model, schedule: Schedule, seeds: torch.Tensor, shape: tuple, method=
     (seeds[k], STREAM_REVERSE, t). stop_after: only the first n steps (returns that state).
     """
     plan = method if isinstance(method, Plan) else Plan.build(schedule, method, **options)
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int)
+                                   or not 0 <= stop_after <= plan.K):
+        raise ValueError(f"stop_after: expected an int in [0, {plan.K}] (the plan's steps), got {stop_after!r}")
     seeds = seed_tensor(seeds)
     B = seeds.numel()
     dev = seeds.device

@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .. import kernels as K
 from ..kernels import coef_table
+
+TABLES = ("betas", "alphas", "alphas_cumprod", "alpha", "beta", "alpha_bar", "beta_bar")  # Schedule.on's names (docs/notation.md)
 
 
 @dataclass(frozen=True, eq=False)
@@ -150,14 +153,18 @@ class Schedule:
     def on(self, name: str, device) -> torch.Tensor:
         """A float64 table (e.g. "alpha_bar") on `device`, cached, so the eager
         reference path indexes it without a host-to-device copy per call."""
-        key = (name, str(torch.device(device)))
+        if name not in TABLES:
+            raise ValueError(f"name: expected one of the schedule's tables {TABLES}, got {name!r}")
+        device = K.check_device(device)
+        key = (name, str(device))
         if key not in self._cache:
             self._cache[key] = getattr(self, name).to(device)
         return self._cache[key]
 
     def table(self, variance: str = "large", device=None) -> torch.Tensor:
         """The (T, NCOEF) float32 coefficient table the kernels read (cached)."""
-        key = (variance, str(torch.device(device) if device is not None else torch.device("cpu")))
+        device = K.check_device(device if device is not None else "cpu")
+        key = (variance, str(device))
         if key not in self._cache:
             self._cache[key] = coef_table(self.alphas_cumprod, variance, device=device)
         return self._cache[key]

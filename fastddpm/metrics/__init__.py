@@ -142,7 +142,7 @@ def evaluate(images, data: str, split: str = "test", cache=CACHE, labels=None, *
     feature network's classifier recovering them) and the mean per-class Fréchet distance."""
     check_options(**options)
     s = FeatureStream(data)
-    for batch in ([images] if isinstance(images, torch.Tensor) else images):
+    for batch in ([images] if isinstance(images, (torch.Tensor, np.ndarray)) else images):  # an array is one batch
         s.add_uint8(batch)
     if s.moments.n == 0:
         raise ValueError("samples: no images to evaluate")

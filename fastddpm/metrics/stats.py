@@ -10,6 +10,7 @@ scipy.linalg.sqrtm and against the closed form for Gaussians.
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -45,6 +46,26 @@ class Moments:
         return m
 
 
+def feature_pair(x, y, names=("x", "y")) -> tuple:
+    """Two feature sets as float64 (N, D) tensors of one D (NumPy arrays taken); images, a
+    vector or sets of another width are a clear error: these functions compare features, and
+    fastddpm.metrics.evaluate turns images into them."""
+    out = []
+    for v, name in zip((x, y), names):
+        if isinstance(v, np.ndarray):
+            v = torch.from_numpy(v)
+        if not isinstance(v, torch.Tensor) or not (v.is_floating_point() or v.dtype in (torch.int32, torch.int64)):
+            raise TypeError(f"{name}: expected a tensor or NumPy array of feature vectors (N, D), got "
+                            f"{v.dtype if isinstance(v, torch.Tensor) else type(v).__name__}")
+        if v.dim() != 2:
+            raise ValueError(f"{name}: expected feature vectors (N, D), got shape {tuple(v.shape)} (images go through "
+                             f"fastddpm.metrics.evaluate, which computes their features)")
+        out.append(v.detach().to("cpu", torch.float64))
+    if out[0].shape[1] != out[1].shape[1]:
+        raise ValueError(f"{names[1]}: expected features of the width of {names[0]}'s ({out[0].shape[1]}), got {out[1].shape[1]}")
+    return tuple(out)
+
+
 def sqrtm_psd(a: torch.Tensor) -> torch.Tensor:
     """The square root of a symmetric positive semi-definite matrix (eigenvalues below 0 from
     rounding are taken as 0)."""
@@ -71,7 +92,7 @@ def kid(x: torch.Tensor, y: torch.Tensor, subsets: int = 100, subset_size: int =
     """Kernel Inception Distance (Bińkowski et al. 2018): the unbiased MMD² with the cubic
     polynomial kernel k(a, b) = (aᵀb / d + 1)³, over `subsets` random subsets of
     min(subset_size, |x|, |y|) features each; (mean, std) over the subsets."""
-    x, y = x.double(), y.double()
+    x, y = feature_pair(x, y)
     m = min(subset_size, len(x), len(y))
     if m < 2:
         raise ValueError(f"samples: KID needs at least 2 feature vectors in each set, got {len(x)} and {len(y)}")
@@ -121,7 +142,7 @@ def prdc(real: torch.Tensor, fake: torch.Tensor, k: int = 5, real_radii: torch.T
     density:   how many real balls a generated sample lies in, on average, over k;
     coverage:  the share of real samples whose ball holds a generated sample.
     real_radii: the real set's k-NN radii, if already known (they depend on the real set only)."""
-    real, fake = real.double(), fake.double()
+    real, fake = feature_pair(real, fake, ("real", "fake"))
     if len(real) <= k or len(fake) <= k:
         raise ValueError(f"samples: precision/recall need more than k={k} feature vectors in each set, got {len(real)} and {len(fake)}")
     r_real = _kth_neighbour_radius(real, k) if real_radii is None else real_radii.double()

@@ -66,11 +66,17 @@ def _trained_conventions(tc: dict, kind: str) -> tuple:
     return schedule, Conventions(prediction=tc.get("prediction", "epsilon"), sources={"prediction": where})
 
 
-def _from_shipped(name: str):
+def _from_shipped(path: Path, name: str):
+    """A shipped model: NAME.safetensors (the UNet's parameters) and NAME.json (its card), by
+    name or by path (a copy of the pair anywhere)."""
     from safetensors.torch import load_file
 
-    path = SHIPPED / f"{name}.safetensors"
-    card = json.loads(path.with_suffix(".json").read_text())
+    try:
+        card = json.loads(path.with_suffix(".json").read_text())
+        card["model_config"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError) as e:
+        raise ValueError(f"model: {path.with_suffix('.json')} beside {path.name} is not a shipped model's card "
+                         f"({type(e).__name__}: {e})") from None
     tensors = load_file(str(path))
     net = UNet(_config(card["model_config"]))
     net.load_state_dict(tensors, strict=True)
@@ -211,13 +217,18 @@ def load_model(spec):
     folder or the name of a shipped model; a clear error when there is nothing usable. The
     model carries its conventions (`net.conventions`, also `info["conventions"]`): what it
     predicts, its variance, clipping and timestep spacing, each with where it was read."""
+    if not isinstance(spec, (str, os.PathLike)):
+        raise TypeError(f"model: expected a path (a run folder, a checkpoint, a diffusers folder) or a shipped model's "
+                        f"name ({', '.join(shipped()) or 'none'}), got {type(spec).__name__}")
     if isinstance(spec, str) and spec in shipped():
-        net, schedule, info = _from_shipped(spec)
+        net, schedule, info = _from_shipped(SHIPPED / f"{spec}.safetensors", spec)
         return net.eval(), schedule, info
     path = Path(spec)
     if not path.exists():
         raise ValueError(f"model: {spec} is neither a file, a folder, nor a shipped model ({', '.join(shipped()) or 'none'})")
-    if path.is_file():
+    if path.is_file() and path.suffix == ".safetensors" and path.with_suffix(".json").is_file():
+        net, schedule, info = _from_shipped(path, str(path))  # a shipped model's weights, its card beside them
+    elif path.is_file():
         tensors, meta = ckpt.read(path)
         net, schedule, info = _from_checkpoint(path, tensors, meta)
     elif (path / "checkpoints").is_dir() or ckpt.list_checkpoints(path):

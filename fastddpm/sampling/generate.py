@@ -40,6 +40,17 @@ from ..io.samples import (FORMATS, ShardLock, claim_manifest, complete_shard, re
 from .sampler import Sampler, rate
 
 
+# One generation enumerates its seeds, shards and labels in memory (about 40 bytes an image):
+# 2**26 images (1,342 sets of 50k, ~2.7 GB of bookkeeping) is the most one call takes; more is
+# refused before anything is allocated. Split larger work into seed ranges and folders.
+MAX_IMAGES = 2**26
+
+
+def _too_many(count: int, what: str) -> ValueError:
+    return ValueError(f"{what}: {count:,} images is more than one generation enumerates (at most {MAX_IMAGES:,} = 2**26); "
+                      f"split the work into --seeds ranges written to separate folders")
+
+
 def parse_seeds(text: str) -> list:
     """"0-49999" (inclusive), "3,5,9", or a mix "0-9,20-29": distinct int64 seeds, in order."""
     seeds = []
@@ -51,6 +62,8 @@ def parse_seeds(text: str) -> list:
                 a, b = int(part[:i]), int(part[i + 1 :])
                 if b < a:
                     raise ValueError(f"seeds: the range {part} is empty ({b} < {a})")
+                if len(seeds) + (b - a + 1) > MAX_IMAGES:
+                    raise _too_many(len(seeds) + (b - a + 1), "seeds")
                 seeds.extend(range(a, b + 1))
             else:
                 seeds.append(int(part))
@@ -76,6 +89,10 @@ def micro_batch(images: int, batch: int) -> int:
 
 
 def _checked_seeds(seeds, n) -> list:
+    if isinstance(n, int) and not isinstance(n, bool) and n > MAX_IMAGES:
+        raise _too_many(n, "n")
+    if seeds is not None and not isinstance(seeds, str) and hasattr(seeds, "__len__") and len(seeds) > MAX_IMAGES:
+        raise _too_many(len(seeds), "seeds")
     if seeds is not None:
         seeds = parse_seeds(seeds) if isinstance(seeds, str) else seed_tensor(seeds).tolist()  # a spec, or the Sampler's rule
         if len(set(seeds)) != len(seeds):

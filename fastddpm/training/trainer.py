@@ -146,7 +146,11 @@ class Trainer:
         data, labels = as_images_and_labels(data)
         mcfg = getattr(model, "config", None)
         check_images(data, getattr(mcfg, "in_channels", None), sample_size=getattr(mcfg, "sample_size", None))
-        self.num_classes = getattr(mcfg, "num_classes", None)  # None: unconditional (labels, if given, unused)
+        self.num_classes = getattr(mcfg, "num_classes", None)  # None: unconditional
+        if labels is not None and not self.num_classes:
+            raise ValueError("data: labels given, but the model is unconditional (its config has no num_classes): pass the "
+                             "images alone to train it without them, or a class-conditional model "
+                             "(UNetConfig(num_classes=...); the command line's --conditional) to train on them")
         labels = _check_labels(labels, data.shape[0], self.num_classes) if self.num_classes else None
         if resume and self.out_dir is not None and not ckpt.list_checkpoints(self._ckpt_dir()):
             raise ValueError(f"resume: {self.out_dir} holds no checkpoint to resume (nothing in {self._ckpt_dir()}); check "
