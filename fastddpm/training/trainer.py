@@ -506,7 +506,7 @@ class _StopVote:
     one step after the signal, and the GPU is never waited on."""
 
     def __init__(self):
-        self.group = dist.new_group(backend="gloo")  # collective: every rank builds its Trainer
+        self.group = dist.new_group(backend="gloo")  # a collective: every rank calls fit, which makes it
         self.work, self.flag = None, None
 
     def __call__(self, signum: int) -> int:
