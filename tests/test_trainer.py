@@ -470,8 +470,9 @@ def test_conditional_training_bad_input():
             _cond_trainer(data)
     with pytest.raises(ValueError, match="cond_drop: expected a probability"):
         TrainConfig(cond_drop=1.5)
-    tr = _trainer((images, labels), steps=1)  # an unconditional model given (images, labels): the labels are unused
-    assert tr.labels is None and tr.data.shape[0] == images.shape[0]
+    with pytest.raises(ValueError, match="data: labels given, but the model is unconditional"):  # never dropped silently
+        _trainer((images, labels), steps=1)
+    assert _trainer(images, steps=1).labels is None
 
 
 def test_train_cli_conditional(tmp_path, capsys):
