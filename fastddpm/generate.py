@@ -26,9 +26,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--seeds", default=None, help="seeds: 'a-b' (inclusive), 'a,b,c' or a mix (default 0 .. n-1); "
                                                   "negative ones too: --seeds -5-4")
     ap.add_argument("--method", default="ddpm", choices=METHODS, help="sampler (default ddpm)")
-    ap.add_argument("--steps", type=int, default=None, help="model evaluations (default: T for ddpm, 50 ddim, 20 dpm++)")
+    ap.add_argument("--steps", type=int, default=None, help="model evaluations (default: T for ddpm, 50 ddim, 20 the multistep solvers)")
     ap.add_argument("--spacing", default=None, choices=SPACINGS, help="timestep spacing (default: the model's, else trailing)")
     ap.add_argument("--eta", type=float, default=0.0, help="ddim's η (default 0)")
+    ap.add_argument("--order", type=int, default=None, help="unipc 1-3 (default 2), ipndm 1-4 (default 4)")
+    ap.add_argument("--solver-type", default=None, choices=("bh1", "bh2"), help="unipc's B(h) (default: the model's, else bh2)")
+    ap.add_argument("--corrector", action=argparse.BooleanOptionalAction, default=None, help="unipc's corrector (default on)")
+    ap.add_argument("--lower-order-final", action=argparse.BooleanOptionalAction, default=None,
+                    help="dpm++3m, unipc: lower orders in the last steps (default: the model's, else on)")
     ap.add_argument("--variance", default=None, choices=("large", "small", "none"),
                     help="ddpm's σ (default: the model's, else large)")
     ap.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,

@@ -29,17 +29,17 @@ from . import _checks
 from ._cast import to_storage
 from ._tile import at, channels_last, lane_mask, launch, noise4, row_index, tile
 from .philox import STREAM_REVERSE, noise_torch
-from .tables import C_EPS, C_H, C_X, C_X0, GUIDE, NCOEF, SIGMA, X0_EPS, X0_X
+from .tables import C_EPS, C_H1, C_H2, C_H3, C_X, C_X0, E_M, E_X, GUIDE, HISTORY, NCOEF, SIGMA, X0_EPS, X0_X
 
 
 @triton.jit
 def _step_lane(
-    x_ptr, e_ptr, eu_ptr, z_ptr, h_ptr, o_ptr, oh_ptr, l_ptr, b, c, p, HW,
-    x0x, x0e, cx0, cx, ce, ch, sig, w, z,
+    x_ptr, e_ptr, eu_ptr, z_ptr, h1_ptr, h2_ptr, h3_ptr, o_ptr, oh_ptr, l_ptr, b, c, p, HW,
+    x0x, x0e, cx0, cx, ce, ch1, ch2, ch3, ex, em, sig, w, z,
     C: tl.constexpr, G: tl.constexpr, CL_X: tl.constexpr, CL_E: tl.constexpr, CL_EU: tl.constexpr, CL_Z: tl.constexpr,
     CL_H: tl.constexpr, CL_O: tl.constexpr, CL_OH: tl.constexpr, CL_L: tl.constexpr,
-    CLIP: tl.constexpr, DRAW: tl.constexpr, HAS_NOISE: tl.constexpr, HAS_H: tl.constexpr, HAS_LOWP: tl.constexpr,
-    EPS_TERM: tl.constexpr, GUIDED: tl.constexpr,
+    CLIP: tl.constexpr, DRAW: tl.constexpr, HAS_NOISE: tl.constexpr, NH: tl.constexpr, HIST_EPS: tl.constexpr,
+    HAS_LOWP: tl.constexpr, EPS_TERM: tl.constexpr, GUIDED: tl.constexpr,
 ):
     m = lane_mask(p, HW, c, C, G)  # pixel in the image and channel c exists
     x = tl.load(at(x_ptr, b, c, p, HW, C, CL_X), mask=m).to(tl.float32)
@@ -53,10 +53,17 @@ def _step_lane(
     y = cx0 * x0 + cx * x  # the step's mean (the posterior mean for DDPM: eq. 7)
     if EPS_TERM:
         y += ce * e
-    if HAS_H:
-        h = tl.load(at(h_ptr, b, c, p, HW, C, CL_H), mask=m).to(tl.float32)
-        y += ch * h
-        tl.store(at(oh_ptr, b, c, p, HW, C, CL_OH), to_storage(x0, oh_ptr.dtype.element_ty), mask=m)
+    if NH > 0:  # multistep: the outputs stored 1, 2, 3 steps ago (read before this step's is written)
+        y += ch1 * tl.load(at(h1_ptr, b, c, p, HW, C, CL_H), mask=m).to(tl.float32)
+        if NH > 1:
+            y += ch2 * tl.load(at(h2_ptr, b, c, p, HW, C, CL_H), mask=m).to(tl.float32)
+        if NH > 2:
+            y += ch3 * tl.load(at(h3_ptr, b, c, p, HW, C, CL_H), mask=m).to(tl.float32)
+        if HIST_EPS:
+            u = ex * x + em * e  # ε̂: what a noise-basis solver stores
+        else:
+            u = x0
+        tl.store(at(oh_ptr, b, c, p, HW, C, CL_OH), to_storage(u, oh_ptr.dtype.element_ty), mask=m)
     if HAS_NOISE:
         z = tl.load(at(z_ptr, b, c, p, HW, C, CL_Z), mask=m).to(tl.float32)
     if DRAW or HAS_NOISE:
@@ -73,24 +80,25 @@ def _step_kernel(
     e_ptr,  # (B, C, H, W) ε̂, the model's prediction (any float dtype); guided: the conditional one
     eu_ptr,  # (B, C, H, W) the unconditional prediction, read only if GUIDED
     z_ptr,  # (B, C, H, W) explicit z, read only if HAS_NOISE
-    h_ptr,  # (B, C, H, W) the previous x̂_0, read only if HAS_H
+    h_ptr,  # (NH, B, C, H, W) the history ring, read only if NH > 0: slot (k - j) % NH holds what step k - j stored
     o_ptr,  # (B, C, H, W) x_s, written; may be x_ptr itself
-    oh_ptr,  # (B, C, H, W) this step's x̂_0, written only if HAS_H; may be h_ptr itself
+    oh_ptr,  # (NH, B, C, H, W) where this step's value goes, slot k % NH, only if NH > 0; h_ptr itself, or (NH = 1) another
     l_ptr,  # (B, C, H, W) second copy of x_s, written only if HAS_LOWP
     flag_ptr,  # (B,) int64: max(flag, t) where x_s is not finite, only if CHECK
-    k_ptr,  # (B,) int: each sample's row of the table
+    k_ptr,  # (B,) int: each sample's row of the table (a multistep step: its step index, which turns the ring)
     ts_ptr,  # (ROWS,) int: each row's timestep t, the noise address; unused if ROW_IS_T
     seed_ptr,  # (B,) int64 key per sample, read only if DRAW
     tab_ptr,  # (ROWS, NCOEF) float32 coefficient table
-    ROWS, HW, stream,
+    ROWS, HW, SLOT, stream,  # SLOT: the elements of one ring slot (B C H W)
     C: tl.constexpr, G: tl.constexpr, TILES: tl.constexpr, CL_X: tl.constexpr, CL_E: tl.constexpr, CL_EU: tl.constexpr,
     CL_Z: tl.constexpr, CL_H: tl.constexpr, CL_O: tl.constexpr, CL_OH: tl.constexpr, CL_L: tl.constexpr,
-    CLIP: tl.constexpr, DRAW: tl.constexpr, HAS_NOISE: tl.constexpr, HAS_H: tl.constexpr,
+    CLIP: tl.constexpr, DRAW: tl.constexpr, HAS_NOISE: tl.constexpr, NH: tl.constexpr, HIST_EPS: tl.constexpr,
     HAS_LOWP: tl.constexpr, CHECK: tl.constexpr, ROW_IS_T: tl.constexpr, EPS_TERM: tl.constexpr, GUIDED: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     pid, b, g, p = tile(TILES, G, BLOCK)
-    k, bad = row_index(tl.load(k_ptr + b), ROWS)  # an out-of-range row makes every coefficient NaN
+    k_in = tl.load(k_ptr + b)
+    k, bad = row_index(k_in, ROWS)  # an out-of-range row makes every coefficient NaN
     if ROW_IS_T:
         t = k
     else:
@@ -101,12 +109,32 @@ def _step_kernel(
     cx0 = tl.load(row + C_X0) + bad
     cx = tl.load(row + C_X) + bad
     ce = 0.0  # the columns a variant does not use are not read: fewer registers
-    ch = 0.0
+    ch1 = 0.0
+    ch2 = 0.0
+    ch3 = 0.0
+    ex = 0.0
+    em = 0.0
     sig = 0.0
+    h1_ptr = h_ptr
+    h2_ptr = h_ptr
+    h3_ptr = h_ptr
     if EPS_TERM:
         ce = tl.load(row + C_EPS) + bad
-    if HAS_H:
-        ch = tl.load(row + C_H) + bad
+    if NH > 0:  # the ring turns with the step index: slot k % NH is written, (k - j) % NH holds step k - j's
+        kk = k.to(tl.int64)
+        slot = SLOT.to(tl.int64)
+        oh_ptr += (kk % NH) * slot
+        ch1 = tl.load(row + C_H1) + bad
+        h1_ptr += ((kk + NH - 1) % NH) * slot
+        if NH > 1:
+            ch2 = tl.load(row + C_H2) + bad
+            h2_ptr += ((kk + NH - 2) % NH) * slot
+        if NH > 2:
+            ch3 = tl.load(row + C_H3) + bad
+            h3_ptr += ((kk + NH - 3) % NH) * slot
+        if HIST_EPS:
+            ex = tl.load(row + E_X) + bad
+            em = tl.load(row + E_M) + bad
     if DRAW or HAS_NOISE:
         sig = tl.load(row + SIGMA) + bad
     w = 1.0
@@ -114,48 +142,55 @@ def _step_kernel(
         w = tl.load(row + GUIDE) + bad
     z0, z1, z2, z3 = noise4(seed_ptr, b, p, g, t, stream, DRAW, BLOCK)
     c = 4 * g
-    acc = _step_lane(x_ptr, e_ptr, eu_ptr, z_ptr, h_ptr, o_ptr, oh_ptr, l_ptr, b, c, p, HW, x0x, x0e, cx0, cx, ce, ch, sig, w,
-                     z0, C, G, CL_X, CL_E, CL_EU, CL_Z, CL_H, CL_O, CL_OH, CL_L, CLIP, DRAW, HAS_NOISE, HAS_H, HAS_LOWP,
-                     EPS_TERM, GUIDED)
+    acc = _step_lane(x_ptr, e_ptr, eu_ptr, z_ptr, h1_ptr, h2_ptr, h3_ptr, o_ptr, oh_ptr, l_ptr, b, c, p, HW, x0x, x0e, cx0, cx,
+                     ce, ch1, ch2, ch3, ex, em, sig, w, z0, C, G, CL_X, CL_E, CL_EU, CL_Z, CL_H, CL_O, CL_OH, CL_L, CLIP, DRAW,
+                     HAS_NOISE, NH, HIST_EPS, HAS_LOWP, EPS_TERM, GUIDED)
     if C > 1:
-        acc += _step_lane(x_ptr, e_ptr, eu_ptr, z_ptr, h_ptr, o_ptr, oh_ptr, l_ptr, b, c + 1, p, HW, x0x, x0e, cx0, cx, ce, ch,
-                          sig, w, z1, C, G, CL_X, CL_E, CL_EU, CL_Z, CL_H, CL_O, CL_OH, CL_L, CLIP, DRAW, HAS_NOISE, HAS_H,
-                          HAS_LOWP, EPS_TERM, GUIDED)
+        acc += _step_lane(x_ptr, e_ptr, eu_ptr, z_ptr, h1_ptr, h2_ptr, h3_ptr, o_ptr, oh_ptr, l_ptr, b, c + 1, p, HW, x0x, x0e,
+                          cx0, cx, ce, ch1, ch2, ch3, ex, em, sig, w, z1, C, G, CL_X, CL_E, CL_EU, CL_Z, CL_H, CL_O, CL_OH,
+                          CL_L, CLIP, DRAW, HAS_NOISE, NH, HIST_EPS, HAS_LOWP, EPS_TERM, GUIDED)
     if C > 2:
-        acc += _step_lane(x_ptr, e_ptr, eu_ptr, z_ptr, h_ptr, o_ptr, oh_ptr, l_ptr, b, c + 2, p, HW, x0x, x0e, cx0, cx, ce, ch,
-                          sig, w, z2, C, G, CL_X, CL_E, CL_EU, CL_Z, CL_H, CL_O, CL_OH, CL_L, CLIP, DRAW, HAS_NOISE, HAS_H,
-                          HAS_LOWP, EPS_TERM, GUIDED)
+        acc += _step_lane(x_ptr, e_ptr, eu_ptr, z_ptr, h1_ptr, h2_ptr, h3_ptr, o_ptr, oh_ptr, l_ptr, b, c + 2, p, HW, x0x, x0e,
+                          cx0, cx, ce, ch1, ch2, ch3, ex, em, sig, w, z2, C, G, CL_X, CL_E, CL_EU, CL_Z, CL_H, CL_O, CL_OH,
+                          CL_L, CLIP, DRAW, HAS_NOISE, NH, HIST_EPS, HAS_LOWP, EPS_TERM, GUIDED)
     if C > 3:
-        acc += _step_lane(x_ptr, e_ptr, eu_ptr, z_ptr, h_ptr, o_ptr, oh_ptr, l_ptr, b, c + 3, p, HW, x0x, x0e, cx0, cx, ce, ch,
-                          sig, w, z3, C, G, CL_X, CL_E, CL_EU, CL_Z, CL_H, CL_O, CL_OH, CL_L, CLIP, DRAW, HAS_NOISE, HAS_H,
-                          HAS_LOWP, EPS_TERM, GUIDED)
+        acc += _step_lane(x_ptr, e_ptr, eu_ptr, z_ptr, h1_ptr, h2_ptr, h3_ptr, o_ptr, oh_ptr, l_ptr, b, c + 3, p, HW, x0x, x0e,
+                          cx0, cx, ce, ch1, ch2, ch3, ex, em, sig, w, z3, C, G, CL_X, CL_E, CL_EU, CL_Z, CL_H, CL_O, CL_OH,
+                          CL_L, CLIP, DRAW, HAS_NOISE, NH, HIST_EPS, HAS_LOWP, EPS_TERM, GUIDED)
     if CHECK:
         s = tl.sum(acc, axis=0)  # NaN iff some x_s of this program is not finite
         tl.atomic_max(flag_ptr + b, t.to(tl.int64), mask=s != s)
 
 
 def _step_launch(x, eps_hat, k, table, timesteps, seeds, noise, h, out, out_h, out_lowp, nonfinite, clip, stream, row_is_t, eps_term,
-                 eps_uncond=None):
+                 eps_uncond=None, hist_eps=False):
     L = launch(x)
     eu = eps_uncond if eps_uncond is not None else eps_hat
     z = noise if noise is not None else x
-    hh = h if h is not None else x
-    oh = out_h if out_h is not None else out
+    hh = h if h is not None else x.unsqueeze(0)
+    oh = out_h if out_h is not None else hh
     lp = out_lowp if out_lowp is not None else out
+    nh = 0 if h is None else h.shape[0]
     _step_kernel[L.grid](
         x, eps_hat, eu, z, hh, out, oh, lp, nonfinite if nonfinite is not None else k, k,
         timesteps if timesteps is not None else k, seeds if seeds is not None else k, table,
-        table.shape[0], L.HW, stream,
-        CL_X=channels_last(x), CL_E=channels_last(eps_hat), CL_EU=channels_last(eu), CL_Z=channels_last(z), CL_H=channels_last(hh),
-        CL_O=channels_last(out), CL_OH=channels_last(oh), CL_L=channels_last(lp),
-        CLIP=clip, DRAW=seeds is not None, HAS_NOISE=noise is not None, HAS_H=h is not None,
+        table.shape[0], L.HW, x.numel(), stream,
+        CL_X=channels_last(x), CL_E=channels_last(eps_hat), CL_EU=channels_last(eu), CL_Z=channels_last(z), CL_H=channels_last(hh[0]),
+        CL_O=channels_last(out), CL_OH=channels_last(oh[0]), CL_L=channels_last(lp),
+        CLIP=clip, DRAW=seeds is not None, HAS_NOISE=noise is not None, NH=nh, HIST_EPS=hist_eps and nh > 0,
         HAS_LOWP=out_lowp is not None, CHECK=nonfinite is not None, ROW_IS_T=row_is_t, EPS_TERM=eps_term,
-        GUIDED=eps_uncond is not None, **L.meta(heavy=(seeds is not None or eps_uncond is not None) and h is not None),
+        GUIDED=eps_uncond is not None, **L.meta(heavy=heavy(nh, seeds is not None, eps_uncond is not None)),
     )
 
 
+def heavy(nh: int, draw: bool, guided: bool) -> bool:
+    """A variant that runs 2 pixels a thread rather than spill (kernels.Launch.meta): history
+    read beside drawn noise or a guided pair, or more than one earlier output read."""
+    return nh > 1 or (nh > 0 and (draw or guided))
+
+
 def _step_torch(x, eps_hat, k, table, timesteps, seeds, noise, h, out, out_h, out_lowp, nonfinite, clip, stream, row_is_t, eps_term,
-                eps_uncond=None):
+                eps_uncond=None, hist_eps=False):
     f = _checks.compute_dtype(x)
     coef = table[k].to(f)  # (B, NCOEF); k was range-checked on the host
 
@@ -172,13 +207,19 @@ def _step_torch(x, eps_hat, k, table, timesteps, seeds, noise, h, out, out_h, ou
     y = col(C_X0) * x0 + col(C_X) * xf
     if eps_term:
         y = y + col(C_EPS) * ef
-    if h is not None:
-        y = y + col(C_H) * h.to(f)
+    if h is not None:  # the ring: slot (k - j) % NH holds what step k - j stored; this step's goes to slot k % NH
+        nh = h.shape[0]
+        kk = k.long()
+        rows = torch.arange(x.shape[0], device=x.device)
+        for j, column in enumerate(HISTORY[:nh], start=1):
+            y = y + col(column) * h[(kk + nh - j) % nh, rows].to(f)
+        u = col(E_X) * xf + col(E_M) * ef if hist_eps else x0
     t = k if row_is_t else timesteps[k]
     if seeds is not None or noise is not None:
         y = y + col(SIGMA) * noise_torch(noise, seeds, t, stream, x, f)
     if h is not None:
-        out_h.copy_(x0)
+        target = out_h if out_h is not None else h
+        target[kk % target.shape[0], rows] = u.to(target.dtype)
     out.copy_(y)
     if out_lowp is not None:
         out_lowp.copy_(y)
@@ -187,21 +228,21 @@ def _step_torch(x, eps_hat, k, table, timesteps, seeds, noise, h, out, out_h, ou
         nonfinite.copy_(torch.where(bad, torch.maximum(nonfinite, t.to(torch.int64)), nonfinite))
 
 
-@torch.library.custom_op("fastddpm::step_", mutates_args=("out", "out_h", "out_lowp", "nonfinite"))
+@torch.library.custom_op("fastddpm::step_", mutates_args=("out", "h", "out_h", "out_lowp", "nonfinite"))
 def _step_op(
     x: torch.Tensor, eps_hat: torch.Tensor, k: torch.Tensor, table: torch.Tensor, timesteps: Optional[torch.Tensor],
     seeds: Optional[torch.Tensor], noise: Optional[torch.Tensor], h: Optional[torch.Tensor],
     out: torch.Tensor, out_h: Optional[torch.Tensor], out_lowp: Optional[torch.Tensor], nonfinite: Optional[torch.Tensor],
-    clip: bool, stream: int, row_is_t: bool, eps_term: bool, eps_uncond: Optional[torch.Tensor] = None,
+    clip: bool, stream: int, row_is_t: bool, eps_term: bool, eps_uncond: Optional[torch.Tensor] = None, hist_eps: bool = False,
 ) -> None:
     impl = _step_launch if _checks.use_triton(x) else _step_torch
     impl(x, eps_hat, k, table, timesteps, seeds, noise, h, out, out_h, out_lowp, nonfinite, clip, stream, row_is_t, eps_term,
-         eps_uncond)
+         eps_uncond, hist_eps)
 
 
 @_step_op.register_fake
 def _(x, eps_hat, k, table, timesteps, seeds, noise, h, out, out_h, out_lowp, nonfinite, clip, stream, row_is_t, eps_term,
-      eps_uncond=None):
+      eps_uncond=None, hist_eps=False):
     return None
 
 
@@ -281,6 +322,7 @@ def sampler_step(
     eps_term: bool = True,
     stream: int = STREAM_REVERSE,
     eps_uncond: Optional[torch.Tensor] = None,
+    basis: str = "x0",
 ) -> torch.Tensor:
     """One step of any sampler whose update is a row of coefficients (tables.py).
 
@@ -289,8 +331,15 @@ def sampler_step(
     timesteps:  (rows,) int64: the timestep of each row; z is addressed by (seed, stream, timesteps[k]).
     seeds / noise: z drawn in-kernel, or explicit; with neither, the SIGMA column is ignored
                 (a deterministic sampler's table has SIGMA = 0 throughout).
-    h:          the previous step's x̂_0 (multistep solvers, the C_H column); this step's
-                x̂_0 is written to out_h (default: h, in place).
+    h:          multistep solvers' history: a ring (NH, B, C, H, W) of NH <= 3 fp32 slots, each
+                dense like x; slot (k - j) % NH holds what step k - j stored, weighed by the
+                row's C_H<j> column, and this step writes its own to slot k % NH (k is then
+                the step index: the ring turns with it, nothing to rotate on the host). A
+                (B, C, H, W) tensor is a ring of one slot (the previous step's value).
+                Zeros before the first step (the warm-up rows weigh nothing there).
+    out_h:      with a one-slot history only: write this step's value here instead of into h.
+    basis:      what a step stores: "x0" its x̂_0 (DPM-Solver++, UniPC; clipped when clipping)
+                or "eps" its ε̂ = E_X x_t + E_M m (iPNDM, a solver in the noise basis).
     clip:       clamp x̂_0 to [-1, 1].
     out, out_lowp: as reverse_step.
     nonfinite:  optional (B,) int64: nonfinite[b] = max(nonfinite[b], timesteps[k[b]]) where
@@ -324,19 +373,49 @@ def sampler_step(
         _checks.check_like(noise, "noise", x, "x")
     if eps_uncond is not None:
         _checks.check_like(eps_uncond, "eps_uncond", x, "x")
+    if basis not in BASES:
+        raise ValueError(f"basis: expected one of {BASES} (what a multistep step stores), got {basis!r}")
     if h is not None:
-        _checks.check_like(h, "h", x, "x")
-        if out_h is None:
-            out_h = h
-        else:
-            _checks.check_like(out_h, "out_h", x, "x")
+        h = _ring(h, x, "h")
+        if out_h is not None:
+            if h.shape[0] != 1:
+                raise ValueError(f"out_h: only a one-slot history may be written elsewhere; a ring of {h.shape[0]} turns in place")
+            out_h = _ring(out_h, x, "out_h")
     elif out_h is not None:
         raise ValueError("out_h: only a multistep step (h=) writes x̂_0")
+    if _checks.values_checked(table):
+        used = [j for j, c in enumerate(HISTORY, start=1) if bool((table[:, int(c)] != 0).any())]
+        nh = 0 if h is None else h.shape[0]
+        if used and max(used) > nh:
+            raise ValueError(f"h: this table weighs outputs stored up to {max(used)} steps earlier (its C_H{max(used)} column "
+                             f"is not zero), so it needs a history ring of {max(used)} slots, ({max(used)}, B, C, H, W); got "
+                             f"{'no history' if h is None else f'{nh} slot(s)'} (Plan.history says how many)")
     if nonfinite is not None and (not isinstance(nonfinite, torch.Tensor) or nonfinite.dtype != torch.int64
                                   or nonfinite.shape != (B,) or nonfinite.device != x.device):
         raise ValueError(f"nonfinite: expected an int64 tensor of shape ({B},) on {x.device}")
     out = _outputs(x, out, out_lowp)
     _step(x, eps_hat, k, table, timesteps, seeds, noise, h, out, out_h, out_lowp, nonfinite,
           _checks.check_flag(clip, "clip"), _checks.check_stream(stream), False, _checks.check_flag(eps_term, "eps_term"),
-          eps_uncond)
+          eps_uncond, basis == "eps")
     return out
+
+
+BASES = ("x0", "eps")
+
+
+def _ring(h, x: torch.Tensor, name: str) -> torch.Tensor:
+    """A history ring (NH, B, C, H, W), NH in 1..3, each slot dense like x and the slots one
+    slot's size apart; a (B, C, H, W) tensor is taken as a ring of one slot."""
+    if isinstance(h, torch.Tensor) and h.dim() == 4:
+        _checks.check_like(h, name, x, "x")
+        return h.unsqueeze(0)
+    if not isinstance(h, torch.Tensor) or h.dim() != 5 or not 1 <= h.shape[0] <= len(HISTORY) or h.shape[1:] != x.shape:
+        raise ValueError(f"{name}: expected a history ring of shape (NH, {', '.join(map(str, x.shape))}) with NH in 1..{len(HISTORY)} "
+                         f"(or one slot, shaped like x), got "
+                         f"{tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__}")
+    for j in range(h.shape[0]):
+        _checks.check_like(h[j], f"{name}[{j}]", x, "x")
+    if h.shape[0] > 1 and h.stride(0) != x.numel():
+        raise ValueError(f"{name}: expected its slots one slot ({x.numel()} elements) apart, as torch.zeros((NH, *x.shape)) "
+                         f"lays them out; got a stride of {h.stride(0)}")
+    return h

@@ -5,9 +5,10 @@ schedule can use them: `coef_table(scheduler.alphas_cumprod)` is all a diffusers
 Every reverse step, of every sampler, is one row of the same columns (docs/notation.md):
 
     x̂_0 = X0_X · x_t − X0_EPS · m                  (clamped to [-1, 1] when clipping)
-    x_s = C_X0 · x̂_0 + C_X · x_t + C_EPS · m + C_H · h + SIGMA · z
+    x_s = C_X0 · x̂_0 + C_X · x_t + C_EPS · m + C_H1 · h_1 + C_H2 · h_2 + C_H3 · h_3 + SIGMA · z
 
-with m the model's output and h the previous step's x̂_0 (multistep solvers); a guided step
+with m the model's output and h_j the value the step j steps earlier stored (multistep solvers:
+its x̂_0, or, for solvers in the noise basis, its ε̂ = E_X · x_t + E_M · m); a guided step
 reads the conditional and unconditional outputs and takes m = m_u + GUIDE · (m_c − m_u). For an
 ε-prediction model m = ε̂; a v- or x₀-prediction model gets other rows for the same kernel
 (`for_prediction`): x̂_0 and ε̂ are linear in (x_t, m) for all three. The columns are constexprs, read by the
@@ -28,10 +29,16 @@ X0_EPS = tl.constexpr(3)  # β̄_t / ᾱ_t           ... and from ε̂
 C_X0 = tl.constexpr(4)  # weight of x̂_0 in x_s
 C_X = tl.constexpr(5)  # weight of x_t
 C_EPS = tl.constexpr(6)  # weight of ε̂
-C_H = tl.constexpr(7)  # weight of h, the previous step's x̂_0
+C_H1 = tl.constexpr(7)  # weight of h_1, what the previous step stored (its x̂_0, or its ε̂)
+C_H = C_H1  # (the name from when a step kept one earlier x̂_0)
 SIGMA = tl.constexpr(8)  # weight of z, the step's noise
 GUIDE = tl.constexpr(9)  # w, classifier-free guidance: m = m_u + w (m_c - m_u) (1: the conditional output alone)
-NCOEF = tl.constexpr(10)  # host code: int(NCOEF)
+C_H2 = tl.constexpr(10)  # weight of h_2, stored two steps earlier
+C_H3 = tl.constexpr(11)  # weight of h_3, stored three steps earlier
+E_X = tl.constexpr(12)  # ε̂ = E_X x_t + E_M m: what a noise-basis solver (iPNDM) stores
+E_M = tl.constexpr(13)
+NCOEF = tl.constexpr(14)  # host code: int(NCOEF)
+HISTORY = (C_H1, C_H2, C_H3)  # the weights of h_1, h_2, h_3: at most three earlier outputs
 
 VARIANCES = ("large", "small", "none")
 PREDICTIONS = ("epsilon", "v", "sample")  # what the model predicts: ε, v = √a ε − √(1−a) x_0 (Salimans & Ho), x_0
@@ -55,16 +62,18 @@ def for_prediction(rows: torch.Tensor, prediction: str) -> torch.Tensor:
         sample    x̂_0 = m                ε̂ = (x − a m)/b
     The ε̂ weight C_EPS is spread over x_t and m; the x̂_0 columns are replaced, so clipping
     x̂_0 (and ε re-derived from the clipped x̂_0, already folded into C_X0/C_X) stays exact.
+    E_X, E_M are set to ε̂'s own weights (ε̂ = E_X x + E_M m), which a noise-basis solver stores.
     """
     prediction = prediction_name(prediction)
     if not isinstance(rows, torch.Tensor) or not rows.is_floating_point() or rows.dim() != 2 or rows.shape[1] != NCOEF:
         raise TypeError(f"rows: expected a floating-point tensor (K, {int(NCOEF)}) of coefficient rows, got "
                         f"{rows.dtype if isinstance(rows, torch.Tensor) else type(rows).__name__} "
                         f"{tuple(rows.shape) if isinstance(rows, torch.Tensor) else ''}")
-    if prediction == "epsilon":
-        return rows
-    rows = rows.to(torch.float64)
+    rows = rows.to(torch.float64).clone()
     a, b = rows[:, int(SQRT_AB)], rows[:, int(SQRT_1M_AB)]
+    if prediction == "epsilon":
+        rows[:, int(E_X)], rows[:, int(E_M)] = 0.0, 1.0
+        return rows
     if prediction == "v":
         x0x, x0m, ex, em = a, b, b, a
     else:
@@ -74,6 +83,7 @@ def for_prediction(rows: torch.Tensor, prediction: str) -> torch.Tensor:
     ce = rows[:, int(C_EPS)]
     out[:, int(C_X)] = rows[:, int(C_X)] + torch.where(ce != 0, ce * ex, torch.zeros_like(ce))
     out[:, int(C_EPS)] = ce * em
+    out[:, int(E_X)], out[:, int(E_M)] = ex, em  # ε̂ itself, for a solver that stores it
     return out
 
 

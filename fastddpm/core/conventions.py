@@ -11,7 +11,7 @@ came from (a generation manifest records it).
 
 from dataclasses import dataclass, field
 
-from .plan import Method
+from .plan import SOLVERS, Method
 
 DEFAULT = "fastddpm's default"
 USER = "given"
@@ -22,36 +22,56 @@ class Conventions:
     prediction: str = "epsilon"  # "epsilon", "v" or "sample"
     variance: str = "large"  # ddpm's σ: "large" (β), "small" (posterior), "none"
     clip: bool = False  # clamp x̂_0 to [-1, 1] (ddpm, ddim)
-    spacing: str = "trailing"  # timestep spacing of a respaced chain; "karras": DPM-Solver++ on Karras's σ grid
+    spacing: str = "trailing"  # timestep spacing; "karras" / "logsnr": a multistep solver's σ grid (Karras; uniform λ)
     offset: int = 0  # diffusers' steps_offset (leading spacing)
+    # a multistep solver's own options, as the model's scheduler config sets them; they apply when the
+    # sampler is that solver (solver_of: "unipc", or "dpm++" for DPMSolverMultistepScheduler)
+    solver_of: str = None
+    order: int = None  # UniPC's solver_order
+    solver_type: str = None  # UniPC's "bh1" / "bh2"
+    lower_order_final: bool = None
+    disable_corrector: tuple = ()
     sources: dict = field(default_factory=dict)  # key -> where its value came from; absent: fastddpm's default
 
     def resolve(self, method="ddpm", steps=None, *, spacing=None, eta=0.0, variance=None, clip=None, clipped_eps=False,
-                prediction=None, offset=None, guidance=None, guidance_interval=None) -> tuple:
+                prediction=None, offset=None, guidance=None, guidance_interval=None, order=None, solver_type=None,
+                corrector=None, disable_corrector=None, lower_order_final=None) -> tuple:
         """(Method, used): each None takes the model's value; `used` maps every convention to
         (value, source). A variance and clipping apply only where the method has them (ddpm;
-        ddpm and ddim), as a diffusers pipeline with its scheduler swapped would."""
+        ddpm and ddim), a Karras or logSNR grid and a solver's options only to the solvers
+        they are for, as a diffusers pipeline with its scheduler swapped would."""
         used = {}
 
-        def pick(key, given, applies=True, fallback=None):
+        def pick(key, given, applies=True, fallback=None, record=True):
             if given is not None:
                 used[key] = (given, USER)
                 return given
             if not applies:
-                used[key] = (fallback, f"{DEFAULT} (the model's {getattr(self, key)!r} does not apply to {method})")
+                if record:
+                    used[key] = (fallback, f"{DEFAULT} (the model's {getattr(self, key)!r} does not apply to {method})")
                 return fallback
-            used[key] = (getattr(self, key), self.sources.get(key, DEFAULT))
+            if record or key in self.sources:
+                used[key] = (getattr(self, key), self.sources.get(key, DEFAULT))
             return getattr(self, key)
 
-        multistep = method in ("dpm++2m", "sde-dpm++2m")
-        spacing = pick("spacing", spacing, self.spacing != "karras" or multistep, "trailing")  # Karras: DPM-Solver++'s grid
+        solver = method in SOLVERS
+        spacing = pick("spacing", spacing, self.spacing not in ("karras", "logsnr") or solver, "trailing")
+        family = "unipc" if method == "unipc" else "dpm++" if method in SOLVERS and method.startswith(("dpm++", "sde-dpm++")) else None
+        mine = family is not None and family == self.solver_of  # the scheduler config's own solver
+        kept = dict(record=self.solver_of is not None)  # a model without solver options records none
         m = Method(method, steps, spacing, eta,
                    pick("variance", variance, method == "ddpm", "large"),
                    pick("clip", clip, method in ("ddpm", "ddim"), False),
                    clipped_eps,
                    pick("prediction", prediction),
                    pick("offset", offset, spacing == "leading", 0),
-                   guidance, guidance_interval)  # the sampler's choice, not a convention of the model
+                   guidance, guidance_interval,  # the sampler's choice, not a convention of the model
+                   order=pick("order", order, mine and method == "unipc", None, **kept),
+                   solver_type=pick("solver_type", solver_type, mine and method == "unipc", None, **kept),
+                   corrector=corrector,
+                   disable_corrector=pick("disable_corrector", disable_corrector, mine and method == "unipc", (), **kept),
+                   lower_order_final=pick("lower_order_final", lower_order_final,
+                                          mine and method in ("unipc", "dpm++3m", "sde-dpm++3m"), None, **kept))
         return m, used
 
 

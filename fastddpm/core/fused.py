@@ -6,7 +6,7 @@ or a Plan instead of a coefficient table, so that tests, benchmarks and the Trai
     reverse_step(x, eps_hat, t, schedule, *, seeds=None, noise=None, variance="large", clip=False)
     eps_mse_loss(eps_hat, t, *, seeds=None, noise=None, weights=None, reduction="mean")
     diffusion_loss(out, t, schedule, *, x0=None, seeds=None, noise=None, weights=None, prediction="epsilon", reduction="mean")
-    sampler_step(x, eps_hat, k, plan, *, seeds=None, noise=None, h=None[, eps_uncond]) -> (x_s, x̂_0 or None)
+    sampler_step(x, eps_hat, k, plan, *, seeds=None, noise=None, h=None[, eps_uncond]) -> (x_s, x̂_0 / the ring, or None)
         (the fused step also takes eps_uncond=: guidance combined in the kernel; the reference
         is handed the combined output instead)
 """
@@ -47,12 +47,16 @@ def diffusion_loss(out, t, schedule: Schedule, *, x0=None, seeds=None, noise=Non
 
 
 def sampler_step(x, eps_hat, k, plan: Plan, *, seeds=None, noise=None, h=None, eps_uncond=None) -> tuple:
+    """Step k of plan. h: a one-slot plan's previous x̂_0 (like x; this step's x̂_0 is returned,
+    h is not changed), or the plan's whole history ring (plan.history, B, C, H, W), which the
+    step turns in place (returned as the second value)."""
     if not isinstance(plan, Plan):
         raise TypeError(f"plan: expected a fastddpm.Plan (Plan.build(schedule, method, ...)), got {type(plan).__name__}")
     plan.check_history(h)
     if not plan.stochastic:
         seeds = noise = None  # σ = 0 throughout: nothing to draw
-    x0 = torch.empty_like(x, dtype=torch.float32) if h is not None else None
+    one_slot = h is not None and h.dim() == 4
+    x0 = torch.empty_like(x, dtype=torch.float32) if one_slot else None
     x_s = K.sampler_step(x, eps_hat, k, plan.table(x.device), plan.timesteps_on(x.device), seeds=seeds, noise=noise,
-                         h=h, out_h=x0, clip=plan.method.clip, eps_term=plan.eps_term, eps_uncond=eps_uncond)
-    return x_s, x0
+                         h=h, out_h=x0, clip=plan.method.clip, eps_term=plan.eps_term, eps_uncond=eps_uncond, basis=plan.basis)
+    return x_s, (x0 if one_slot else h)

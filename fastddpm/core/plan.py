@@ -27,12 +27,16 @@ import numpy as np
 import torch
 
 from .. import kernels as K
-from ..kernels.tables import C_EPS, C_H, C_X, C_X0, GUIDE, NCOEF, SIGMA, SQRT_1M_AB, SQRT_AB, X0_EPS, X0_X
+from ..kernels.tables import C_EPS, C_X, C_X0, GUIDE, HISTORY, NCOEF, SIGMA, SQRT_1M_AB, SQRT_AB, X0_EPS, X0_X
+from .solvers import solver_coefficients
 from .schedule import Schedule
 
-METHODS = ("ddpm", "ddim", "dpm++2m", "sde-dpm++2m")
-SPACINGS = ("trailing", "leading", "linspace", "quad", "karras")
-DEFAULT_STEPS = {"ddim": 50, "dpm++2m": 20, "sde-dpm++2m": 20}  # ddpm: all T
+METHODS = ("ddpm", "ddim", "dpm++2m", "sde-dpm++2m", "dpm++3m", "sde-dpm++3m", "unipc", "ipndm")
+SOLVERS = METHODS[2:]  # the multistep ODE/SDE solvers: DPM-Solver's N + 1 point grids, its ᾱ², Karras and logSNR spacings
+SPACINGS = ("trailing", "leading", "linspace", "quad", "karras", "logsnr")
+DEFAULT_STEPS = {"ddim": 50, **{name: 20 for name in SOLVERS}}  # ddpm: all T
+ORDERS = {"unipc": (1, 3, 2), "ipndm": (1, 4, 4)}  # method: (lowest, highest, default) order; the others name theirs
+SOLVER_TYPES = ("bh1", "bh2")  # UniPC's B(h): h (bh1) or e^h − 1 (bh2), Zhao et al. 2023
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,11 @@ class Method:
     offset: int = 0  # diffusers' steps_offset: added to every timestep of the "leading" spacing
     guidance: float = None  # classifier-free guidance weight w (Ho & Salimans 2022); None: unguided (w = 1)
     guidance_interval: tuple = None  # (t_lo, t_hi): w only for t_lo < t <= t_hi, 1 elsewhere (Kynkäänniemi et al. 2024)
+    order: int = None  # unipc (1-3, default 2, diffusers' solver_order), ipndm (1-4, default 4); None: the method's
+    solver_type: str = None  # unipc: "bh1" or "bh2" (default, diffusers')
+    corrector: bool = None  # unipc: UniC after every step but the last (default True), folded into the next step's row
+    disable_corrector: tuple = ()  # unipc: steps i whose successor is not corrected (diffusers' disable_corrector)
+    lower_order_final: bool = None  # DPM-Solver++ and UniPC: lower orders in the last steps (default True, diffusers')
 
     def checked(self, T: int) -> "Method":
         """This configuration with its steps filled in, or a ValueError naming the argument."""
@@ -96,13 +105,84 @@ class Method:
                 raise ValueError(f"guidance_interval: expected (t_lo, t_hi) with t_lo < t_hi, guiding the timesteps "
                                  f"t_lo < t <= t_hi of [0, {T}), got {interval!r}")
             interval = (float(interval[0]), float(interval[1]))
+        order, solver_type, corrector, disable, lof = self._solver_options()
         return Method(self.name, steps, self.spacing, float(self.eta), self.variance, self.clip, self.clipped_eps, prediction,
-                      self.offset, guidance, interval)
+                      self.offset, guidance, interval, order, solver_type, corrector, disable, lof)
+
+    def _solver_options(self) -> tuple:
+        """(order, solver_type, corrector, disable_corrector, lower_order_final), checked and filled in."""
+        name = self.name
+        order = self.order
+        if order is not None:
+            if name not in ORDERS:
+                named = {"dpm++2m": 2, "sde-dpm++2m": 2, "dpm++3m": 3, "sde-dpm++3m": 3}.get(name)
+                raise ValueError(f"order: only {' and '.join(ORDERS)} take an order" + (
+                    f" ({name!r} is order {named} by name: dpm++2m or dpm++3m)" if named else f", not {name!r}"))
+            lo, hi, _ = ORDERS[name]
+            if isinstance(order, bool) or not isinstance(order, int) or not lo <= order <= hi:
+                raise ValueError(f"order: {name} has orders {lo} to {hi}, got {order!r}")
+        elif name in ORDERS:
+            order = ORDERS[name][2]
+        solver_type = self.solver_type
+        if solver_type is not None and name != "unipc":
+            raise ValueError(f"solver_type: only unipc takes a solver type (bh1, bh2), not {name!r}")
+        if name == "unipc":
+            solver_type = "bh2" if solver_type is None else solver_type
+            if solver_type not in SOLVER_TYPES:
+                raise ValueError(f"solver_type: expected one of {SOLVER_TYPES} (UniPC's B(h)), got {solver_type!r}")
+        corrector = self.corrector
+        if corrector and name != "unipc":  # (False: no corrector, which every other method has)
+            raise ValueError(f"corrector: only unipc has a corrector (UniC), not {name!r}")
+        if corrector is not None and not isinstance(corrector, bool):
+            raise TypeError(f"corrector: expected True or False, got {corrector!r}")
+        corrector = (name == "unipc") if corrector is None else corrector
+        disable = self.disable_corrector
+        if disable is None or isinstance(disable, (str, bytes)) or not hasattr(disable, "__iter__"):
+            raise TypeError(f"disable_corrector: expected a sequence of step indices, got {disable!r}")
+        disable = tuple(disable)
+        if disable and name != "unipc":
+            raise ValueError(f"disable_corrector: only unipc has a corrector, not {name!r}")
+        if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in disable):
+            raise ValueError(f"disable_corrector: expected step indices (ints >= 0), got {disable!r}")
+        if disable and not corrector:
+            raise ValueError("disable_corrector: given with corrector=False (no step is corrected)")
+        disable = tuple(sorted(set(disable)))
+        lof = self.lower_order_final
+        warm_down = name in ("dpm++3m", "sde-dpm++3m", "unipc")  # (2M's only lower step is the last, always first order)
+        if lof is not None and not isinstance(lof, bool):
+            raise TypeError(f"lower_order_final: expected True or False, got {lof!r}")
+        if lof is False and not warm_down:
+            raise ValueError(f"lower_order_final: only dpm++3m, sde-dpm++3m and unipc lower their order in the last steps, "
+                             f"not {name!r}")
+        return order, solver_type, corrector, disable, (True if lof is None else lof)
+
+    @property
+    def solver(self) -> bool:
+        """A multistep ODE/SDE solver: DPM-Solver's timestep grids and ᾱ² (zero SNR: 2**-24), Karras and logSNR spacings."""
+        return self.name in SOLVERS
+
+    @property
+    def history(self) -> int:
+        """How many earlier outputs a step may weigh (the history ring's slots): 0 history-free."""
+        if self.name in ("dpm++2m", "sde-dpm++2m"):
+            return 1
+        if self.name in ("dpm++3m", "sde-dpm++3m"):
+            return 2
+        if self.name == "unipc":  # the predictor reads order - 1 earlier outputs, the corrector one more
+            return self.order if self.corrector else self.order - 1
+        if self.name == "ipndm":
+            return self.order - 1
+        return 0
 
     @property
     def multistep(self) -> bool:
-        """Steps use the previous step's x̂_0 (the history h)."""
-        return self.name in ("dpm++2m", "sde-dpm++2m")
+        """Steps use earlier steps' outputs (the history ring h)."""
+        return self.history > 0
+
+    @property
+    def basis(self) -> str:
+        """What a step stores for the later ones: "x0" (data prediction) or "eps" (iPNDM)."""
+        return "eps" if self.name == "ipndm" else "x0"
 
     def guide_weights(self, ts: list) -> list:
         """w at each of these timesteps: the guidance weight inside the interval (everywhere
@@ -114,6 +194,10 @@ class Method:
 
     def label(self) -> str:
         extra = {"ddpm": f" {self.variance}", "ddim": f" η={self.eta:g}"}.get(self.name, "")
+        if self.name == "unipc":
+            extra = f"-{self.order} {self.solver_type}" + ("" if self.corrector else " no corrector")
+        elif self.name == "ipndm":
+            extra = f"-{self.order}"
         pred = "" if self.prediction == "epsilon" else f", {self.prediction}-prediction"
         guide = "" if self.guidance is None else f", guidance {self.guidance:g}" + (
             f" in ({self.guidance_interval[0]:g}, {self.guidance_interval[1]:g}]" if self.guidance_interval else "")
@@ -126,6 +210,15 @@ def karras_alphas(alphas_cumprod: torch.Tensor, N: int) -> torch.Tensor:
     sig = ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
     lo, hi = float(sig[0]) ** (1 / 7), float(sig[-1]) ** (1 / 7)
     sigmas = (hi + torch.linspace(0, 1, N, dtype=torch.float64) * (lo - hi)) ** 7
+    return 1 / (1 + sigmas**2)
+
+
+def logsnr_alphas(alphas_cumprod: torch.Tensor, N: int) -> torch.Tensor:
+    """ᾱ² of N points uniform in log σ (so in λ = −log σ) between the schedule's σ_max and σ_min,
+    descending in σ: diffusers' use_lu_lambdas (Lu et al. 2022's recommendation at low resolution)."""
+    log_sig = ((1 - alphas_cumprod) / alphas_cumprod).sqrt().log()
+    hi, lo = float(log_sig[-1]), float(log_sig[0])
+    sigmas = (hi + torch.linspace(0, 1, N, dtype=torch.float64) * (lo - hi)).exp()
     return 1 / (1 + sigmas**2)
 
 
@@ -145,16 +238,18 @@ def timesteps(T: int, method: Method, alphas_cumprod: torch.Tensor = None) -> li
     """The model's timesteps, descending, for a checked method (diffusers' grids); the
     "karras" spacing needs the schedule's alphas_cumprod."""
     N, spacing = method.steps, method.spacing
-    if spacing == "karras":
-        if not method.multistep:
-            raise ValueError(f"spacing: 'karras' is DPM-Solver++'s σ grid (diffusers' use_karras_sigmas): use it with "
-                             f"dpm++2m or sde-dpm++2m, not {method.name!r}")
+    if spacing in ("karras", "logsnr"):
+        if not method.solver:
+            what = "Karras et al.'s σ grid (diffusers' use_karras_sigmas)" if spacing == "karras" else \
+                "uniform in λ (diffusers' use_lu_lambdas)"
+            raise ValueError(f"spacing: {spacing!r} is a multistep solver's grid, {what}: use it with {', '.join(SOLVERS)}, "
+                             f"not {method.name!r}")
         ac = solver_alphas_cumprod(alphas_cumprod)
-        a = karras_alphas(ac, N)
+        a = (karras_alphas if spacing == "karras" else logsnr_alphas)(ac, N)
         t = np.array(_sigma_to_t(((1 - a) / a).sqrt(), ac), dtype=np.int64)
     elif spacing == "quad":
         t = (np.linspace(0, np.sqrt(T * 0.8), N) ** 2).astype(np.int64)[::-1]
-    elif method.multistep:  # DPMSolverMultistepScheduler: N + 1 points, the last dropped
+    elif method.solver:  # DPMSolverMultistepScheduler (and UniPC's): N + 1 points, the last dropped
         if spacing == "linspace":
             t = np.linspace(0, T - 1, N + 1).round()[::-1][:-1].astype(np.int64)
         elif spacing == "leading":
@@ -169,9 +264,9 @@ def timesteps(T: int, method: Method, alphas_cumprod: torch.Tensor = None) -> li
         else:
             t = np.round(np.arange(T, 0, -T / N)).astype(np.int64) - 1
     t = [int(v) for v in t]
-    # Karras σ_k are distinct even where their rounded t repeat (as diffusers allows); the
-    # deterministic solver takes that, but the SDE's z is addressed by t and would repeat
-    repeats_ok = spacing == "karras" and method.name == "dpm++2m" and t == sorted(t, reverse=True)
+    # Karras and logSNR σ_k are distinct even where their rounded t repeat (as diffusers allows);
+    # a deterministic solver takes that, but the SDE's z is addressed by t and would repeat
+    repeats_ok = spacing in ("karras", "logsnr") and not method.name.startswith("sde-") and t == sorted(t, reverse=True)
     if len(t) != N or (len(set(t)) != N and not repeats_ok) or min(t) < 0 or max(t) >= T:
         raise ValueError(
             f"spacing: {spacing!r} with steps={N}{f' and offset={method.offset}' if method.offset else ''} on a schedule "
@@ -231,12 +326,32 @@ class Plan:
     def multistep(self) -> bool:
         return self.method.multistep
 
+    @property
+    def history(self) -> int:
+        """The history ring's slots a step of this plan reads (0: history-free)."""
+        return self.method.history
+
+    @property
+    def basis(self) -> str:
+        """What each step stores in the ring: "x0" or "eps" (kernels.sampler_step's basis)."""
+        return self.method.basis
+
     def check_history(self, h) -> None:
-        """A multistep plan needs the previous x̂_0 (zeros at the first step); a history-free one refuses it."""
+        """A multistep plan needs its history ring (zeros before the first step): (history, B, C, H, W), or
+        for one slot a tensor like x; a history-free one refuses any."""
+        m = self.method
+        name = m.name + (f" (order {m.order}{'' if m.corrector or m.name != 'unipc' else ', no corrector'})" if m.order else "")
         if self.multistep and h is None:
-            raise ValueError(f"h: {self.method.name} is a multistep solver: pass the previous step's x̂_0 (zeros at the first step)")
+            raise ValueError(f"h: {name} is a multistep solver: pass its history ring of {self.history} slot(s), "
+                             f"({self.history}, B, C, H, W), zeros before the first step")
         if not self.multistep and h is not None:
-            raise ValueError(f"h: {self.method.name} is history-free (its steps use no previous x̂_0); pass h=None")
+            raise ValueError(f"h: {name} is history-free (its steps use no earlier output); pass h=None")
+        if h is not None:
+            slots = 1 if isinstance(h, torch.Tensor) and h.dim() == 4 else (h.shape[0] if isinstance(h, torch.Tensor) else None)
+            if slots != self.history:
+                raise ValueError(f"h: {name} keeps {self.history} earlier output(s): expected a ring of shape "
+                                 f"({self.history}, B, C, H, W){' or one shaped like x' if self.history == 1 else ''}, got "
+                                 f"{tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__}")
 
     def table(self, device) -> torch.Tensor:
         """The rows as the float32 table the kernel reads, on `device` (cached)."""
@@ -258,9 +373,9 @@ def step_alphas(alphas_cumprod: torch.Tensor, m: Method, ts: list) -> torch.Tens
     model still gets the rounded t_k, as in diffusers); for DPM-Solver++ at zero terminal SNR
     2**-24 instead of 0 (diffusers: "close to 0 without being 0, so the first σ is not inf")."""
     # Lu et al.'s λ = log(ᾱ/β̄) must be finite at every step the solver starts from
-    if m.spacing == "karras":
-        return karras_alphas(solver_alphas_cumprod(alphas_cumprod), m.steps)
-    a = solver_alphas_cumprod(alphas_cumprod) if m.multistep else alphas_cumprod.to(torch.float64)
+    if m.spacing in ("karras", "logsnr"):
+        return (karras_alphas if m.spacing == "karras" else logsnr_alphas)(solver_alphas_cumprod(alphas_cumprod), m.steps)
+    a = solver_alphas_cumprod(alphas_cumprod) if m.solver else alphas_cumprod.to(torch.float64)
     return a[torch.tensor(ts)]
 
 
@@ -299,30 +414,11 @@ def _rows(alphas_cumprod: torch.Tensor, m: Method, ts: list, prev: list, a_t: to
             rows[:, int(C_EPS)] = direction
         rows[:, int(SIGMA)] = sigma
         return rows
-    # DPM-Solver++ (Lu et al. 2022), data prediction, in α = √a, σ = √(1 - a), λ = log(α/σ).
-    # e^{-h} = e^{λ_t - λ_s} = (α_t σ_s)/(σ_t α_s) is 0, not NaN, for the final step (σ_s = 0).
-    al_t, sg_t, al_s, sg_s = a_t.sqrt(), (1 - a_t).sqrt(), a_s.sqrt(), (1 - a_s).sqrt()
-    e_h = al_t * sg_s / (sg_t * al_s)
-    sde = m.name == "sde-dpm++2m"
-    if sde:
-        rows[:, int(C_X)] = sg_s / sg_t * e_h
-        d = al_s * (1 - e_h**2)  # weight of the data estimate D
-        rows[:, int(SIGMA)] = sg_s * (1 - e_h**2).clamp(min=0).sqrt()
-    else:
-        rows[:, int(C_X)] = sg_s / sg_t
-        d = al_s * (1 - e_h)
-    # D = x̂_0 (first order: the first step, and the final one, as diffusers' lower_order_final)
-    # or (1 + 1/(2r)) x̂_0 - 1/(2r) h with r = h_prev / h (2M, midpoint).
-    lam = lambda ac: 0.5 * torch.log(ac / (1 - ac))  # noqa: E731
-    k = torch.arange(len(ts))
-    second = (k > 0) & (s >= 0)
-    r = torch.ones_like(a_t)
-    if bool(second.any()):
-        a_prev = torch.cat([a_t[:1], a_t[:-1]])  # the previous step's source ᾱ²
-        h = lam(a_s) - lam(a_t)
-        h_prev = lam(a_t) - lam(a_prev)
-        r = torch.where(second, h_prev / torch.where(second, h, 1.0), 1.0)
-    c = torch.where(second, 0.5 / r, 0.0)
-    rows[:, int(C_X0)] = d * (1 + c)
-    rows[:, int(C_H)] = -d * c
+    # the multistep solvers (solvers.py): x_s = c_x x_t + Σ_j c_j u_{k-j} (+ σ z), u = x̂_0 or ε̂
+    coef, sigma = solver_coefficients(m, a_t)
+    rows[:, int(C_X)] = coef[:, 0]
+    rows[:, int(C_EPS if m.basis == "eps" else C_X0)] = coef[:, 1]
+    for j, column in enumerate(HISTORY, start=1):
+        rows[:, int(column)] = coef[:, 1 + j]
+    rows[:, int(SIGMA)] = sigma
     return rows

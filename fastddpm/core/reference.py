@@ -20,6 +20,8 @@ Of the fast path it imports only the noise contract (kernels.randn, the stream n
 and the plan's timesteps; never a kernel's arithmetic, never a coefficient table.
 """
 
+import math
+
 import torch
 
 from .. import kernels as K
@@ -205,14 +207,142 @@ def diffusion_loss(out, t, schedule: Schedule, *, x0=None, seeds=None, noise=Non
     return eps_mse_loss(m, t, noise=target, weights=weights, reduction=reduction)
 
 
+class MultistepSolver:
+    """DPM-Solver++(3M) and its SDE form, UniPC and iPNDM, one step at a time, from the papers'
+    equations on the data: the state a chain carries (earlier outputs; UniPC's corrected state)
+    kept here, the corrector applied as its own update. Grid point i is the plan's step i, with
+    ᾱ² = plan.alphas[i] (1 at i = K, the end); α = √ᾱ², σ = √(1 − ᾱ²), λ = log α − log σ.
+
+    dpm++3m (Lu et al. 2022, multistep third order, data prediction; SDE variant their App. B):
+        D1_0 = (m0 − m1)/r0, D1_1 = (m1 − m2)/r1, r_j = h_j/h,
+        D1 = D1_0 + r0/(r0 + r1) (D1_0 − D1_1),  D2 = (D1_0 − D1_1)/(r0 + r1)
+        x_s = (σ_s/σ_t) x − α_s (e^{-h} − 1) m0 + α_s ((e^{-h} − 1)/h + 1) D1 − α_s ((e^{-h} − 1 + h)/h² − ½) D2
+    unipc (Zhao et al. 2023, Algorithm 2 with B(h) = h (bh1) or e^h − 1 (bh2), in data prediction):
+        UniP-p:  x̃_s = (σ_s/σ_t) x^c_t − α_s (e^{-h} − 1) m_t − α_s B(h) Σ_k ρ^p_k D_k
+        UniC-p:  x^c_s = (σ_s/σ_t) x^c_t − α_s (e^{-h} − 1) m_t − α_s B(h) (Σ_k ρ^c_k D_k + ρ^c_p (m_s − m_t))
+        with D_k = (m_{t_k} − m_t)/r_k and ρ solving R ρ = b (R_jk = r_k^j, b_j = h φ_{j+1}(h) (j+1)!/B(h));
+        m_s is the model at the uncorrected x̃_s: the corrector costs no evaluation.
+    ipndm (Zhang & Chen 2023): in y = x/α, σ̃ = σ/α the flow is dy/dσ̃ = ε̂, and
+        y_s = y_t + (σ̃_s − σ̃_t) Σ_j c_j ε̂_{t−j}  (Adams–Bashforth weights of order min(order, i + 1))
+    Orders: warm-up from 1; the step into σ = 0 is first order; DPM-Solver++(3M) with
+    lower_order_final and under 15 steps takes its second-last step at order 2, UniPC's order is
+    min(order, steps left) with lower_order_final (diffusers' rules).
+    """
+
+    AB = {1: (1.0,), 2: (1.5, -0.5), 3: (23 / 12, -16 / 12, 5 / 12), 4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
+
+    def __init__(self, plan: Plan):
+        self.plan, self.m = plan, plan.method
+        a = torch.cat([plan.alphas.to(torch.float64), torch.ones(1, dtype=torch.float64)])
+        self.al, self.sg = a.sqrt(), (1 - a).sqrt()
+        self.lam = self.al.log() - self.sg.log()  # +inf at the end
+        self.outputs = []  # the converted model outputs so far (x̂_0, or ε̂ for iPNDM), newest last
+        self.last = None  # UniPC: the corrected state the last predictor started from
+        self.order_prev = None
+
+    def step(self, i: int, x, out, z=None):
+        """x at grid point i and the model's output there -> x at i + 1."""
+        m, K = self.m, self.plan.K
+        t = torch.full((x.shape[0],), i, dtype=torch.int64, device=x.device)
+        x0, eps = predictions(x, out, t, _StepGrid(self.plan), m.prediction)
+        if m.name == "ipndm":
+            self.outputs.append(eps)
+            p = min(m.order, i + 1)
+            d = sum(c * e for c, e in zip(self.AB[p], reversed(self.outputs[-p:])))
+            st, ss = (self.sg[i] / self.al[i]).item(), (self.sg[i + 1] / self.al[i + 1]).item()
+            return _lo(self.al[i + 1], x) * (x / _lo(self.al[i], x) + (ss - st) * d)
+        if m.name == "unipc":
+            if m.corrector and i > 0 and (i - 1) not in m.disable_corrector:
+                x = self._unipc(i - 1, self.last, self.order_prev, x0)  # UniC at point i, from the corrected i - 1
+            self.outputs.append(x0)
+            p = min(m.order, K - i) if m.lower_order_final else m.order
+            p = 1 if i == K - 1 else min(p, i + 1)
+            self.last, self.order_prev = x, p
+            return self._unipc(i, x, p)
+        self.outputs.append(x0)
+        p = min(3, i + 1)
+        if i == K - 1:
+            p = 1
+        elif i == K - 2 and m.lower_order_final and K < 15:
+            p = min(p, 2)
+        return self._dpm(i, x, p, z if m.name == "sde-dpm++3m" else None)
+
+    def _dpm(self, i, x, p, z):
+        lam, al, sg = self.lam, self.al, self.sg
+        h = (lam[i + 1] - lam[i]).item()
+        m0 = self.outputs[-1]
+        if p == 1:
+            d1 = d2 = 0.0
+        else:
+            r0 = (lam[i] - lam[i - 1]).item() / h
+            D1_0 = (m0 - self.outputs[-2]) / r0
+            if p == 2:
+                d1, d2 = D1_0, 0.0  # 2M: D1 = D1_0, weighed as ½ below, as the midpoint form does
+            else:
+                r1 = (lam[i - 1] - lam[i - 2]).item() / h
+                D1_1 = (self.outputs[-2] - self.outputs[-3]) / r1
+                d1 = D1_0 + (r0 / (r0 + r1)) * (D1_0 - D1_1)
+                d2 = (D1_0 - D1_1) / (r0 + r1)
+        e, a_s = math.exp(-h), al[i + 1].item()
+        if p == 1:  # DDIM's step (ODE), or its SDE form                    (Lu et al. 2022, eq. 9; App. B)
+            if z is None:
+                return (sg[i + 1] / sg[i]).item() * x - a_s * math.expm1(-h) * m0
+            return (sg[i + 1] / sg[i]).item() * e * x + a_s * (1 - e * e) * m0 + sg[i + 1].item() * math.sqrt(1 - e * e) * z
+        if z is None:
+            if p == 2:  # x_s = (σ_s/σ_t) x − α_s (e^{-h} − 1) (m0 + ½ D1)     (Lu et al. 2022, Algorithm 2)
+                return (sg[i + 1] / sg[i]).item() * x - a_s * math.expm1(-h) * (m0 + 0.5 * d1)
+            return ((sg[i + 1] / sg[i]).item() * x - a_s * math.expm1(-h) * m0 + a_s * (math.expm1(-h) / h + 1) * d1
+                    - a_s * ((math.expm1(-h) + h) / h**2 - 0.5) * d2)
+        noise = sg[i + 1].item() * math.sqrt(max(1 - e * e, 0.0)) * z
+        if p == 2:
+            return (sg[i + 1] / sg[i]).item() * e * x + a_s * (1 - e * e) * (m0 + 0.5 * d1) + noise
+        return ((sg[i + 1] / sg[i]).item() * e * x + a_s * (1 - e * e) * m0 + a_s * ((1 - e * e) / (-2 * h) + 1) * d1
+                + a_s * ((1 - e * e - 2 * h) / (2 * h) ** 2 - 0.5) * d2 + noise)
+
+    def _unipc(self, i, x, p, corrected_by=None):
+        """UniP-p from grid point i to i + 1 (corrected_by None), or UniC-p there with the model's
+        output at the uncorrected point i + 1 (corrected_by); self.outputs ends with point i's."""
+        lam, al, sg = self.lam, self.al, self.sg
+        h = (lam[i + 1] - lam[i]).item()
+        hh = -h
+        outs = self.outputs[: i + 1]  # the outputs up to point i
+        m0 = outs[-1]
+        x_s = (sg[i + 1] / sg[i]).item() * x - al[i + 1].item() * math.expm1(hh) * m0
+        n = p - 1 if corrected_by is None else p  # ρ's the update solves for
+        if n == 0:
+            return x_s  # first order: no correction term (and at λ_s = ∞ not B(h) times an empty sum)
+        rks = [(lam[i - k] - lam[i]).item() / h for k in range(1, p)] + [1.0]
+        Ds = [(outs[-1 - k] - m0) / rks[k - 1] for k in range(1, p)]
+        B_h = hh if self.m.solver_type == "bh1" else math.expm1(hh)
+        # b_j = h φ_{j}(h) j! / B(h), φ_1(h) h = e^h − 1, φ_{k+1} = (φ_k − 1/k!)/h (Zhao et al., eq. 13)
+        phi, fact, b = math.expm1(hh) / hh - 1, 1, []
+        for j in range(1, p + 1):
+            b.append(phi * fact / B_h)
+            fact *= j + 1
+            phi = phi / hh - 1 / fact
+        if corrected_by is None:
+            rho = [0.5] if p == 2 else torch.linalg.solve(
+                torch.tensor([[r**j for r in rks[:-1]] for j in range(p - 1)], dtype=torch.float64),
+                torch.tensor(b[:-1], dtype=torch.float64)).tolist()
+            return x_s - al[i + 1].item() * B_h * sum(r * D for r, D in zip(rho, Ds))
+        rho = [0.5] if p == 1 else torch.linalg.solve(
+            torch.tensor([[r**j for r in rks] for j in range(p)], dtype=torch.float64), torch.tensor(b, dtype=torch.float64)).tolist()
+        corr = sum((r * D for r, D in zip(rho[:-1], Ds)), torch.zeros_like(x)) + rho[-1] * (corrected_by - m0)
+        return x_s - al[i + 1].item() * B_h * corr
+
+
 def sampler_step(x, eps_hat, k, plan: Plan, *, seeds=None, noise=None, h=None) -> tuple:
     """Step k (per sample, (B,) int) of `plan`: x_{t_k} -> x_{prev_k}. Returns (x_s, x̂_0)
     for a multistep plan, (x_s, None) otherwise. The noise (stochastic plans only) is
-    addressed by (seed, STREAM_REVERSE, t_k)."""
+    addressed by (seed, STREAM_REVERSE, t_k). DPM-Solver++(3M), UniPC and iPNDM carry more
+    state than one x̂_0: their reference is `sample` (MultistepSolver)."""
     if not isinstance(plan, Plan):
         raise TypeError(f"plan: expected a fastddpm.Plan (Plan.build(schedule, method, ...)), got {type(plan).__name__}")
-    plan.check_history(h)
     m = plan.method
+    if m.name not in ("ddpm", "ddim", "dpm++2m", "sde-dpm++2m"):
+        raise ValueError(f"plan: the reference steps {m.name} only within a chain, which carries its state: use "
+                         f"fastddpm.reference.sample (or reference.MultistepSolver)")
+    plan.check_history(h)
     k = k.to("cpu").long()
     t = torch.tensor(plan.timesteps)[k]
     s = torch.tensor(plan.prev)[k]
@@ -254,6 +384,7 @@ def sample(model, schedule: Schedule, seeds: torch.Tensor, shape: tuple, method=
     dev = seeds.device
     x = K.randn((B, *shape), seeds, torch.zeros(B, dtype=torch.int64, device=dev), K.STREAM_PRIOR).to(dtype)  # x_T
     h = torch.zeros_like(x) if plan.multistep else None
+    solver = MultistepSolver(plan) if plan.method.name not in ("ddpm", "ddim", "dpm++2m", "sde-dpm++2m") else None
     n = num_classes(model)
     if (n is None) != (labels is None):
         raise ValueError("labels: a class-conditional model needs them, an unconditional one takes none")
@@ -270,6 +401,10 @@ def sample(model, schedule: Schedule, seeds: torch.Tensor, shape: tuple, method=
             cond = checked_output(model(x, t, labels), x).to(dtype)
             uncond = checked_output(model(x, t, null), x).to(dtype)
             eps_hat = uncond + w[i] * (cond - uncond)
+        if solver is not None:
+            z = _noise(None, seeds, t, K.STREAM_REVERSE, x) if plan.stochastic else None
+            x = solver.step(i, x, eps_hat, z)
+            continue
         x, x0 = sampler_step(x, eps_hat, k, plan, seeds=seeds if plan.stochastic else None, h=h)
         h = x0
     return x

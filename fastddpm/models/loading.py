@@ -122,18 +122,18 @@ NEUTRAL = {  # key: the values at which it changes nothing fastddpm does (or a t
     "thresholding": lambda v: v is False,
     "dynamic_thresholding_ratio": lambda v: True, "sample_max_value": lambda v: True,  # read only with thresholding
     "set_alpha_to_one": lambda v: v is True,  # DDIM: the last step lands on ᾱ = 1, as fastddpm's do
-    "solver_order": lambda v: v == 2, "solver_type": lambda v: v == "midpoint",
     "algorithm_type": lambda v: v in ("dpmsolver++", "sde-dpmsolver++"),
-    "lower_order_final": lambda v: v is True, "euler_at_final": lambda v: v is False,
+    "euler_at_final": lambda v: v is False, "predict_x0": lambda v: v is True, "solver_p": lambda v: v is None,
     "use_exponential_sigmas": lambda v: v is False,
-    "use_beta_sigmas": lambda v: v is False, "use_lu_lambdas": lambda v: v is False,
+    "use_beta_sigmas": lambda v: v is False,
     "use_flow_sigmas": lambda v: v is False, "use_dynamic_shifting": lambda v: v is False,
     "flow_shift": lambda v: True, "time_shift_type": lambda v: True,  # read only with flow sigmas / dynamic shifting
     "final_sigmas_type": lambda v: v == "zero", "lambda_min_clipped": lambda v: v is None or v == float("-inf"),
 }
 HONOURED = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "rescale_betas_zero_snr",
             "prediction_type", "variance_type", "clip_sample", "clip_sample_range", "timestep_spacing", "steps_offset",
-            "use_karras_sigmas")
+            "use_karras_sigmas", "use_lu_lambdas", "solver_order", "solver_type", "lower_order_final", "disable_corrector")
+SOLVER_CLASSES = {"UniPCMultistepScheduler": "unipc", "DPMSolverMultistepScheduler": "dpm++"}  # whose solver options are read
 
 
 def _with_class_defaults(c: dict) -> tuple:
@@ -164,8 +164,9 @@ def read_scheduler_config(c: dict, where: str = "scheduler_config.json") -> tupl
         if key not in HONOURED and key not in NEUTRAL:
             refuse(key, "fastddpm does not know this key, and refuses it rather than sample the model under other conventions")
         if key in NEUTRAL and not NEUTRAL[key](c[key]):
-            refuse(key, "fastddpm cannot honour this value (it implements DPM-Solver++(2M) midpoint with zero final σ, no "
-                        "thresholding, no exponential/beta/flow σ grids, and DDIM with set_alpha_to_one)")
+            refuse(key, "fastddpm cannot honour this value (it implements DPM-Solver++ in data prediction with zero final σ, "
+                        "UniPC predicting x_0 with its own UniP, no thresholding, no exponential/beta/flow σ grids, and "
+                        "DDIM with set_alpha_to_one)")
     T = c.get("num_train_timesteps", 1000)
     if c.get("trained_betas") is not None:
         schedule = Schedule.from_betas(c["trained_betas"])
@@ -207,9 +208,59 @@ def read_scheduler_config(c: dict, where: str = "scheduler_config.json") -> tupl
         take("spacing", "timestep_spacing", c["timestep_spacing"])
     if "steps_offset" in c:
         take("offset", "steps_offset", c["steps_offset"])
-    if c.get("use_karras_sigmas", False) is True:  # DPM-Solver++ on Karras et al.'s σ grid
+    if c.get("use_karras_sigmas", False) is True:  # a multistep solver on Karras et al.'s σ grid
         take("spacing", "use_karras_sigmas", "karras")
+    if c.get("use_lu_lambdas", False) is True:  # ... or uniform in λ (Lu et al.)
+        if c.get("use_karras_sigmas", False) is True:
+            refuse("use_lu_lambdas", "given with use_karras_sigmas: one σ grid only")
+        take("spacing", "use_lu_lambdas", "logsnr")
+    _solver_options(c, take, refuse)
     return schedule, Conventions(**conv, sources=src)
+
+
+def _solver_options(c: dict, take, refuse) -> None:
+    """A multistep scheduler's own options: UniPC's solver_order, solver_type, lower_order_final
+    and disable_corrector; DPMSolverMultistepScheduler's solver_order (which of dpm++2m / dpm++3m
+    its pipeline ran: the sampler's method names it), solver_type (midpoint only) and
+    lower_order_final. Each applies when the sampler is that solver; any other scheduler's are
+    refused by name."""
+    cls = c.get("_class_name")
+    family = SOLVER_CLASSES.get(cls)
+    if cls is None:  # a config dict not from a saved file (scheduler.config) has no class name: its keys say which
+        family = "unipc" if "predict_x0" in c or "disable_corrector" in c else "dpm++" if "algorithm_type" in c else None
+    for key in ("solver_order", "solver_type", "lower_order_final", "disable_corrector"):
+        if key not in c:
+            continue
+        if family is None:
+            refuse(key, f"a multistep solver's option, in a config of {cls or 'no scheduler class'} (fastddpm reads it from "
+                        f"{' and '.join(SOLVER_CLASSES)} configs)")
+        take("solver_of", "_class_name", family)
+    if family is None:
+        return
+    order, kind = c.get("solver_order", 2), c.get("solver_type")
+    if isinstance(order, bool) or order not in (1, 2, 3):
+        refuse("solver_order", "expected 1, 2 or 3")
+    if family == "unipc":
+        if "solver_order" in c:
+            take("order", "solver_order", order)
+        if kind is not None:
+            if kind not in ("bh1", "bh2"):
+                refuse("solver_type", "expected bh1 or bh2 (UniPC's B(h))")
+            take("solver_type", "solver_type", kind)
+        disable = c.get("disable_corrector", [])
+        if not isinstance(disable, list) or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in disable):
+            refuse("disable_corrector", "expected a list of step indices")
+        if disable:
+            take("disable_corrector", "disable_corrector", tuple(disable))
+    else:
+        if kind not in (None, "midpoint"):
+            refuse("solver_type", "fastddpm's DPM-Solver++ is the midpoint form (diffusers' default)")
+        if c.get("disable_corrector"):
+            refuse("disable_corrector", "DPM-Solver++ has no corrector")
+    if "lower_order_final" in c:
+        if not isinstance(c["lower_order_final"], bool):
+            refuse("lower_order_final", "expected true or false")
+        take("lower_order_final", "lower_order_final", c["lower_order_final"])
 
 
 def load_model(spec):

@@ -166,7 +166,8 @@ def _positive(v, name):
 
 def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm", steps: int = None, spacing: str = None,
              eta: float = 0.0, variance: str = None, clip: bool = None, clipped_eps: bool = False, prediction: str = None,
-             labels=None, guidance: float = None, guidance_interval=None, shard: int = 1000,
+             labels=None, guidance: float = None, guidance_interval=None, order: int = None, solver_type: str = None,
+             corrector: bool = None, lower_order_final: bool = None, shard: int = 1000,
              format: str = "npz", batch: int = 1024, device=None, dtype=None, compile=None, eval: str = None,
              progress: bool = True, rank: int = None, world: int = None) -> dict:
     """Generate images into `out` (see the module's docstring); returns the manifest (or,
@@ -191,12 +192,15 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
     net, schedule, info = load_model(model)
     m, used = conventions.of(net).resolve(method, steps, spacing=spacing, eta=eta, variance=variance, clip=clip,
                                           clipped_eps=clipped_eps, prediction=prediction, guidance=guidance,
-                                          guidance_interval=guidance_interval)
+                                          guidance_interval=guidance_interval, order=order, solver_type=solver_type,
+                                          corrector=corrector, lower_order_final=lower_order_final)
     m = m.checked(schedule.T)
     net = net.to(dev)
     sampler = Sampler(net, schedule, method=m.name, steps=m.steps, spacing=m.spacing, eta=m.eta, variance=m.variance, clip=m.clip,
                       clipped_eps=m.clipped_eps, prediction=m.prediction, guidance=m.guidance,
-                      guidance_interval=m.guidance_interval, dtype=dtype, compile=compile, progress=False)
+                      guidance_interval=m.guidance_interval, order=m.order, solver_type=m.solver_type, corrector=m.corrector,
+                      disable_corrector=m.disable_corrector, lower_order_final=m.lower_order_final, dtype=dtype, compile=compile,
+                      progress=False)
     image_labels, label_spec = _image_labels(labels, seeds, sampler.num_classes)
     if eval is not None:
         _check_eval(eval, sampler.shape)
@@ -209,7 +213,10 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
                   hashlib.sha256(schedule.betas.numpy().tobytes()).hexdigest()[:16]},
         "method": {"name": m.name, "steps": m.steps, "spacing": m.spacing, "eta": m.eta, "variance": m.variance, "clip": m.clip,
                    "clipped_eps": m.clipped_eps, "prediction": m.prediction, "offset": m.offset, "guidance": m.guidance,
-                   "guidance_interval": None if m.guidance_interval is None else list(m.guidance_interval)},
+                   "guidance_interval": None if m.guidance_interval is None else list(m.guidance_interval),
+                   **({"order": m.order, "solver_type": m.solver_type, "corrector": m.corrector,
+                       "disable_corrector": list(m.disable_corrector), "lower_order_final": m.lower_order_final}
+                      if m.solver else {})},
         "labels": label_spec,
         "conventions": {k: {"value": v, "from": src} for k, (v, src) in used.items()},
         "seeds": seed_spec(seeds), "n": len(seeds), "shard": shard, "format": format, "micro_batch": micro,

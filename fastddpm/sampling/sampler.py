@@ -41,7 +41,7 @@ class _Buffers:
     k: torch.Tensor  # (m,) int64 step index, advanced by the step itself
     seeds: torch.Tensor  # (m,) int64
     flags: torch.Tensor  # (m,) int64: the first t whose state went non-finite, -1 if none
-    h: Optional[torch.Tensor]  # (m, C, H, W) fp32 previous x̂_0 (multistep solvers)
+    h: Optional[torch.Tensor]  # (NH, m, C, H, W) fp32 history ring of a multistep solver: what the last NH steps stored
     both: Optional[torch.Tensor] = None  # (2m,) int64 a class-conditional model's labels, then m null labels
     labels: Optional[torch.Tensor] = None  # both[:m]: the class labels
     null: Optional[torch.Tensor] = None  # both[m:]: the null label, for the unconditional half
@@ -60,9 +60,18 @@ class Sampler:
                    spacing, steps_offset): every option left None takes the model's value;
                    `sampler.conventions` says which value was used and where it came from.
     schedule:      default Schedule.linear() (T = 1000).
-    method:        "ddpm" (default: ancestral, all T steps), "ddim", "dpm++2m", "sde-dpm++2m".
-    steps:         model evaluations (default T for ddpm, 50 for ddim, 20 for DPM-Solver++).
-    spacing:       "trailing" (default), "leading", "linspace", "quad": which timesteps.
+    method:        "ddpm" (default: ancestral, all T steps), "ddim", "dpm++2m", "sde-dpm++2m",
+                   "dpm++3m", "sde-dpm++3m" (DPM-Solver++, Lu et al. 2022), "unipc" (UniPC, Zhao et
+                   al. 2023: its corrector folded into the next step, one model call a step), "ipndm"
+                   (iPNDM, Zhang & Chen 2023). Multistep solvers keep a history ring on the device.
+    steps:         model evaluations (default T for ddpm, 50 for ddim, 20 for the multistep solvers).
+    spacing:       "trailing" (default), "leading", "linspace", "quad": which timesteps; the multistep
+                   solvers also "karras" (Karras et al.'s σ grid) and "logsnr" (uniform in λ).
+    order:         unipc 1-3 (default 2), ipndm 1-4 (default 4).
+    solver_type:   unipc: "bh2" (default) or "bh1" (Zhao et al.: bh1 for unconditional sampling
+                   under 10 steps). corrector: unipc: UniC on (default) or off. disable_corrector:
+                   unipc: steps i whose successor is left uncorrected (diffusers'). lower_order_final:
+                   dpm++3m and unipc: lower orders in the last steps (default True, diffusers').
     eta:           ddim only: 0 deterministic, 1 the ancestral variance.
     variance:      ddpm only: "large" (σ² = β', the default), "small" (the posterior), "none".
     clip:          ddpm/ddim: clamp the predicted x̂_0 to [-1, 1] (default off).
@@ -104,6 +113,11 @@ class Sampler:
         prediction: Optional[str] = None,
         guidance: Optional[float] = None,
         guidance_interval: Optional[tuple] = None,
+        order: Optional[int] = None,
+        solver_type: Optional[str] = None,
+        corrector: Optional[bool] = None,
+        disable_corrector=None,
+        lower_order_final: Optional[bool] = None,
         dtype: Optional[torch.dtype] = None,
         channels_last: bool = True,
         compile: Optional[bool] = None,
@@ -117,7 +131,10 @@ class Sampler:
             raise TypeError(f"model: expected a callable model(x, t), got {type(model).__name__}")
         m, self.conventions = conventions.of(model).resolve(method, steps, spacing=spacing, eta=eta, variance=variance, clip=clip,
                                                             clipped_eps=clipped_eps, prediction=prediction, guidance=guidance,
-                                                            guidance_interval=guidance_interval)
+                                                            guidance_interval=guidance_interval, order=order,
+                                                            solver_type=solver_type, corrector=corrector,
+                                                            disable_corrector=disable_corrector,
+                                                            lower_order_final=lower_order_final)
         self.plan = Plan.build(schedule, m)
         self.num_classes = num_classes(model)  # None: unconditional
         if guidance is not None and self.num_classes is None:
@@ -187,7 +204,7 @@ class Sampler:
         K.sampler_step(
             b.x, eps, b.k, self.table, self.timesteps, seeds=b.seeds if self.plan.stochastic else None, h=b.h,
             clip=self.plan.method.clip, eps_term=self.plan.eps_term, out=b.x, out_lowp=None if b.x_in is b.x else b.x_in,
-            nonfinite=b.flags, eps_uncond=eps_u,
+            nonfinite=b.flags, eps_uncond=eps_u, basis=self.plan.basis,
         )
         b.k.add_(1)
 
@@ -206,7 +223,7 @@ class Sampler:
         b = _Buffers(
             x=x, x_in=x_in, k=torch.zeros(m, device=dev, dtype=torch.int64), seeds=torch.arange(m, device=dev, dtype=torch.int64),
             flags=torch.full((m,), -1, device=dev, dtype=torch.int64),
-            h=torch.zeros_like(x) if self.plan.multistep else None,
+            h=_ring(self.plan.history, x) if self.plan.multistep else None,
             both=both, labels=None if both is None else both[:m], null=None if both is None else both[m:],
             steps={}, graphs=[],
         )
@@ -345,6 +362,14 @@ class Sampler:
         if not -(2**63) <= seed <= 2**63 - batch:
             raise ValueError(f"seed: seeds {seed} .. {seed} + {batch - 1} must fit int64 ([-2**63, 2**63))")
         return torch.arange(batch, device=self.device, dtype=torch.int64) + seed
+
+
+def _ring(slots: int, x: torch.Tensor) -> torch.Tensor:
+    """A zeroed history ring (slots, *x.shape), each slot laid out as x (channels-last or not)."""
+    if x.is_contiguous():
+        return torch.zeros((slots, *x.shape), device=x.device, dtype=torch.float32)
+    B, C, H, W = x.shape
+    return torch.zeros((slots, B, H, W, C), device=x.device, dtype=torch.float32).permute(0, 1, 4, 2, 3)
 
 
 def _positive_int(v, name: str) -> int:
