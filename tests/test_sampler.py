@@ -1,5 +1,6 @@
 """The Sampler against the reference sampler, its seed contract, compile, bad input."""
 
+import copy
 import math
 
 import pytest
@@ -87,6 +88,26 @@ def test_compiled_step_is_one_graph_for_all_timesteps(net):
         torch.testing.assert_close(got, reference.sample(net, SHORT, torch.tensor([1, 2]), SHAPE))
         s.run(batch=2, seed=9)
         assert counters["stats"]["unique_graphs"] == 1  # reused across runs
+
+
+@pytest.mark.slow
+def test_compiled_multistep_step_is_one_graph_and_turns_its_ring(net):
+    # UniPC-3 (three history slots, the corrector folded in) and iPNDM (ε̂ stored): the ring's
+    # gather and scatter trace into the step's one graph; the chain equals the reference's to
+    # the rounding of the compiled U-Net, whose reordered sums the multistep weights amplify
+    for method, options in (("unipc", dict(order=3)), ("ipndm", {})):
+        torch._dynamo.reset()
+        counters.clear()
+        s = _sampler(net, Schedule.linear(), method=method, steps=8, compile=True, **options)
+        with K.cpu_twin("eager"):
+            got = s.run(batch=2, seed=1)
+            assert counters["stats"]["unique_graphs"] == 1
+        ref = reference.sample(copy.deepcopy(net).double(), Schedule.linear(), torch.tensor([1, 2]), SHAPE, method, steps=8,
+                               dtype=torch.float64, **options)
+        eager = _sampler(net, Schedule.linear(), method=method, steps=8, **options).run(batch=2, seed=1)
+        scale = ref.abs().max().item()  # an untrained U-Net's images: values in the hundreds
+        errors = [(eager.double() - ref).abs().max().item() / scale, (got.double() - ref).abs().max().item() / scale]
+        assert max(errors) < 1e-5, errors  # fp32 rounding (2**-24 = 6e-8 a step), amplified by the chain's weights
 
 
 def test_bad_input(net):

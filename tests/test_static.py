@@ -34,7 +34,9 @@ def rows():
 def test_every_variant_compiles_for_sm_90_and_sm_80(rows):
     n = len(aot.variants())
     assert sorted((r["arch"], r["variant"]) for r in rows) == sorted((a, v.name) for a in (90, 80) for v in aot.variants())
-    assert n == 2 * 3 * 18  # C x dtype x (q_sample x 2 noises, 5 steps, 4 guided steps, 2 losses x 2 noises, 2 v losses, randn)
+    # C x dtype x (q_sample x 2 noises, 9 steps (ddpm x 2 noises, ddim, dpm++2m, sde-dpm++2m, dpm++3m, sde-dpm++3m,
+    # unipc-3, ipndm-4), 8 guided steps, 2 losses x 2 noises, 2 v losses, randn)
+    assert n == 2 * 3 * 26
     for r in rows:
         assert r["instructions"] > 0 and r["common_path"] > 0, r
 
@@ -84,4 +86,5 @@ def test_i64_stream_words_compile():
         "vs = [v for v in a.variants(channels=(3,), dtypes=('float32',)) if v.noise == 'drawn']\n"
         "print(sum(len(a.compile_variant(v, 90, stream_i64=True).asm['cubin']) > 0 for v in vs))"
     )
-    assert int(_run(code)) == 10  # q_sample, the ddpm and SDE-DPM steps (plain and guided), both losses for ε and v, randn
+    # q_sample, the ddpm, SDE-DPM-2M and SDE-DPM-3M steps (plain and guided), both losses for ε and v, randn
+    assert int(_run(code)) == 12

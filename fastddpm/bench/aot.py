@@ -36,8 +36,11 @@ class Variant:
 
     @property
     def heavy(self) -> bool:
-        """History with drawn noise or a guided pair: the launch runs it 2 pixels a thread (kernels.Launch.meta)."""
-        return bool((self.constexprs.get("DRAW") or self.constexprs.get("GUIDED")) and self.constexprs.get("HAS_H"))
+        """History beside drawn noise or a guided pair, or more than one slot: the launch runs it
+        2 pixels a thread (kernels.step.heavy)."""
+        from ..kernels.step import heavy
+
+        return heavy(self.constexprs.get("NH", 0), bool(self.constexprs.get("DRAW")), bool(self.constexprs.get("GUIDED")))
 
     def bytes_per_element(self) -> int:
         return sum(self.reads) + sum(self.writes)
@@ -67,8 +70,12 @@ def variants(channels=(3, 4), dtypes=tuple(DTYPES), cl: bool = True) -> list:
                 constexprs=dict(geo, CL_X0=cl, CL_N=cl, CL_O=cl, HAS_NOISE=explicit),
                 reads=(s,) + ((s,) if explicit else ()), writes=(s,)))
             # the Sampler's step: fp32 state in place, the model's ε̂ and its next input in `dt`
-            for detail, draw, has_h in (("ddpm", True, False), ("ddim", False, False), ("dpm++2m", False, True),
-                                        ("sde-dpm++2m", True, True)):
+            # (name, draws noise, history slots, stores ε̂, weighs ε̂ directly)
+            for detail, draw, nh, hist_eps, eps_term in (
+                    ("ddpm", True, 0, False, False), ("ddim", False, 0, False, True), ("dpm++2m", False, 1, False, False),
+                    ("sde-dpm++2m", True, 1, False, False), ("dpm++3m", False, 2, False, False),
+                    ("sde-dpm++3m", True, 2, False, False), ("unipc-3", False, 3, False, False), ("ipndm-4", False, 3, True, True)):
+                has_h = nh > 0
                 if explicit and draw and has_h:
                     continue  # the SDE solver's explicit-noise form adds nothing the others do not show
                 if explicit and not draw:
@@ -81,10 +88,10 @@ def variants(channels=(3, 4), dtypes=tuple(DTYPES), cl: bool = True) -> list:
                                       o_ptr="*fp32", oh_ptr="*fp32", l_ptr=f"*{d}", flag_ptr="*i64", k_ptr="*i64",
                                       ts_ptr="*i64", seed_ptr="*i64", tab_ptr="*fp32"),
                         constexprs=dict(geo, CL_X=cl, CL_E=cl, CL_EU=cl, CL_Z=cl, CL_H=cl, CL_O=cl, CL_OH=cl, CL_L=cl,
-                                        CLIP=False, DRAW=draw and not explicit, HAS_NOISE=explicit, HAS_H=has_h,
+                                        CLIP=False, DRAW=draw and not explicit, HAS_NOISE=explicit, NH=nh, HIST_EPS=hist_eps,
                                         HAS_LOWP=dt != "float32", CHECK=True, ROW_IS_T=False,
-                                        EPS_TERM=detail == "ddim", GUIDED=guided),
-                        reads=(4, s) + ((s,) if guided else ()) + ((4,) if explicit else ()) + ((4,) if has_h else ()),
+                                        EPS_TERM=eps_term, GUIDED=guided),
+                        reads=(4, s) + ((s,) if guided else ()) + ((4,) if explicit else ()) + (4,) * nh,
                         writes=(4,) + ((s,) if dt != "float32" else ()) + ((4,) if has_h else ())))
             for kernel, backward in (("loss_fwd", False), ("loss_bwd", True)):
                 # the ε target, and (drawn noise) the v target, which also reads x_0
@@ -125,7 +132,7 @@ def compile_variant(v: Variant, arch: int, block: int = None, num_warps: int = N
             sig[name] = "i64"  # a stream word >= 2**31 arrives as i64
         else:
             sig[name] = "i32"
-            if name == "HW":  # 32x32 and 64x64 images: the pixel count divides by 16
+            if name in ("HW", "SLOT"):  # 32x32 and 64x64 images: the pixel count (and B C H W) divides by 16
                 attrs[(i,)] = [["tt.divisibility", 16]]
     constexprs = {(fn.arg_names.index(k),): val for k, val in v.constexprs.items()}
     src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)

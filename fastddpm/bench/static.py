@@ -235,7 +235,7 @@ def print_report(rows: list, out=sys.stdout) -> None:
     for arch in sorted({r["arch"] for r in rows}, reverse=True):
         gpu = {90: "H200", 80: "A100"}[arch]
         out.write(f"\nsm_{arch}  (predicted on {gpu}: CIFAR batch 1024x3x32x32 for C=3, latent batch 64x4x64x64 for C=4)\n")
-        out.write(f"{'kernel':<17}{'dtype':<9}{'noise':<9}{'C':>2}{'regs':>5}{'spill':>6}{'occ':>5}{'SASS':>6}{'path':>6}"
+        out.write(f"{'kernel':<21}{'dtype':<9}{'noise':<9}{'C':>2}{'regs':>5}{'spill':>6}{'occ':>5}{'SASS':>6}{'path':>6}"
                   f"{'instr/el':>9}{'MUFU/el':>8}{'B/el':>5}{'pred us':>9}  bound      issue/bw  targets\n")
         for r in rows:
             if r["arch"] != arch:
@@ -244,7 +244,7 @@ def print_report(rows: list, out=sys.stdout) -> None:
             p = r["predictions"][gpu][batch]
             ok = meets_targets(r, gpu)
             flags = "ok" if all(ok[k] for k in ("issue", "registers", "spills")) else ",".join(k for k in ("issue", "registers", "spills") if not ok[k])
-            out.write(f"{r['kernel']:<17}{r['dtype'][:8]:<9}{r['noise']:<9}{r['C']:>2}{r['registers']:>5}{r['spill_bytes']:>6}"
+            out.write(f"{r['kernel']:<21}{r['dtype'][:8]:<9}{r['noise']:<9}{r['C']:>2}{r['registers']:>5}{r['spill_bytes']:>6}"
                       f"{100 * r['occupancy']:>4.0f}%{r['instructions']:>6}{r['common_path']:>6}{r['instr_per_element']:>9.1f}"
                       f"{r['mufu_per_element']:>8.2f}{r['bytes_per_element']:>5}{p['time_us']:>9.1f}  {p['bound']:<10}"
                       f"{p['issue_over_bandwidth']:>8.2f}  {flags if arch == 90 else ''}\n")
