@@ -4,6 +4,7 @@
     python -m fastddpm.bench --quality --data digits --train        # retrain it first (the README's command)
     python -m fastddpm.bench --quality --data fashion-mnist         # the shipped fashion-mnist-small model
     python -m fastddpm.bench --quality --data fashion-mnist --guidance   # fashion-mnist-cond: the guidance sweep
+    python -m fastddpm.bench --quality --data digits --solvers      # the multistep solvers at 5, 6, 8, 10 steps
 
 For every sampler configuration in CONFIGS: generate a fixed seed range through
 fastddpm.generate, measure FD, KID, precision and recall against the held-out split with
@@ -60,6 +61,15 @@ GUIDED_CONFIGS = [
     (f"SDE-DPM-Solver++(2M) 20, w=3 in t ∈ ({GUIDANCE_INTERVAL[0]}, {GUIDANCE_INTERVAL[1]}]", "sde-dpm++2m",
      dict(steps=20, guidance=3.0, guidance_interval=GUIDANCE_INTERVAL)),
 ]
+# --solvers: the multistep solvers at small budgets (issue 34's table), beside DDIM and DPM-Solver++(2M),
+# SOLVER_SAMPLES images a row, FD with its bootstrap spread; on the guided model at its best w
+SOLVER_BUDGETS = (5, 6, 8, 10)  # steps (an unguided step is one model evaluation)
+SOLVER_METHODS = (("DDIM η=0", "ddim", {}), ("DPM-Solver++(2M)", "dpm++2m", {}), ("DPM-Solver++(3M)", "dpm++3m", {}),
+                  ("UniPC-3 bh1", "unipc", dict(order=3, solver_type="bh1")), ("UniPC-3 bh2", "unipc", dict(order=3)),
+                  ("iPNDM-4", "ipndm", dict(order=4)))
+SOLVER_CONFIGS = [(f"{name} {n}", method, dict(steps=n, **o)) for name, method, o in SOLVER_METHODS for n in SOLVER_BUDGETS]
+SOLVER_SAMPLES = 2000
+SOLVER_GUIDANCE = 2.0  # fashion-mnist-cond's best w for a deterministic sampler in the guidance sweep (FD 25.9 at 2M-20)
 CLASS_REPORTED = ("class_accuracy", "fd_per_class_mean")
 BOOTSTRAP = 20  # resamples of a row's sample set for the spread of its FD
 DIGITS_RUN = ["--data", "digits"]  # the README's training command, into OUT/model
@@ -239,6 +249,29 @@ def plot(rows: list, path: Path, data: str):
     return _finish(plt, fig, ax, path)
 
 
+def solver_table(rows: list, data: str, model: str) -> str:
+    """The solvers at each budget: FD ± bootstrap σ, and a closing line per budget naming the
+    best row and whether the runner-up is separated from it (FDs more than 2σ apart)."""
+    real = next(r for r in rows if r["method"] == "real")
+    lines = [f"| sampler ({model}, {real['n']} samples) | steps | model evaluations | FD ↓ (± bootstrap σ) | KID ↓ | precision ↑ | "
+             f"recall ↑ | wall time (this CPU) |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        wall = "-" if r["method"] == "real" else f"{r['generate_seconds']:.0f} s"
+        lines.append(f"| {r['label']} | {r.get('steps') or '-'} | {r['evaluations'] or '-'} | {r['fd']:.2f} ± {r['fd_std']:.2f} | "
+                     f"{r['kid']:.3f} ± {r['kid_std']:.3f} | {r['precision']:.2f} | {r['recall']:.2f} | {wall} |")
+    lines.append("")
+    for n in sorted({r["steps"] for r in rows if r["method"] != "real"}):
+        at = sorted((r for r in rows if r["method"] != "real" and r["steps"] == n), key=lambda r: r["fd"])
+        if len(at) < 2:
+            continue
+        best, second = at[0], at[1]
+        gap, sigma = second["fd"] - best["fd"], (best["fd_std"] ** 2 + second["fd_std"] ** 2) ** 0.5
+        lines.append(f"- {n} steps: best {best['label']} (FD {best['fd']:.2f} ± {best['fd_std']:.2f}); next "
+                     f"{second['label']} ({second['fd']:.2f} ± {second['fd_std']:.2f}), "
+                     + (f"{gap / sigma:.1f}σ behind: separated" if gap > 2 * sigma else f"within {gap / sigma:.1f}σ: not separated"))
+    return "\n".join(lines) + "\n"
+
+
 def guided_table(rows: list, data: str) -> str:
     """The guidance sweep as markdown: FD with its bootstrap spread, class accuracy, and a
     closing line stating in the table's own numbers where FD is best and what guidance did to
@@ -295,7 +328,7 @@ def guided_plot(rows: list, path: Path, data: str):
     return _finish(plt, fig, ax, path)
 
 
-def main(data: str, out=None, train: bool = False, guidance: bool = False) -> dict:
+def main(data: str, out=None, train: bool = False, guidance: bool = False, solvers: bool = False) -> dict:
     if data not in SAMPLES:
         raise ValueError(f"data: --quality needs --data {' or '.join(SAMPLES)}, got {data!r}")
     if guidance and data not in GUIDED_MODEL:
@@ -304,25 +337,32 @@ def main(data: str, out=None, train: bool = False, guidance: bool = False) -> di
     if guidance and train:
         raise ValueError(f"train: the guidance sweep samples the shipped {GUIDED_MODEL[data]!r} (its command is in "
                          f"fastddpm/models/weights/{GUIDED_MODEL[data]}.json); --train is for the digits table")
-    out = Path(out or f"bench-results/quality-{data}{'-guidance' if guidance else ''}")
+    out = Path(out or f"bench-results/quality-{data}{'-solvers' if solvers else ''}{'-guidance' if guidance else ''}")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    if guidance:
+    if solvers:
+        model, n = (GUIDED_MODEL[data] if guidance else model_for(data, out, train)), SOLVER_SAMPLES
+        configs = [(label + (f", w={SOLVER_GUIDANCE:g}" if guidance else ""), method,
+                    dict(opts, **({"guidance": SOLVER_GUIDANCE} if guidance else {}))) for label, method, opts in SOLVER_CONFIGS]
+    elif guidance:
         model, configs, n = GUIDED_MODEL[data], GUIDED_CONFIGS, GUIDED_SAMPLES
     else:
         model, n = model_for(data, out, train), SAMPLES[data]
         configs = [c for c in CONFIGS if c[0] not in SKIP.get(data, ())]
 
     def write(rows):
-        md = guided_table(rows, data) if guidance else table(rows, data)
+        if solvers:
+            md, png = solver_table(rows, data, model), None
+        else:
+            md = guided_table(rows, data) if guidance else table(rows, data)
+            png = (guided_plot if guidance else plot)(rows, out / "quality.png", data)
         (out / "quality.md").write_text(md)
-        png = (guided_plot if guidance else plot)(rows, out / "quality.png", data)
-        rep = dict(schema="fastddpm.quality/1", data=data, model=model, samples=n, guidance=guidance, rows=rows,
+        rep = dict(schema="fastddpm.quality/1", data=data, model=model, samples=n, guidance=guidance, solvers=solvers, rows=rows,
                    complete=sum(r["method"] != "real" for r in rows) == len(configs), seconds=round(time.perf_counter() - t0, 1))
         (out / "quality.json").write_text(json.dumps(rep, indent=1) + "\n")
         return rep, md, png
 
-    rows = measure(model, data, out, n, configs, on_row=write, real=True, labels=guidance)
+    rows = measure(model, data, out, n, configs, on_row=write, real=True, labels=guidance and not solvers)
     rep, md, png = write(rows)
     sys.stdout.write(md + f"\nwrote {out / 'quality.json'}, {out / 'quality.md'}" + (f", {png}" if png else "") + "\n")
     return rep

@@ -56,7 +56,8 @@ def print_report(rep: dict, out=None) -> None:
                           f"{r['guided_unet_2b_ms']:.3f} for the U-Net alone on 2B = {2 * r['batch']} "
                           f"({r['guided_overhead_ms']:+.3f}; unguided {r['sampler_ms'] - r['unet_ms']:+.3f} over it on B)\n")
             for mrow in r.get("methods", []):
-                out.write(f"{'':11} {mrow['method']:<12} {mrow['steps']:>5} steps: {mrow['ms_per_step']:9.3f} ms/step "
+                name = mrow["method"] + (f"-{mrow['options']['order']}" if "order" in mrow.get("options", {}) else "")
+                out.write(f"{'':11} {name:<13} {mrow['steps']:>5} steps: {mrow['ms_per_step']:9.3f} ms/step "
                           f"({mrow['overhead_ms']:+.3f} over the U-Net)  {mrow['images_per_s']:.3g} images/s\n")
     for r in rep["train"]:
         mem = f"{r['peak_bytes'] / 2**20:.0f} MiB" if r["peak_bytes"] is not None else "-"

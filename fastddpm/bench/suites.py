@@ -237,7 +237,8 @@ def bench_guided(net, sched, B: int, p: dict, device) -> dict:
 
 
 METHOD_STEPS = (("ddpm", 1000), ("ddpm", 100), ("ddim", 50), ("ddim", 20), ("ddim", 10), ("dpm++2m", 20), ("dpm++2m", 10),
-                ("sde-dpm++2m", 20))
+                ("sde-dpm++2m", 20), ("dpm++3m", 10), ("sde-dpm++3m", 20), ("unipc", 10, dict(order=3)), ("unipc", 5, dict(order=3)),
+                ("ipndm", 10), ("ipndm", 5))  # (method, steps[, options]): the multistep ones read 1-3 history slots a step
 
 
 def bench_methods(net, sched, B: int, p: dict, unet_ms: float, device) -> list:
@@ -245,16 +246,18 @@ def bench_methods(net, sched, B: int, p: dict, unet_ms: float, device) -> list:
     compiled (and on CUDA graphed) step, times its steps; and its per-step overhead over the
     model alone."""
     rows = []
-    for method, steps in METHOD_STEPS:
+    for method, steps, *options in METHOD_STEPS:
+        options = options[0] if options else {}
         steps = min(steps, sched.T)
-        if (method, steps) in {(r["method"], r["steps"]) for r in rows}:
+        if (method, steps, options) in [(r["method"], r["steps"], r.get("options", {})) for r in rows]:
             continue
-        s = Sampler(net, sched, method=method, steps=steps, progress=False)
+        s = Sampler(net, sched, method=method, steps=steps, progress=False, **options)
         s.run(batch=B, stop_after=min(2, steps))  # compile and capture
         s.run(batch=B, stop_after=min(steps, p["steps"]))
         ms = s.stats["ms_per_step"]
         rows.append(dict(method=method, steps=steps, ms_per_step=ms, overhead_ms=ms - unet_ms,
-                         images_per_s=B / (ms * 1e-3 * steps), batch=B))
+                         images_per_s=B / (ms * 1e-3 * steps), batch=B, label=s.plan.method.label(),
+                         **({"options": options} if options else {})))
     return rows
 
 
