@@ -32,6 +32,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--order", type=int, default=None, help="unipc 1-3 (default 2), ipndm 1-4 (default 4)")
     ap.add_argument("--solver-type", default=None, choices=("bh1", "bh2"), help="unipc's B(h) (default: the model's, else bh2)")
     ap.add_argument("--corrector", action=argparse.BooleanOptionalAction, default=None, help="unipc's corrector (default on)")
+    ap.add_argument("--disable-corrector", default=None, metavar="I,J,...",
+                    help="unipc: steps whose successor is left uncorrected (diffusers' disable_corrector)")
     ap.add_argument("--lower-order-final", action=argparse.BooleanOptionalAction, default=None,
                     help="dpm++3m, unipc: lower orders in the last steps (default: the model's, else on)")
     ap.add_argument("--variance", default=None, choices=("large", "small", "none"),
@@ -59,6 +61,11 @@ def main(argv=None) -> dict:
         except ValueError:
             ap.error(f"--guidance-interval: expected LO,HI (two numbers), got {args.guidance_interval!r}")
         kw["guidance_interval"] = (lo, hi)
+    if args.disable_corrector is not None:
+        try:
+            kw["disable_corrector"] = tuple(int(v) for v in args.disable_corrector.split(",") if v.strip())
+        except ValueError:
+            ap.error(f"--disable-corrector: expected step indices I,J,... (ints), got {args.disable_corrector!r}")
     return generate(args.model, **kw)
 
 

@@ -160,6 +160,22 @@ def test_quality_rows_table_and_plot_on_a_tiny_configuration(tmp_path):
     assert again[0]["fd"] == rows[0]["fd"] and again[0]["generate_seconds"] == rows[0]["generate_seconds"]
 
 
+def test_solver_table_names_the_best_row_per_budget_and_whether_it_is_separated():
+    from fastddpm.bench import quality
+
+    def row(label, steps, fd, sd, method="ddim"):
+        return dict(label=label, method=method, steps=steps, evaluations=steps, fd=fd, fd_std=sd, kid=0.0, kid_std=0.0,
+                    precision=1.0, recall=1.0, generate_seconds=1.0, n=2000)
+
+    rows = [row("real", 0, 1.0, 0.1, "real"), row("A 5", 5, 10.0, 0.5), row("B 5", 5, 13.0, 0.5), row("A 8", 8, 7.0, 1.0),
+            row("B 8", 8, 6.0, 1.0)]
+    md = quality.solver_table(rows, "digits", "digits")
+    assert "| A 5 | 5 | 5 | 10.00 ± 0.50 |" in md
+    assert "- 5 steps: best A 5 (FD 10.00 ± 0.50); next B 5 (13.00 ± 0.50), 4.2σ behind: separated" in md
+    assert "- 8 steps: best B 8 (FD 6.00 ± 1.00); next A 8 (7.00 ± 1.00), within 0.7σ: not separated" in md
+    assert [c[1] for c in quality.SOLVER_CONFIGS[:4]] == ["ddim"] * 4 and len(quality.SOLVER_CONFIGS) == 7 * 4
+
+
 def test_guidance_sweep_rows_table_and_plot_on_a_tiny_conditional_model(tmp_path):
     # the --quality --guidance pipeline end to end on a 2-step-trained conditional digits model:
     # labels k mod 10 through generate, class accuracy, per-class FD, the bootstrap spread,

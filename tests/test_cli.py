@@ -63,6 +63,31 @@ def test_generate_mistakes_are_one_line(run, tmp_path):
     assert "Traceback" in cli("generate", "--model", "nosuch", "--out", out, "--n", 4, env={"FASTDDPM_DEBUG": "1"}).stderr
 
 
+def test_generate_takes_the_multistep_solvers_and_refuses_their_mistakes(run, tmp_path):
+    import json
+
+    out = tmp_path / "u"
+    ok = cli("generate", "--model", run, "--out", out, "--n", 2, "--method", "unipc", "--order", 3, "--solver-type", "bh1",
+             "--steps", 4, "--disable-corrector", "0", "--no-progress")
+    assert ok.returncode == 0, ok.stderr
+    method = json.loads((out / "manifest.json").read_text())["config"]["method"]
+    assert (method["name"], method["order"], method["solver_type"], method["corrector"], method["disable_corrector"]) == \
+        ("unipc", 3, "bh1", True, [0])
+    again = cli("generate", "--model", run, "--out", out, "--n", 2, "--method", "unipc", "--order", 2, "--steps", 4)
+    assert_error_line(again, "generate", "")  # another order is another configuration: refused, not mixed
+    assert "method.order: 3 in the folder, 2 now" in again.stderr
+    bad = tmp_path / "bad"
+    assert_error_line(cli("generate", "--model", run, "--out", bad, "--n", 2, "--method", "unipc", "--order", 5), "generate",
+                      "order: unipc has orders 1 to 3, got 5")
+    assert_error_line(cli("generate", "--model", run, "--out", bad, "--n", 2, "--method", "dpm++3m", "--solver-type", "bh1"),
+                      "generate", "solver_type: only unipc takes a solver type")
+    assert_error_line(cli("generate", "--model", run, "--out", bad, "--n", 2, "--method", "ipndm", "--no-lower-order-final"),
+                      "generate", "lower_order_final: only dpm++3m, sde-dpm++3m and unipc")
+    assert_error_line(cli("generate", "--model", run, "--out", bad, "--n", 2, "--method", "unipc", "--disable-corrector", "a"),
+                      "generate", "--disable-corrector: expected step indices", code=2)
+    assert not bad.exists()
+
+
 def test_generate_speaks_first_and_last_and_a_rerun_says_what_it_verified(run, tmp_path):
     out = tmp_path / "g"
     first = cli("generate", "--model", run, "--out", out, "--n", 6, "--shard", 2, "--method", "ddim", "--steps", 2, "--no-progress")

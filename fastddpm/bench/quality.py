@@ -66,7 +66,7 @@ GUIDED_CONFIGS = [
 SOLVER_BUDGETS = (5, 6, 8, 10)  # steps (an unguided step is one model evaluation)
 SOLVER_METHODS = (("DDIM η=0", "ddim", {}), ("DPM-Solver++(2M)", "dpm++2m", {}), ("DPM-Solver++(3M)", "dpm++3m", {}),
                   ("UniPC-3 bh1", "unipc", dict(order=3, solver_type="bh1")), ("UniPC-3 bh2", "unipc", dict(order=3)),
-                  ("iPNDM-4", "ipndm", dict(order=4)))
+                  ("iPNDM-4", "ipndm", dict(order=4)), ("iPNDM-2", "ipndm", dict(order=2)))
 SOLVER_CONFIGS = [(f"{name} {n}", method, dict(steps=n, **o)) for name, method, o in SOLVER_METHODS for n in SOLVER_BUDGETS]
 SOLVER_SAMPLES = 2000
 SOLVER_GUIDANCE = 2.0  # fashion-mnist-cond's best w for a deterministic sampler in the guidance sweep (FD 25.9 at 2M-20)

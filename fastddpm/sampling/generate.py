@@ -167,7 +167,7 @@ def _positive(v, name):
 def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm", steps: int = None, spacing: str = None,
              eta: float = 0.0, variance: str = None, clip: bool = None, clipped_eps: bool = False, prediction: str = None,
              labels=None, guidance: float = None, guidance_interval=None, order: int = None, solver_type: str = None,
-             corrector: bool = None, lower_order_final: bool = None, shard: int = 1000,
+             corrector: bool = None, disable_corrector=None, lower_order_final: bool = None, shard: int = 1000,
              format: str = "npz", batch: int = 1024, device=None, dtype=None, compile=None, eval: str = None,
              progress: bool = True, rank: int = None, world: int = None) -> dict:
     """Generate images into `out` (see the module's docstring); returns the manifest (or,
@@ -193,7 +193,8 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
     m, used = conventions.of(net).resolve(method, steps, spacing=spacing, eta=eta, variance=variance, clip=clip,
                                           clipped_eps=clipped_eps, prediction=prediction, guidance=guidance,
                                           guidance_interval=guidance_interval, order=order, solver_type=solver_type,
-                                          corrector=corrector, lower_order_final=lower_order_final)
+                                          corrector=corrector, disable_corrector=disable_corrector,
+                                          lower_order_final=lower_order_final)
     m = m.checked(schedule.T)
     net = net.to(dev)
     sampler = Sampler(net, schedule, method=m.name, steps=m.steps, spacing=m.spacing, eta=m.eta, variance=m.variance, clip=m.clip,
