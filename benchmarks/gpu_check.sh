@@ -37,6 +37,8 @@ FASTDDPM_TEST_DEVICE=cuda timeout 210 python3 -m pytest -q -p no:cacheprovider \
     "tests/test_guidance.py::test_fused_guided_step_equals_the_reference_combination" \
     tests/test_noise_stats.py tests/test_compile.py tests/test_validation.py tests/test_cuda.py \
     "tests/test_samplers.py::test_fused_chains_equal_diffusers_triton" \
+    "tests/test_solvers.py::test_fused_chains_equal_the_reference_triton" \
+    "tests/test_solvers.py::test_a_step_by_hand_turns_the_ring_itself" \
     2>&1 | tee "$dir/tests.txt"
 status=${PIPESTATUS[0]}
 
