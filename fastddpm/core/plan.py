@@ -13,8 +13,10 @@ uses only the timesteps from here.
 
 Timesteps follow diffusers' schedulers, spacing by spacing ("trailing", "leading",
 "linspace"): DDPMScheduler/DDIMScheduler for ddpm and ddim, DPMSolverMultistepScheduler
-(its N + 1 point grids) for the DPM-Solver++ methods; "quad" is the DDIM paper's CIFAR
-choice, t = int(linspace(0, √(0.8 T), N)²). One deliberate difference: diffusers' DDIM
+(its N + 1 point grids, which UniPCMultistepScheduler shares) for the multistep solvers
+(DPM-Solver++ 2M and 3M, UniPC, iPNDM), which also take Karras et al.'s σ grid ("karras") and
+one uniform in λ ("logsnr"); "quad" is the DDIM paper's CIFAR choice,
+t = int(linspace(0, √(0.8 T), N)²). The multistep solvers' rows come from solvers.py. One deliberate difference: diffusers' DDIM
 steps from t to t - T // N whatever its own next timestep is; here every method steps to
 its next timestep, which is the same thing wherever that spacing is uniform (leading, and
 trailing when N divides T) and a consistent chain where it is not.
