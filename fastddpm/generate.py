@@ -29,7 +29,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=None, help="model evaluations (default: T for ddpm, 50 ddim, 20 the multistep solvers)")
     ap.add_argument("--spacing", default=None, choices=SPACINGS, help="timestep spacing (default: the model's, else trailing)")
     ap.add_argument("--eta", type=float, default=0.0, help="ddim's η (default 0)")
-    ap.add_argument("--order", type=int, default=None, help="unipc 1-3 (default 2), ipndm 1-4 (default 4)")
+    ap.add_argument("--order", type=int, default=None, help="unipc 1-3 (default 2), ipndm 1-4 (default 2)")
     ap.add_argument("--solver-type", default=None, choices=("bh1", "bh2"), help="unipc's B(h) (default: the model's, else bh2)")
     ap.add_argument("--corrector", action=argparse.BooleanOptionalAction, default=None, help="unipc's corrector (default on)")
     ap.add_argument("--disable-corrector", default=None, metavar="I,J,...",

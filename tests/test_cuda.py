@@ -58,7 +58,7 @@ def test_seed_contract_on_gpu(net):
 
 @pytest.mark.parametrize("method,steps,options", [
     ("ddim", 20, {}), ("dpm++2m", 10, {}), ("sde-dpm++2m", 10, {}), ("dpm++3m", 10, {}), ("sde-dpm++3m", 10, {}),
-    ("unipc", 10, dict(order=3)), ("unipc", 6, dict(order=2, solver_type="bh1")), ("ipndm", 10, {})])
+    ("unipc", 10, dict(order=3)), ("unipc", 6, dict(order=2, solver_type="bh1")), ("ipndm", 10, dict(order=4)), ("ipndm", 10, {})])
 def test_graphed_fewer_step_samplers_match_their_reference(net, method, steps, options):
     # the multistep ones turn their history ring inside the graph: a replay reads no host state
     sched = Schedule.linear()

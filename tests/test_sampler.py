@@ -95,7 +95,7 @@ def test_compiled_multistep_step_is_one_graph_and_turns_its_ring(net):
     # UniPC-3 (three history slots, the corrector folded in) and iPNDM (ε̂ stored): the ring's
     # gather and scatter trace into the step's one graph; the chain equals the reference's to
     # the rounding of the compiled U-Net, whose reordered sums the multistep weights amplify
-    for method, options in (("unipc", dict(order=3)), ("ipndm", {})):
+    for method, options in (("unipc", dict(order=3)), ("ipndm", dict(order=4))):
         torch._dynamo.reset()
         counters.clear()
         s = _sampler(net, Schedule.linear(), method=method, steps=8, compile=True, **options)

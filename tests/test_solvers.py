@@ -177,7 +177,7 @@ def test_unipc_bh1_is_finite_where_diffusers_is_nan():
 # ------------------------------------------------------------------ the fused step against the reference
 
 FUSED = [("dpm++3m", {}), ("sde-dpm++3m", {}), ("unipc", dict(order=3)), ("unipc", dict(order=3, solver_type="bh1")),
-         ("unipc", dict(order=2, corrector=False)), ("unipc", dict(order=1)), ("ipndm", {}), ("ipndm", dict(order=2)),
+         ("unipc", dict(order=2, corrector=False)), ("unipc", dict(order=1)), ("ipndm", dict(order=4)), ("ipndm", {}),
          ("ipndm", dict(order=3, spacing="karras")), ("unipc", dict(order=3, spacing="logsnr"))]
 
 
@@ -211,7 +211,7 @@ class ChannelMixing:
 # each kernel variant the solvers add: 2 and 3 history slots, the noise basis, the SDE's draw beside
 # a ring, bf16 model input; odd channels (two channel groups) and several pixel tiles, NCHW and NHWC
 KERNEL_CASES = [("dpm++3m", {}, (5, 7, 9), False, torch.float32), ("sde-dpm++3m", {}, (3, 33, 35), True, torch.float32),
-                ("unipc", dict(order=3), (3, 33, 35), True, torch.bfloat16), ("ipndm", {}, (5, 7, 9), True, torch.float32),
+                ("unipc", dict(order=3), (3, 33, 35), True, torch.bfloat16), ("ipndm", dict(order=4), (5, 7, 9), True, torch.float32),
                 ("ipndm", dict(order=3), (1, 33, 35), False, torch.bfloat16)]
 
 
@@ -228,7 +228,7 @@ def test_fused_chains_equal_the_reference_triton(device, case):
     assert_fp32_chain(fast.cpu(), exact, plain, steps)
 
 
-@pytest.mark.parametrize("method,options", [("dpm++3m", {}), ("unipc", dict(order=3)), ("ipndm", {})])
+@pytest.mark.parametrize("method,options", [("dpm++3m", {}), ("unipc", dict(order=3)), ("ipndm", dict(order=4))])
 def test_a_step_by_hand_turns_the_ring_itself(impl, device, method, options):
     # fused.sampler_step with the plan's ring, k the step index: the same chain as the Sampler
     model, steps = ChannelMixing(), 6
@@ -247,7 +247,7 @@ def test_guided_chains_equal_the_reference():
     from test_guidance import ToyConditional
 
     model, seeds, labels = ToyConditional(), torch.tensor([3, 11, 5]), torch.tensor([0, 3, 1])
-    for method, options in (("dpm++3m", {}), ("unipc", dict(order=3)), ("ipndm", {})):
+    for method, options in (("dpm++3m", {}), ("unipc", dict(order=3)), ("ipndm", dict(order=4))):
         kw = dict(steps=10, guidance=3.0, guidance_interval=(100, 900), **options)
         exact = R.sample(model, LINEAR, seeds, (3, 5, 5), method, labels=labels, dtype=torch.float64, **kw)
         plain = R.sample(model, LINEAR, seeds, (3, 5, 5), method, labels=labels, dtype=torch.float32, **kw)
@@ -436,7 +436,7 @@ def test_bad_solver_options_are_clear_errors_before_any_work():
 def test_fewer_steps_than_the_order_warm_up_and_down():
     # 2 steps of UniPC-3 / iPNDM-4 / 3M: the first is first order, the last first order (UniPC, 3M)
     # or second (iPNDM: order min(4, step + 1)); the rows weigh no output that does not exist
-    for method, options in (("unipc", dict(order=3)), ("ipndm", {}), ("dpm++3m", {})):
+    for method, options in (("unipc", dict(order=3)), ("ipndm", dict(order=4)), ("dpm++3m", {})):
         rows = Plan.build(LINEAR, method, steps=2, **options).rows
         hist = rows[:, [int(c) for c in HISTORY]]
         assert (hist[0] == 0).all() and (hist[1, 1:] == 0).all()

@@ -70,6 +70,8 @@ SOLVER_METHODS = (("DDIM η=0", "ddim", {}), ("DPM-Solver++(2M)", "dpm++2m", {})
 SOLVER_CONFIGS = [(f"{name} {n}", method, dict(steps=n, **o)) for name, method, o in SOLVER_METHODS for n in SOLVER_BUDGETS]
 SOLVER_SAMPLES = 2000
 SOLVER_GUIDANCE = 2.0  # fashion-mnist-cond's best w for a deterministic sampler in the guidance sweep (FD 25.9 at 2M-20)
+# guided, a step is two model evaluations (a 2B batch): the baseline and the best of each family unguided
+GUIDED_SOLVERS = ("DPM-Solver++(2M)", "DPM-Solver++(3M)", "UniPC-3 bh2", "iPNDM-2")
 CLASS_REPORTED = ("class_accuracy", "fd_per_class_mean")
 BOOTSTRAP = 20  # resamples of a row's sample set for the spread of its FD
 DIGITS_RUN = ["--data", "digits"]  # the README's training command, into OUT/model
@@ -343,7 +345,8 @@ def main(data: str, out=None, train: bool = False, guidance: bool = False, solve
     if solvers:
         model, n = (GUIDED_MODEL[data] if guidance else model_for(data, out, train)), SOLVER_SAMPLES
         configs = [(label + (f", w={SOLVER_GUIDANCE:g}" if guidance else ""), method,
-                    dict(opts, **({"guidance": SOLVER_GUIDANCE} if guidance else {}))) for label, method, opts in SOLVER_CONFIGS]
+                    dict(opts, **({"guidance": SOLVER_GUIDANCE} if guidance else {}))) for label, method, opts in SOLVER_CONFIGS
+                   if not guidance or label.rsplit(" ", 1)[0] in GUIDED_SOLVERS]
     elif guidance:
         model, configs, n = GUIDED_MODEL[data], GUIDED_CONFIGS, GUIDED_SAMPLES
     else:

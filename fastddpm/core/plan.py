@@ -37,7 +37,10 @@ METHODS = ("ddpm", "ddim", "dpm++2m", "sde-dpm++2m", "dpm++3m", "sde-dpm++3m", "
 SOLVERS = METHODS[2:]  # the multistep ODE/SDE solvers: DPM-Solver's N + 1 point grids, its ᾱ², Karras and logSNR spacings
 SPACINGS = ("trailing", "leading", "linspace", "quad", "karras", "logsnr")
 DEFAULT_STEPS = {"ddim": 50, **{name: 20 for name in SOLVERS}}  # ddpm: all T
-ORDERS = {"unipc": (1, 3, 2), "ipndm": (1, 4, 4)}  # method: (lowest, highest, default) order; the others name theirs
+ORDERS = {"unipc": (1, 3, 2), "ipndm": (1, 4, 2)}  # method: (lowest, highest, default) order; the others name theirs
+# iPNDM defaults to 2, not the paper's 4: on DDPM grids at <= 10 steps σ/α shrinks several-fold from one step to the
+# next, and fourth-order fixed weights extrapolate ε̂ across that (measured FD 114 against 5.3 at 6 steps on the
+# digits model, 567 against 125 on fashion-mnist-small: README, "Which sampler")
 SOLVER_TYPES = ("bh1", "bh2")  # UniPC's B(h): h (bh1) or e^h − 1 (bh2), Zhao et al. 2023
 
 
@@ -56,7 +59,7 @@ class Method:
     offset: int = 0  # diffusers' steps_offset: added to every timestep of the "leading" spacing
     guidance: float = None  # classifier-free guidance weight w (Ho & Salimans 2022); None: unguided (w = 1)
     guidance_interval: tuple = None  # (t_lo, t_hi): w only for t_lo < t <= t_hi, 1 elsewhere (Kynkäänniemi et al. 2024)
-    order: int = None  # unipc (1-3, default 2, diffusers' solver_order), ipndm (1-4, default 4); None: the method's
+    order: int = None  # unipc (1-3, default 2, diffusers' solver_order), ipndm (1-4, default 2); None: the method's
     solver_type: str = None  # unipc: "bh1" or "bh2" (default, diffusers')
     corrector: bool = None  # unipc: UniC after every step but the last (default True), folded into the next step's row
     disable_corrector: tuple = ()  # unipc: steps i whose successor is not corrected (diffusers' disable_corrector)

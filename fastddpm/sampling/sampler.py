@@ -67,7 +67,7 @@ class Sampler:
     steps:         model evaluations (default T for ddpm, 50 for ddim, 20 for the multistep solvers).
     spacing:       "trailing" (default), "leading", "linspace", "quad": which timesteps; the multistep
                    solvers also "karras" (Karras et al.'s σ grid) and "logsnr" (uniform in λ).
-    order:         unipc 1-3 (default 2), ipndm 1-4 (default 4).
+    order:         unipc 1-3 (default 2), ipndm 1-4 (default 2; 4 is the paper's, for grids even in σ/α).
     solver_type:   unipc: "bh2" (default) or "bh1" (Zhao et al.: bh1 for unconditional sampling
                    under 10 steps). corrector: unipc: UniC on (default) or off. disable_corrector:
                    unipc: steps i whose successor is left uncorrected (diffusers'). lower_order_final:
