@@ -41,7 +41,8 @@ def test_cosine_follows_nichol_dhariwal():
 def test_table_columns_against_the_schedule():
     s = Schedule.linear(T=50)
     c = {name: int(getattr(tables, name))
-         for name in ("SQRT_AB", "SQRT_1M_AB", "X0_X", "X0_EPS", "C_X0", "C_X", "C_EPS", "C_H", "SIGMA", "GUIDE")}
+         for name in ("SQRT_AB", "SQRT_1M_AB", "X0_X", "X0_EPS", "C_X0", "C_X", "C_EPS", "C_H1", "SIGMA", "GUIDE", "C_H2",
+                      "C_H3", "E_X", "E_M")}
     assert sorted(c.values()) == list(range(tables.NCOEF))  # every column named once
     for variance in ("large", "small", "none"):
         tab = s.table(variance).double()
@@ -58,7 +59,8 @@ def test_table_columns_against_the_schedule():
         bb_prev = torch.cat([torch.zeros(1, dtype=torch.float64), s.beta_bar[:-1]])
         torch.testing.assert_close(tab[:, c["C_X0"]], ab_prev * s.beta**2 / s.beta_bar**2, **close)
         torch.testing.assert_close(tab[:, c["C_X"]], s.alpha * bb_prev**2 / s.beta_bar**2, **close)
-        assert (tab[:, c["C_EPS"]] == 0).all() and (tab[:, c["C_H"]] == 0).all()
+        assert (tab[:, c["C_EPS"]] == 0).all() and all((tab[:, c[h]] == 0).all() for h in ("C_H1", "C_H2", "C_H3"))
+        assert (tab[:, c["E_X"]] == 0).all() and (tab[:, c["E_M"]] == 1).all()  # an ε model's ε̂ is its output
         sigma = {"large": s.beta[t], "small": s.beta[t] * s.beta_bar[t - 1] / s.beta_bar[t], "none": 0 * s.beta[t]}
         torch.testing.assert_close(tab[1:, c["SIGMA"]], sigma[variance], **close)
         assert tab[0, c["SIGMA"]].item() == 0.0  # no noise at the last reverse step
