@@ -1,22 +1,26 @@
-"""Every reverse step, fused: one kernel for DDPM (full or respaced), DDIM(η) and DPM-Solver++.
+"""Every reverse step, fused: one kernel for DDPM (full or respaced), DDIM(η), DPM-Solver++ (2M, 3M;
+ODE and SDE), UniPC and iPNDM.
 
 Each step is one row of a coefficient table (tables.py, docs/notation.md):
 
     x̂_0 = X0_X x_t − X0_EPS ε̂                 clamped to [-1, 1] when clipping
-    x_s = C_X0 x̂_0 + C_X x_t + C_EPS ε̂ + C_H h + SIGMA z,      h <- x̂_0
+    x_s = C_X0 x̂_0 + C_X x_t + C_EPS ε̂ + C_H1 h_1 + C_H2 h_2 + C_H3 h_3 + SIGMA z
 
 where ε̂ is the model's output, or, guided (classifier-free guidance, Ho & Salimans 2022), the
 combination ε̂_u + GUIDE (ε̂_c − ε̂_u) of its conditional and unconditional outputs, formed in
-registers: the guided ε̂ is never written.
+registers: the guided ε̂ is never written. h_j is what the step j steps earlier stored (x̂_0, or
+ε̂ = E_X x_t + E_M ε̂ for a noise-basis solver), kept in a ring of NH <= 3 slots that the step
+turns itself: step k reads slot (k − j) % NH and writes slot k % NH.
 
-One pass reads x_t, ε̂ (and h, for multistep solvers) and writes x_s in place or not,
-optionally a second copy in another dtype and layout (the next model call's bf16
-channels-last input) and the new h; z is drawn in-kernel at (seed, STREAM_REVERSE, t) or
-passed in. With CHECK it also raises a per-sample flag when x_s is not finite, so a sampler
-step is the model plus this one kernel.
+One pass reads x_t, ε̂ (and the NH slots, for multistep solvers) and writes x_s in place or
+not, optionally a second copy in another dtype and layout (the next model call's bf16
+channels-last input) and this step's slot; z is drawn in-kernel at (seed, STREAM_REVERSE, t)
+or passed in. With CHECK it also raises a per-sample flag when x_s is not finite, so a
+sampler step is the model plus this one kernel.
 
-Traffic per element: reads 2N (+N for h, +N guided), writes N (+N for the second copy, +N for h).
-The eager reference draws z (write N), then reads x_t, ε̂, z and writes x_s through temporaries.
+Traffic per element: reads 2N (+NH·N for the ring, +N guided), writes N (+N for the second
+copy, +N for the ring). The eager reference draws z (write N), then reads x_t, ε̂, z and writes
+x_s through temporaries.
 """
 
 from typing import Optional
