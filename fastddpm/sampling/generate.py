@@ -164,6 +164,19 @@ def _positive(v, name):
     return v
 
 
+def _solver_options(m) -> dict:
+    """The options a method has beyond the ones every method has, for the manifest: only those
+    it takes, so that a run begun before they existed (DPM-Solver++(2M), ...) still resumes."""
+    out = {}
+    if m.name in ("unipc", "ipndm"):
+        out["order"] = m.order
+    if m.name == "unipc":
+        out.update(solver_type=m.solver_type, corrector=m.corrector, disable_corrector=list(m.disable_corrector))
+    if m.name in ("unipc", "dpm++3m", "sde-dpm++3m"):
+        out["lower_order_final"] = m.lower_order_final
+    return out
+
+
 def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm", steps: int = None, spacing: str = None,
              eta: float = 0.0, variance: str = None, clip: bool = None, clipped_eps: bool = False, prediction: str = None,
              labels=None, guidance: float = None, guidance_interval=None, order: int = None, solver_type: str = None,
@@ -215,9 +228,7 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
         "method": {"name": m.name, "steps": m.steps, "spacing": m.spacing, "eta": m.eta, "variance": m.variance, "clip": m.clip,
                    "clipped_eps": m.clipped_eps, "prediction": m.prediction, "offset": m.offset, "guidance": m.guidance,
                    "guidance_interval": None if m.guidance_interval is None else list(m.guidance_interval),
-                   **({"order": m.order, "solver_type": m.solver_type, "corrector": m.corrector,
-                       "disable_corrector": list(m.disable_corrector), "lower_order_final": m.lower_order_final}
-                      if m.solver else {})},
+                   **_solver_options(m)},
         "labels": label_spec,
         "conventions": {k: {"value": v, "from": src} for k, (v, src) in used.items()},
         "seeds": seed_spec(seeds), "n": len(seeds), "shard": shard, "format": format, "micro_batch": micro,
