@@ -23,7 +23,8 @@ setup(
         "safetensors",
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "scipy", "diffusers>=0.30", "nvidia-ml-py", "scikit-learn", "matplotlib"],
+        "test": ["pytest", "pytest-benchmark", "scipy", "diffusers>=0.30", "nvidia-ml-py", "scikit-learn", "matplotlib",
+                 "guided-diffusion-sdk==1.0.0"],  # OpenAI's guided_diffusion: the reference for ADM and learned Σ
         "bench": ["nvidia-ml-py", "pytest-benchmark", "matplotlib", "diffusers>=0.30", "scikit-learn"],
         "digits": ["scikit-learn"],
     },

@@ -20,7 +20,10 @@ __all__ = ["generate", "main"]
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m fastddpm.generate", description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True, help="a training run's folder or checkpoint, a diffusers save_pretrained folder, "
-                                                   "or a shipped model's name")
+                                                   "a shipped model's name, or an OpenAI ADM .pt (see --model-flags)")
+    ap.add_argument("--model-flags", default=None, metavar="FLAGS",
+                    help="an OpenAI guided-diffusion / improved-diffusion .pt's MODEL_FLAGS and DIFFUSION_FLAGS, as their "
+                         "README writes them (or a published checkpoint's name); default: from the file's name")
     ap.add_argument("--n", type=int, default=None, help="how many images (default: as many as --seeds)")
     ap.add_argument("--out", required=True, help="the output folder (shards, sidecars, manifest.json)")
     ap.add_argument("--seeds", default=None, help="seeds: 'a-b' (inclusive), 'a,b,c' or a mix (default 0 .. n-1); "
@@ -36,8 +39,8 @@ def main(argv=None) -> dict:
                     help="unipc: steps whose successor is left uncorrected (diffusers' disable_corrector)")
     ap.add_argument("--lower-order-final", action=argparse.BooleanOptionalAction, default=None,
                     help="dpm++3m, unipc: lower orders in the last steps (default: the model's, else on)")
-    ap.add_argument("--variance", default=None, choices=("large", "small", "none"),
-                    help="ddpm's σ (default: the model's, else large)")
+    ap.add_argument("--variance", default=None, choices=("large", "small", "none", "learned"),
+                    help="ddpm's σ (default: the model's, else large; a learned-Σ model's own: learned)")
     ap.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
                     help="clamp x̂_0 to [-1, 1] (ddpm, ddim; default: the model's, else off)")
     ap.add_argument("--prediction", default=None, choices=("epsilon", "v", "sample", "v_prediction"),

@@ -33,23 +33,23 @@ from . import _checks
 from ._cast import to_storage
 from ._tile import at, channels_last, lane_mask, launch, noise4, row_index, tile
 from .philox import STREAM_REVERSE, noise_torch
-from .tables import C_EPS, C_H1, C_H2, C_H3, C_X, C_X0, E_M, E_X, GUIDE, HISTORY, NCOEF, SIGMA, X0_EPS, X0_X
+from .tables import C_EPS, C_H1, C_H2, C_H3, C_X, C_X0, E_M, E_X, GUIDE, HISTORY, LV_MAX, LV_MIN, NCOEF, SIGMA, X0_EPS, X0_X
 
 
 @triton.jit
 def _step_lane(
     x_ptr, e_ptr, eu_ptr, z_ptr, h1_ptr, h2_ptr, h3_ptr, o_ptr, oh_ptr, l_ptr, b, c, p, HW,
-    x0x, x0e, cx0, cx, ce, ch1, ch2, ch3, ex, em, sig, w, z,
-    C: tl.constexpr, G: tl.constexpr, CL_X: tl.constexpr, CL_E: tl.constexpr, CL_EU: tl.constexpr, CL_Z: tl.constexpr,
+    x0x, x0e, cx0, cx, ce, ch1, ch2, ch3, ex, em, sig, lvlo, lvd, w, z,
+    C: tl.constexpr, CE: tl.constexpr, G: tl.constexpr, CL_X: tl.constexpr, CL_E: tl.constexpr, CL_EU: tl.constexpr, CL_Z: tl.constexpr,
     CL_H: tl.constexpr, CL_O: tl.constexpr, CL_OH: tl.constexpr, CL_L: tl.constexpr,
     CLIP: tl.constexpr, DRAW: tl.constexpr, HAS_NOISE: tl.constexpr, NH: tl.constexpr, HIST_EPS: tl.constexpr,
-    HAS_LOWP: tl.constexpr, EPS_TERM: tl.constexpr, GUIDED: tl.constexpr,
+    HAS_LOWP: tl.constexpr, EPS_TERM: tl.constexpr, GUIDED: tl.constexpr, LEARNED: tl.constexpr,
 ):
     m = lane_mask(p, HW, c, C, G)  # pixel in the image and channel c exists
     x = tl.load(at(x_ptr, b, c, p, HW, C, CL_X), mask=m).to(tl.float32)
-    e = tl.load(at(e_ptr, b, c, p, HW, C, CL_E), mask=m).to(tl.float32)
+    e = tl.load(at(e_ptr, b, c, p, HW, CE, CL_E), mask=m).to(tl.float32)  # CE = 2C: the output's ε̂ half, then v
     if GUIDED:
-        eu = tl.load(at(eu_ptr, b, c, p, HW, C, CL_EU), mask=m).to(tl.float32)
+        eu = tl.load(at(eu_ptr, b, c, p, HW, CE, CL_EU), mask=m).to(tl.float32)
         e = eu + w * (e - eu)  # classifier-free guidance (Ho & Salimans 2022, eq. 6)
     x0 = x0x * x - x0e * e  # Ho et al. eq. 15
     if CLIP:
@@ -70,7 +70,10 @@ def _step_lane(
         tl.store(at(oh_ptr, b, c, p, HW, C, CL_OH), to_storage(u, oh_ptr.dtype.element_ty), mask=m)
     if HAS_NOISE:
         z = tl.load(at(z_ptr, b, c, p, HW, C, CL_Z), mask=m).to(tl.float32)
-    if DRAW or HAS_NOISE:
+    if LEARNED:  # learned range (Nichol & Dhariwal eq. 15): σ = exp(½ (f log β' + (1 − f) log β̃)), f = (v + 1)/2
+        v = tl.load(at(e_ptr, b, c + C, p, HW, CE, CL_E), mask=m).to(tl.float32)  # the (conditional) output's v
+        y += sig * tl.exp(lvlo + lvd * (v + 1.0) * 0.5) * z
+    elif DRAW or HAS_NOISE:
         y += sig * z
     tl.store(at(o_ptr, b, c, p, HW, C, CL_O), to_storage(y, o_ptr.dtype.element_ty), mask=m)
     if HAS_LOWP:
@@ -81,8 +84,9 @@ def _step_lane(
 @triton.jit
 def _step_kernel(
     x_ptr,  # (B, C, H, W) x_t, the sampler's state (any float dtype)
-    e_ptr,  # (B, C, H, W) ε̂, the model's prediction (any float dtype); guided: the conditional one
-    eu_ptr,  # (B, C, H, W) the unconditional prediction, read only if GUIDED
+    e_ptr,  # (B, CE, H, W) ε̂, the model's prediction (any float dtype); guided: the conditional one. CE = 2C: a
+            # learned-variance output, ε̂ in channels [0, C) and v in [C, 2C) (read only if LEARNED)
+    eu_ptr,  # (B, CE, H, W) the unconditional prediction, read only if GUIDED
     z_ptr,  # (B, C, H, W) explicit z, read only if HAS_NOISE
     h_ptr,  # (NH, B, C, H, W) the history ring, read only if NH > 0: slot (k - j) % NH holds what step k - j stored
     o_ptr,  # (B, C, H, W) x_s, written; may be x_ptr itself
@@ -98,7 +102,7 @@ def _step_kernel(
     CL_Z: tl.constexpr, CL_H: tl.constexpr, CL_O: tl.constexpr, CL_OH: tl.constexpr, CL_L: tl.constexpr,
     CLIP: tl.constexpr, DRAW: tl.constexpr, HAS_NOISE: tl.constexpr, NH: tl.constexpr, HIST_EPS: tl.constexpr,
     HAS_LOWP: tl.constexpr, CHECK: tl.constexpr, ROW_IS_T: tl.constexpr, EPS_TERM: tl.constexpr, GUIDED: tl.constexpr,
-    BLOCK: tl.constexpr,
+    LEARNED: tl.constexpr, CE: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid, b, g, p = tile(TILES, G, BLOCK)
     k_in = tl.load(k_ptr + b)
@@ -119,6 +123,8 @@ def _step_kernel(
     ex = 0.0
     em = 0.0
     sig = 0.0
+    lvlo = 0.0
+    lvd = 0.0
     h1_ptr = h_ptr
     h2_ptr = h_ptr
     h3_ptr = h_ptr
@@ -141,33 +147,37 @@ def _step_kernel(
             em = tl.load(row + E_M) + bad
     if DRAW or HAS_NOISE:
         sig = tl.load(row + SIGMA) + bad
+        if LEARNED:
+            lvmin = tl.load(row + LV_MIN) + bad
+            lvlo = 0.5 * lvmin
+            lvd = 0.5 * (tl.load(row + LV_MAX) + bad - lvmin)
     w = 1.0
     if GUIDED:
         w = tl.load(row + GUIDE) + bad
     z0, z1, z2, z3 = noise4(seed_ptr, b, p, g, t, stream, DRAW, BLOCK)
     c = 4 * g
     acc = _step_lane(x_ptr, e_ptr, eu_ptr, z_ptr, h1_ptr, h2_ptr, h3_ptr, o_ptr, oh_ptr, l_ptr, b, c, p, HW, x0x, x0e, cx0, cx,
-                     ce, ch1, ch2, ch3, ex, em, sig, w, z0, C, G, CL_X, CL_E, CL_EU, CL_Z, CL_H, CL_O, CL_OH, CL_L, CLIP, DRAW,
-                     HAS_NOISE, NH, HIST_EPS, HAS_LOWP, EPS_TERM, GUIDED)
+                     ce, ch1, ch2, ch3, ex, em, sig, lvlo, lvd, w, z0, C, CE, G, CL_X, CL_E, CL_EU, CL_Z, CL_H, CL_O, CL_OH, CL_L, CLIP, DRAW,
+                     HAS_NOISE, NH, HIST_EPS, HAS_LOWP, EPS_TERM, GUIDED, LEARNED)
     if C > 1:
         acc += _step_lane(x_ptr, e_ptr, eu_ptr, z_ptr, h1_ptr, h2_ptr, h3_ptr, o_ptr, oh_ptr, l_ptr, b, c + 1, p, HW, x0x, x0e,
-                          cx0, cx, ce, ch1, ch2, ch3, ex, em, sig, w, z1, C, G, CL_X, CL_E, CL_EU, CL_Z, CL_H, CL_O, CL_OH,
-                          CL_L, CLIP, DRAW, HAS_NOISE, NH, HIST_EPS, HAS_LOWP, EPS_TERM, GUIDED)
+                          cx0, cx, ce, ch1, ch2, ch3, ex, em, sig, lvlo, lvd, w, z1, C, CE, G, CL_X, CL_E, CL_EU, CL_Z, CL_H, CL_O, CL_OH,
+                          CL_L, CLIP, DRAW, HAS_NOISE, NH, HIST_EPS, HAS_LOWP, EPS_TERM, GUIDED, LEARNED)
     if C > 2:
         acc += _step_lane(x_ptr, e_ptr, eu_ptr, z_ptr, h1_ptr, h2_ptr, h3_ptr, o_ptr, oh_ptr, l_ptr, b, c + 2, p, HW, x0x, x0e,
-                          cx0, cx, ce, ch1, ch2, ch3, ex, em, sig, w, z2, C, G, CL_X, CL_E, CL_EU, CL_Z, CL_H, CL_O, CL_OH,
-                          CL_L, CLIP, DRAW, HAS_NOISE, NH, HIST_EPS, HAS_LOWP, EPS_TERM, GUIDED)
+                          cx0, cx, ce, ch1, ch2, ch3, ex, em, sig, lvlo, lvd, w, z2, C, CE, G, CL_X, CL_E, CL_EU, CL_Z, CL_H, CL_O, CL_OH,
+                          CL_L, CLIP, DRAW, HAS_NOISE, NH, HIST_EPS, HAS_LOWP, EPS_TERM, GUIDED, LEARNED)
     if C > 3:
         acc += _step_lane(x_ptr, e_ptr, eu_ptr, z_ptr, h1_ptr, h2_ptr, h3_ptr, o_ptr, oh_ptr, l_ptr, b, c + 3, p, HW, x0x, x0e,
-                          cx0, cx, ce, ch1, ch2, ch3, ex, em, sig, w, z3, C, G, CL_X, CL_E, CL_EU, CL_Z, CL_H, CL_O, CL_OH,
-                          CL_L, CLIP, DRAW, HAS_NOISE, NH, HIST_EPS, HAS_LOWP, EPS_TERM, GUIDED)
+                          cx0, cx, ce, ch1, ch2, ch3, ex, em, sig, lvlo, lvd, w, z3, C, CE, G, CL_X, CL_E, CL_EU, CL_Z, CL_H, CL_O, CL_OH,
+                          CL_L, CLIP, DRAW, HAS_NOISE, NH, HIST_EPS, HAS_LOWP, EPS_TERM, GUIDED, LEARNED)
     if CHECK:
         s = tl.sum(acc, axis=0)  # NaN iff some x_s of this program is not finite
         tl.atomic_max(flag_ptr + b, t.to(tl.int64), mask=s != s)
 
 
 def _step_launch(x, eps_hat, k, table, timesteps, seeds, noise, h, out, out_h, out_lowp, nonfinite, clip, stream, row_is_t, eps_term,
-                 eps_uncond=None, hist_eps=False):
+                 eps_uncond=None, hist_eps=False, two_c=False, learned=False):
     L = launch(x)
     eu = eps_uncond if eps_uncond is not None else eps_hat
     z = noise if noise is not None else x
@@ -183,7 +193,8 @@ def _step_launch(x, eps_hat, k, table, timesteps, seeds, noise, h, out, out_h, o
         CL_O=channels_last(out), CL_OH=channels_last(oh[0]), CL_L=channels_last(lp),
         CLIP=clip, DRAW=seeds is not None, HAS_NOISE=noise is not None, NH=nh, HIST_EPS=hist_eps and nh > 0,
         HAS_LOWP=out_lowp is not None, CHECK=nonfinite is not None, ROW_IS_T=row_is_t, EPS_TERM=eps_term,
-        GUIDED=eps_uncond is not None, **L.meta(heavy=heavy(nh, seeds is not None, eps_uncond is not None)),
+        GUIDED=eps_uncond is not None, LEARNED=learned and (seeds is not None or noise is not None),
+        CE=2 * L.C if two_c else L.C, **L.meta(heavy=heavy(nh, seeds is not None, eps_uncond is not None)),
     )
 
 
@@ -194,16 +205,17 @@ def heavy(nh: int, draw: bool, guided: bool) -> bool:
 
 
 def _step_torch(x, eps_hat, k, table, timesteps, seeds, noise, h, out, out_h, out_lowp, nonfinite, clip, stream, row_is_t, eps_term,
-                eps_uncond=None, hist_eps=False):
+                eps_uncond=None, hist_eps=False, two_c=False, learned=False):
     f = _checks.compute_dtype(x)
     coef = table[k].to(f)  # (B, NCOEF); k was range-checked on the host
 
     def col(j):
         return coef[:, int(j)].view(-1, 1, 1, 1)
 
-    xf, ef = x.to(f), eps_hat.to(f)
+    C = x.shape[1]
+    xf, ef = x.to(f), eps_hat[:, :C].to(f)  # two_c: the output's ε̂ half (its v half is read below)
     if eps_uncond is not None:
-        eu = eps_uncond.to(f)
+        eu = eps_uncond[:, :C].to(f)
         ef = eu + col(GUIDE) * (ef - eu)  # classifier-free guidance, as the kernel
     x0 = col(X0_X) * xf - col(X0_EPS) * ef
     if clip:
@@ -220,7 +232,11 @@ def _step_torch(x, eps_hat, k, table, timesteps, seeds, noise, h, out, out_h, ou
         u = col(E_X) * xf + col(E_M) * ef if hist_eps else x0
     t = k if row_is_t else timesteps[k]
     if seeds is not None or noise is not None:
-        y = y + col(SIGMA) * noise_torch(noise, seeds, t, stream, x, f)
+        z = noise_torch(noise, seeds, t, stream, x, f)
+        if learned:  # σ = exp(½ (f log β' + (1 − f) log β̃)), f = (v + 1)/2, v from the (conditional) output
+            frac = (eps_hat[:, C:].to(f) + 1.0) * 0.5
+            z = torch.exp(0.5 * col(LV_MIN) + 0.5 * (col(LV_MAX) - col(LV_MIN)) * frac) * z
+        y = y + col(SIGMA) * z
     if h is not None:
         target = out_h if out_h is not None else h
         target[kk % target.shape[0], rows] = u.to(target.dtype)
@@ -238,15 +254,16 @@ def _step_op(
     seeds: Optional[torch.Tensor], noise: Optional[torch.Tensor], h: Optional[torch.Tensor],
     out: torch.Tensor, out_h: Optional[torch.Tensor], out_lowp: Optional[torch.Tensor], nonfinite: Optional[torch.Tensor],
     clip: bool, stream: int, row_is_t: bool, eps_term: bool, eps_uncond: Optional[torch.Tensor] = None, hist_eps: bool = False,
+    two_c: bool = False, learned: bool = False,
 ) -> None:
     impl = _step_launch if _checks.use_triton(x) else _step_torch
     impl(x, eps_hat, k, table, timesteps, seeds, noise, h, out, out_h, out_lowp, nonfinite, clip, stream, row_is_t, eps_term,
-         eps_uncond, hist_eps)
+         eps_uncond, hist_eps, two_c, learned)
 
 
 @_step_op.register_fake
 def _(x, eps_hat, k, table, timesteps, seeds, noise, h, out, out_h, out_lowp, nonfinite, clip, stream, row_is_t, eps_term,
-      eps_uncond=None, hist_eps=False):
+      eps_uncond=None, hist_eps=False, two_c=False, learned=False):
     return None
 
 
@@ -284,10 +301,12 @@ def reverse_step(
     out: Optional[torch.Tensor] = None,
     out_lowp: Optional[torch.Tensor] = None,
     stream: int = STREAM_REVERSE,
+    learned: Optional[bool] = None,
 ) -> torch.Tensor:
     """One ancestral step x_t -> x_{t-1} for a batch with one timestep per sample.
 
-    x:        x_t (B, C, H, W); eps_hat: the model's ε̂, same shape, any float dtype/layout.
+    x:        x_t (B, C, H, W); eps_hat: the model's ε̂, same shape, any float dtype/layout, or a
+              learned-variance model's whole output (B, 2C, H, W) with learned= (sampler_step).
     t:        (B,) int timesteps in [0, T); table: coef_table(alphas_cumprod, variance).
     seeds:    int or (B,) int64: z drawn in-kernel at (seed, stream, t, c, h, w).
     noise:    explicit z instead of seeds.
@@ -297,14 +316,14 @@ def reverse_step(
     Returns out.
     """
     _checks.check_image(x, "x")
-    _checks.check_like(eps_hat, "eps_hat", x, "x")
     T = _checks.check_table(table, x, NCOEF)
+    two_c, learned = _model_output(eps_hat, "eps_hat", x, learned, table)
     _checks.check_timesteps(t, x.shape[0], T, x.device)
     seeds = _checks.check_noise_source(seeds, noise, x, "x")
     out = _outputs(x, out, out_lowp)
     # coef_table's rows are in the posterior form: no ε column
     _step(x, eps_hat, t, table, None, seeds, noise, None, out, None, out_lowp, None,
-          _checks.check_flag(clip, "clip"), _checks.check_stream(stream), True, False)
+          _checks.check_flag(clip, "clip"), _checks.check_stream(stream), True, False, None, False, two_c, learned)
     return out
 
 
@@ -327,6 +346,7 @@ def sampler_step(
     stream: int = STREAM_REVERSE,
     eps_uncond: Optional[torch.Tensor] = None,
     basis: str = "x0",
+    learned: Optional[bool] = None,
 ) -> torch.Tensor:
     """One step of any sampler whose update is a row of coefficients (tables.py).
 
@@ -353,11 +373,18 @@ def sampler_step(
     eps_uncond: classifier-free guidance: the model's unconditional output (eps_hat is then the
                 conditional one); the step uses ε̂_u + w (ε̂_c − ε̂_u), w the row's GUIDE column,
                 formed in registers (never written). Both halves may be views of one 2B batch.
+    learned:    a learned-variance model (Nichol & Dhariwal 2021; OpenAI's learn_sigma): eps_hat
+                (and eps_uncond) is then its whole output (B, 2C, H, W), ε̂ in the first C
+                channels and v in the last C, read in place (no split, no copy). learned=True:
+                the step's σ is SIGMA · exp(½ (f LV_MAX + (1 − f) LV_MIN)), f = (v + 1)/2 per element
+                (a table built with variance="learned"); guided, v is the conditional output's
+                (GLIDE's and DiT's choice: the guided ε̂ with the conditional model's variance).
+                learned=False: the ε̂ half only (a deterministic solver). With C channels: None.
     Returns out.
     """
     _checks.check_image(x, "x")
-    _checks.check_like(eps_hat, "eps_hat", x, "x")
     rows = _checks.check_table(table, x, NCOEF)
+    two_c, learned = _model_output(eps_hat, "eps_hat", x, learned, table)
     B = x.shape[0]
     _checks.check_timesteps(k, B, rows, x.device, name="k")
     if not isinstance(timesteps, torch.Tensor) or timesteps.dtype != torch.int64 or timesteps.shape != (rows,):
@@ -376,7 +403,7 @@ def sampler_step(
     if noise is not None:
         _checks.check_like(noise, "noise", x, "x")
     if eps_uncond is not None:
-        _checks.check_like(eps_uncond, "eps_uncond", x, "x")
+        _checks.check_like(eps_uncond, "eps_uncond", eps_hat, "eps_hat")
     if basis not in BASES:
         raise ValueError(f"basis: expected one of {BASES} (what a multistep step stores), got {basis!r}")
     if h is not None:
@@ -400,11 +427,44 @@ def sampler_step(
     out = _outputs(x, out, out_lowp)
     _step(x, eps_hat, k, table, timesteps, seeds, noise, h, out, out_h, out_lowp, nonfinite,
           _checks.check_flag(clip, "clip"), _checks.check_stream(stream), False, _checks.check_flag(eps_term, "eps_term"),
-          eps_uncond, basis == "eps")
+          eps_uncond, basis == "eps", two_c, learned)
     return out
 
 
 BASES = ("x0", "eps")
+
+
+def _model_output(eps_hat, name: str, x: torch.Tensor, learned, table: torch.Tensor) -> tuple:
+    """(two_c, learned): whether eps_hat is a (B, 2C, H, W) learned-variance output, and whether
+    the step reads its v; a clear error where the output, the flag and the table disagree."""
+    if learned is not None and not isinstance(learned, bool):
+        raise TypeError(f"learned: expected None, True or False, got {learned!r}")
+    B, C, H, W = x.shape
+    if isinstance(eps_hat, torch.Tensor) and eps_hat.dim() == 4 and tuple(eps_hat.shape) == (B, 2 * C, H, W):
+        if learned is None:
+            raise ValueError(f"{name}: has {2 * C} channels, twice x's: a learned-variance model's output (ε̂, then v); pass "
+                             f"learned=True to sample with its variance, or learned=False to use its ε̂ half alone")
+        _checks.check_image(eps_hat, name)
+        if eps_hat.device != x.device:
+            raise ValueError(f"{name}: expected device {x.device} (that of x), got {eps_hat.device}")
+        two_c = True
+    else:
+        _checks.check_like(eps_hat, name, x, "x")
+        if learned:
+            raise ValueError(f"learned: True, but {name} has {C} channels, those of x; a learned-variance model's output "
+                             f"has {2 * C} (ε̂, then v)")
+        two_c, learned = False, False
+    if _checks.values_checked(table):
+        lv = table[:, int(LV_MIN)] != 0
+        lv |= table[:, int(LV_MAX)] != 0
+        noisy = table[:, int(SIGMA)] > 0
+        if learned and bool((noisy & ~lv).any()):
+            raise ValueError("learned: True, but this table's noisy rows have no learned-range columns (LV_MIN, LV_MAX): "
+                             "build it with variance='learned'")
+        if not learned and bool((noisy & lv).any()):
+            raise ValueError("learned: this table is a learned-variance one (variance='learned': its σ comes from the "
+                             "model's v), so pass the model's whole output with learned=True")
+    return two_c, learned
 
 
 def _ring(h, x: torch.Tensor, name: str) -> torch.Tensor:

@@ -6,6 +6,7 @@ Every reverse step, of every sampler, is one row of the same columns (docs/notat
 
     x̂_0 = X0_X · x_t − X0_EPS · m                  (clamped to [-1, 1] when clipping)
     x_s = C_X0 · x̂_0 + C_X · x_t + C_EPS · m + C_H1 · h_1 + C_H2 · h_2 + C_H3 · h_3 + SIGMA · z
+    (a learned-variance step: SIGMA · exp(½(f LV_MAX + (1 − f) LV_MIN)) · z, f = (v + 1)/2 per element)
 
 with m the model's output and h_j the value the step j steps earlier stored (multistep solvers:
 its x̂_0, or, for solvers in the noise basis, its ε̂ = E_X · x_t + E_M · m); a guided step
@@ -37,10 +38,12 @@ C_H2 = tl.constexpr(10)  # weight of h_2, stored two steps earlier
 C_H3 = tl.constexpr(11)  # weight of h_3, stored three steps earlier
 E_X = tl.constexpr(12)  # ε̂ = E_X x_t + E_M m: what a noise-basis solver (iPNDM) stores
 E_M = tl.constexpr(13)
-NCOEF = tl.constexpr(14)  # host code: int(NCOEF)
+LV_MIN = tl.constexpr(14)  # learned-range variance (Nichol & Dhariwal): log σ² = f LV_MAX + (1 − f) LV_MIN per element,
+LV_MAX = tl.constexpr(15)  # f = (v + 1)/2 from the model's variance half; LV_MIN = log β̃ (posterior), LV_MAX = log β'
+NCOEF = tl.constexpr(16)  # host code: int(NCOEF)
 HISTORY = (C_H1, C_H2, C_H3)  # the weights of h_1, h_2, h_3: at most three earlier outputs
 
-VARIANCES = ("large", "small", "none")
+VARIANCES = ("large", "small", "none", "learned")  # learned: the model's learned range (its output's second half)
 PREDICTIONS = ("epsilon", "v", "sample")  # what the model predicts: ε, v = √a ε − √(1−a) x_0 (Salimans & Ho), x_0
 PREDICTION_SYNONYMS = {"v_prediction": "v"}  # diffusers' prediction_type values
 
@@ -153,8 +156,13 @@ def coef_table(alphas_cumprod, variance: str = "large", device=None, *, t=None, 
               is the end (ᾱ_{-1} = 1). With a_t = ᾱ_t², a_s = ᾱ_prev², β' = 1 - a_t / a_s
               (the respaced chain of Nichol & Dhariwal; β' = β_t² when prev = t - 1):
     variance: "large" σ = √β' (diffusers fixed_large), "small" σ = √(β'(1 - a_s)/(1 - a_t))
-              (the posterior; fixed_small), "none" σ = 0. A step to the end has σ = 0
-              whatever the variance: the last step adds no noise, by table, not by branch.
+              (the posterior; fixed_small), "none" σ = 0, "learned" the model's learned range
+              (Nichol & Dhariwal 2021; OpenAI's LEARNED_RANGE, diffusers' learned_range): SIGMA = 1
+              and LV_MAX = log β', LV_MIN = log β̃ = log(β'(1 - a_s)/(1 - a_t)), the step reading
+              f = (v + 1)/2 from the model's variance half; a step to the end takes LV_MIN of the
+              step that lands on its t (OpenAI's clipped log β̃_0 = log β̃_1), or log β' where the
+              table has none. A step to the end has σ = 0 whatever the variance: the last step
+              adds no noise, by table, not by branch.
     prediction: what the model predicts, "epsilon" (default), "v" or "sample" (for_prediction).
     The mean is written in the posterior form C_X0 x̂_0 + C_X x_t, which with an unclipped
     x̂_0 is the same function as Ho et al. eq. 11 and with a clipped one is eq. 7 on it.
@@ -183,12 +191,19 @@ def coef_table(alphas_cumprod, variance: str = "large", device=None, *, t=None, 
     beta = 1.0 - a_t / a_s  # β'
     if variance == "large":
         var = beta.clone()
-    elif variance == "small":
+    elif variance in ("small", "learned"):
         var = beta * (1.0 - a_s) / (1.0 - a_t)
     else:
         var = torch.zeros_like(beta)
-    var[prev < 0] = 0.0
     rows = torch.zeros(t.numel(), int(NCOEF), dtype=torch.float64)
+    if variance == "learned":  # OpenAI's log β' and clipped log β̃; σ = 1 · exp(½ log σ²), 0 at the end
+        log_small = var.clamp(min=1e-300).log()
+        for i in torch.nonzero(prev < 0).flatten().tolist():  # β̃ = 0 there: the value of the step landing on t
+            lands = torch.nonzero(prev == t[i]).flatten()
+            log_small[i] = log_small[int(lands[0])] if lands.numel() else beta[i].log()
+        rows[:, int(LV_MIN)], rows[:, int(LV_MAX)] = log_small, beta.log()
+        var = torch.ones_like(beta)
+    var[prev < 0] = 0.0
     rows[:, int(SQRT_AB)] = a_t.sqrt()
     rows[:, int(SQRT_1M_AB)] = (1.0 - a_t).sqrt()
     rows[:, int(X0_X)] = a_t.rsqrt()

@@ -12,12 +12,16 @@ from fastddpm import reference as R
 OPS = [fused, R]
 
 
-def _inputs(shape, dtype, device, channels_last, seed=0):
+def _inputs(shape, dtype, device, channels_last, seed=0, learned=False):
     # x_t at the scale of a mid-schedule sample; ε̂ like a model's output. Scale 2 makes
-    # clipping of x̂_0 active for a good fraction of elements.
+    # clipping of x̂_0 active for a good fraction of elements. learned: the output of a
+    # learned-Σ model, (B, 2C, H, W): ε̂, then v spread over [-1, 1] (ends included).
     x = rand_image(shape, dtype, device, seed + 1, channels_last, scale=2.0)
     eps = rand_image(shape, dtype, device, seed + 2, channels_last)
     z = rand_image(shape, dtype, device, seed + 3, channels_last)
+    if learned:
+        v = rand_image(shape, torch.float32, device, seed + 4, channels_last, scale=1.5).clamp(-1, 1).to(dtype)
+        eps = torch.cat([eps, v], dim=1)
     return x, eps, z
 
 
@@ -27,7 +31,7 @@ def _inputs(shape, dtype, device, channels_last, seed=0):
 @pytest.mark.parametrize("variance", K.VARIANCES)
 @pytest.mark.parametrize("clip", [False, True])
 def test_explicit_noise_matches_reference(impl, device, shape, dtype, channels_last, variance, clip):
-    x, eps, z = _inputs(shape, dtype, device, channels_last)
+    x, eps, z = _inputs(shape, dtype, device, channels_last, learned=variance == "learned")
     t = timesteps(shape[0], SCHEDULE.T, device)
     out = fused.reverse_step(x, eps, t, SCHEDULE, noise=z, variance=variance, clip=clip)
     assert out.dtype == dtype and out.stride() == x.stride()
@@ -68,8 +72,10 @@ def test_short_cosine_schedule_every_timestep(impl, device):
     sched = Schedule.cosine(T=16)
     shape = (16, 3, 5, 6)
     x, eps, z = _inputs(shape, torch.float32, device, False)
+    _, out2c, _ = _inputs(shape, torch.float32, device, False, learned=True)
     t = torch.arange(16, device=device)
     for variance in K.VARIANCES:
+        eps = out2c if variance == "learned" else eps[:, :3]
         for clip in (False, True):
             out = fused.reverse_step(x, eps, t, sched, noise=z, variance=variance, clip=clip)
             torch.testing.assert_close(out, R.reverse_step(x, eps, t, sched, noise=z, variance=variance, clip=clip))

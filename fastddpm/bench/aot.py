@@ -70,11 +70,13 @@ def variants(channels=(3, 4), dtypes=tuple(DTYPES), cl: bool = True) -> list:
                 constexprs=dict(geo, CL_X0=cl, CL_N=cl, CL_O=cl, HAS_NOISE=explicit),
                 reads=(s,) + ((s,) if explicit else ()), writes=(s,)))
             # the Sampler's step: fp32 state in place, the model's ε̂ and its next input in `dt`
-            # (name, draws noise, history slots, stores ε̂, weighs ε̂ directly)
-            for detail, draw, nh, hist_eps, eps_term in (
-                    ("ddpm", True, 0, False, False), ("ddim", False, 0, False, True), ("dpm++2m", False, 1, False, False),
-                    ("sde-dpm++2m", True, 1, False, False), ("dpm++3m", False, 2, False, False),
-                    ("sde-dpm++3m", True, 2, False, False), ("unipc-3", False, 3, False, False), ("ipndm-4", False, 3, True, True)):
+            # (name, draws noise, history slots, stores ε̂, weighs ε̂ directly, learned Σ: reads v from a 2C output)
+            for detail, draw, nh, hist_eps, eps_term, learned in (
+                    ("ddpm", True, 0, False, False, False), ("ddim", False, 0, False, True, False),
+                    ("dpm++2m", False, 1, False, False, False), ("sde-dpm++2m", True, 1, False, False, False),
+                    ("dpm++3m", False, 2, False, False, False), ("sde-dpm++3m", True, 2, False, False, False),
+                    ("unipc-3", False, 3, False, False, False), ("ipndm-4", False, 3, True, True, False),
+                    ("ddpm-learned", True, 0, False, False, True)):
                 has_h = nh > 0
                 if explicit and draw and has_h:
                     continue  # the SDE solver's explicit-noise form adds nothing the others do not show
@@ -90,8 +92,9 @@ def variants(channels=(3, 4), dtypes=tuple(DTYPES), cl: bool = True) -> list:
                         constexprs=dict(geo, CL_X=cl, CL_E=cl, CL_EU=cl, CL_Z=cl, CL_H=cl, CL_O=cl, CL_OH=cl, CL_L=cl,
                                         CLIP=False, DRAW=draw and not explicit, HAS_NOISE=explicit, NH=nh, HIST_EPS=hist_eps,
                                         HAS_LOWP=dt != "float32", CHECK=True, ROW_IS_T=False,
-                                        EPS_TERM=eps_term, GUIDED=guided),
-                        reads=(4, s) + ((s,) if guided else ()) + ((4,) if explicit else ()) + (4,) * nh,
+                                        EPS_TERM=eps_term, GUIDED=guided, LEARNED=learned, CE=2 * C if learned else C),
+                        reads=(4, s) + ((s,) if learned else ()) + ((s,) if guided else ()) + ((4,) if explicit else ())
+                        + (4,) * nh,
                         writes=(4,) + ((s,) if dt != "float32" else ()) + ((4,) if has_h else ())))
             for kernel, backward in (("loss_fwd", False), ("loss_bwd", True)):
                 # the ε target, and (drawn noise) the v target, which also reads x_0

@@ -20,8 +20,10 @@ USER = "given"
 @dataclass(frozen=True)
 class Conventions:
     prediction: str = "epsilon"  # "epsilon", "v" or "sample"
-    variance: str = "large"  # ddpm's σ: "large" (β), "small" (posterior), "none"
+    variance: str = "large"  # ddpm's σ: "large" (β), "small" (posterior), "none"; "learned" (a learned-Σ model's own)
+    learned_sigma: bool = False  # the model outputs 2C channels, ε̂ (or v, x_0) then v ∈ [−1, 1] (Nichol & Dhariwal 2021)
     clip: bool = False  # clamp x̂_0 to [-1, 1] (ddpm, ddim)
+    clipped_eps: bool = False  # ddim with clip: ε re-derived from the clipped x̂_0 (OpenAI's ddim_sample always does)
     spacing: str = "trailing"  # timestep spacing; "karras" / "logsnr": a multistep solver's σ grid (Karras; uniform λ)
     offset: int = 0  # diffusers' steps_offset (leading spacing)
     # a multistep solver's own options, as the model's scheduler config sets them; they apply when the
@@ -33,7 +35,7 @@ class Conventions:
     disable_corrector: tuple = ()
     sources: dict = field(default_factory=dict)  # key -> where its value came from; absent: fastddpm's default
 
-    def resolve(self, method="ddpm", steps=None, *, spacing=None, eta=0.0, variance=None, clip=None, clipped_eps=False,
+    def resolve(self, method="ddpm", steps=None, *, spacing=None, eta=0.0, variance=None, clip=None, clipped_eps=None,
                 prediction=None, offset=None, guidance=None, guidance_interval=None, order=None, solver_type=None,
                 corrector=None, disable_corrector=None, lower_order_final=None) -> tuple:
         """(Method, used): each None takes the model's value; `used` maps every convention to
@@ -41,6 +43,14 @@ class Conventions:
         ddpm and ddim), a Karras or logSNR grid and a solver's options only to the solvers
         they are for, as a diffusers pipeline with its scheduler swapped would."""
         used = {}
+        if self.learned_sigma:
+            if variance is not None and variance != "learned":
+                raise ValueError(f"variance: this model learns its variance (learned Σ: its output's second half, from "
+                                 f"{self.sources.get('learned_sigma', 'its conventions')}), so it takes no variance option; "
+                                 f"got {variance!r} (leave it unset, or 'learned')")
+        elif variance == "learned":
+            raise ValueError("variance: 'learned' samples with the model's own variance, and this model has none (it outputs "
+                             "one prediction, not a prediction and a variance): use large, small or none")
 
         def pick(key, given, applies=True, fallback=None, record=True):
             if given is not None:
@@ -59,10 +69,11 @@ class Conventions:
         family = "unipc" if method == "unipc" else "dpm++" if method in SOLVERS and method.startswith(("dpm++", "sde-dpm++")) else None
         mine = family is not None and family == self.solver_of  # the scheduler config's own solver
         kept = dict(record=self.solver_of is not None)  # a model without solver options records none
+        clip = pick("clip", clip, method in ("ddpm", "ddim"), False)
         m = Method(method, steps, spacing, eta,
                    pick("variance", variance, method == "ddpm", "large"),
-                   pick("clip", clip, method in ("ddpm", "ddim"), False),
-                   clipped_eps,
+                   clip,
+                   pick("clipped_eps", clipped_eps, method == "ddim" and clip, False, record=self.clipped_eps),
                    pick("prediction", prediction),
                    pick("offset", offset, spacing == "leading", 0),
                    guidance, guidance_interval,  # the sampler's choice, not a convention of the model
@@ -72,6 +83,8 @@ class Conventions:
                    disable_corrector=pick("disable_corrector", disable_corrector, mine and method == "unipc", (), **kept),
                    lower_order_final=pick("lower_order_final", lower_order_final,
                                           mine and method in ("unipc", "dpm++3m", "sde-dpm++3m"), None, **kept))
+        if self.learned_sigma:
+            used["learned_sigma"] = (True, self.sources.get("learned_sigma", DEFAULT))
         return m, used
 
 

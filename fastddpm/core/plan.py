@@ -52,7 +52,7 @@ class Method:
     steps: int = None  # number of model evaluations; None: T for ddpm, DEFAULT_STEPS otherwise
     spacing: str = "trailing"
     eta: float = 0.0  # ddim: 0 deterministic, 1 the ancestral variance
-    variance: str = "large"  # ddpm: "large" (β'), "small" (posterior), "none"
+    variance: str = "large"  # ddpm: "large" (β'), "small" (posterior), "none", "learned" (a learned-Σ model's range)
     clip: bool = False  # ddpm, ddim: clamp x̂_0 to [-1, 1]
     clipped_eps: bool = False  # ddim with clip: recompute ε from the clipped x̂_0 (diffusers' use_clipped_model_output)
     prediction: str = "epsilon"  # what the model predicts: "epsilon", "v" or "sample" (x_0); diffusers' names accepted

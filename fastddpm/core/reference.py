@@ -25,6 +25,7 @@ import math
 import torch
 
 from .. import kernels as K
+from . import conventions
 from .outputs import checked_output, num_classes, seed_tensor
 from .plan import Plan
 from .schedule import Schedule
@@ -99,10 +100,11 @@ def predictions(x, out, t, schedule, prediction="epsilon") -> tuple:
     return out, (x - al * out) / sg                             # x_0-prediction: ε from x_t = α x_0 + σ ε
 
 
-def ddpm_step(x, eps_hat, t, s, schedule, z, variance="large", clip=False, prediction="epsilon") -> torch.Tensor:
+def ddpm_step(x, eps_hat, t, s, schedule, z, variance="large", clip=False, prediction="epsilon", v=None) -> torch.Tensor:
     """One step t -> s of the (respaced) DDPM chain (Ho et al.; Nichol & Dhariwal's
     respacing: the chain's own β' = 1 - a_t/a_s). s = t - 1 is the ancestral step.
-    eps_hat is the model's output: ε̂, or v or x̂_0 as `prediction` says."""
+    eps_hat is the model's output: ε̂, or v or x̂_0 as `prediction` says. variance="learned":
+    v is the model's variance half (learned_variance)."""
     if variance not in K.VARIANCES:
         raise ValueError(f"variance: expected one of {K.VARIANCES}, got {variance!r}")
     a_t, a_s = _at(schedule, t, x), _at(schedule, s, x)
@@ -121,9 +123,32 @@ def ddpm_step(x, eps_hat, t, s, schedule, z, variance="large", clip=False, predi
         # the mean from ε̂ directly                              (Ho et al. eq. 11)
         mean = (x - _lo(beta / (1 - a_t).sqrt(), x) * eps_hat) / _lo((1 - beta).sqrt(), x)
     # σ: large √β', small the posterior's √(β'(1 - a_s)/(1 - a_t)), none 0; 0 into the end
-    sigma = {"large": beta.sqrt(), "small": (beta * (1 - a_s) / (1 - a_t)).sqrt(), "none": torch.zeros_like(beta)}[variance]
+    if variance == "learned":
+        if v is None:
+            raise ValueError("v: variance='learned' needs the model's variance half")
+        sigma = learned_variance(v, t, s, schedule).sqrt()
+    else:
+        sigma = {"large": beta.sqrt(), "small": (beta * (1 - a_s) / (1 - a_t)).sqrt(), "none": torch.zeros_like(beta)}[variance]
     sigma = torch.where(s.to(x.device).view(-1, 1, 1, 1) < 0, torch.zeros_like(sigma), sigma)
     return mean + _lo(sigma, x) * z                           # (Ho et al. Algorithm 2)
+
+
+def learned_variance(v, t, s, schedule, above=None) -> torch.Tensor:
+    """The step t -> s's variance from the model's v ∈ [−1, 1] (Nichol & Dhariwal 2021, eq. 15):
+    Σ = exp(f log β' + (1 − f) log β̃), f = (v + 1)/2, β' = 1 − a_t/a_s, β̃ = β' (1 − a_s)/(1 − a_t).
+    Into the end (s = −1) β̃ = 0; OpenAI clips its log to that of the step into t, from the
+    chain's timestep above t (`above`, per sample): without it the variance there is 0 (it is
+    only reported: that step adds no noise). In v's dtype, at least float32."""
+    f = (v.to(torch.promote_types(v.dtype, torch.float32)) + 1) / 2
+    a_t, a_s = _at(schedule, t, f), _at(schedule, s, f)
+    beta = 1 - a_t / a_s
+    small = beta * (1 - a_s) / (1 - a_t)
+    end = s.to(f.device).view(-1, 1, 1, 1) < 0
+    if above is not None:  # log β̃ of the step above -> t, OpenAI's posterior_log_variance_clipped[0]
+        a_u = _at(schedule, above, f)
+        small = torch.where(end, (1 - a_u / a_t) * (1 - a_t) / (1 - a_u), small)
+    var = torch.exp(f * _lo(beta.log(), f) + (1 - f) * _lo(small.clamp(min=1e-300).log(), f))
+    return var if above is not None else torch.where(end, torch.zeros_like(var), var)
 
 
 def ddim_step(x, eps_hat, t, s, schedule, z, eta=0.0, clip=False, clipped_eps=False, prediction="epsilon") -> tuple:
@@ -165,10 +190,18 @@ def dpm_solver_step(x, x0, t, s, schedule, z=None, x0_prev=None, t_prev=None) ->
 
 
 def reverse_step(x, eps_hat, t, schedule: Schedule, *, seeds=None, noise=None, variance="large", clip=False) -> torch.Tensor:
-    """One ancestral step x_t -> x_{t-1} with ε-prediction: ddpm_step to t - 1."""
+    """One ancestral step x_t -> x_{t-1} with ε-prediction: ddpm_step to t - 1. variance="learned":
+    eps_hat is a learned-Σ model's whole output (B, 2C, H, W), ε̂ then v."""
     _check(schedule, t)
     z = _noise(noise, seeds, t, K.STREAM_REVERSE, x)
-    return ddpm_step(x, eps_hat, t, t.long() - 1, schedule, z, variance, clip)
+    v = None
+    if variance == "learned":
+        C = x.shape[1]
+        if eps_hat.shape[1] != 2 * C:
+            raise ValueError(f"eps_hat: variance='learned' takes the model's whole output, {2 * C} channels (ε̂, then v), "
+                             f"got {eps_hat.shape[1]}")
+        eps_hat, v = eps_hat[:, :C], eps_hat[:, C:]
+    return ddpm_step(x, eps_hat, t, t.long() - 1, schedule, z, variance, clip, v=v)
 
 
 def eps_mse_loss(eps_hat, t, *, seeds=None, noise=None, weights=None, reduction="mean") -> torch.Tensor:
@@ -331,9 +364,10 @@ class MultistepSolver:
         return x_s - al[i + 1].item() * B_h * corr
 
 
-def sampler_step(x, eps_hat, k, plan: Plan, *, seeds=None, noise=None, h=None) -> tuple:
+def sampler_step(x, eps_hat, k, plan: Plan, *, seeds=None, noise=None, h=None, v=None) -> tuple:
     """Step k (per sample, (B,) int) of `plan`: x_{t_k} -> x_{prev_k}. Returns (x_s, x̂_0)
-    for a multistep plan, (x_s, None) otherwise. The noise (stochastic plans only) is
+    for a multistep plan, (x_s, None) otherwise. v: a learned-variance model's variance half
+    (needed by a ddpm plan with variance="learned", ignored by the others). The noise (stochastic plans only) is
     addressed by (seed, STREAM_REVERSE, t_k). DPM-Solver++(3M), UniPC and iPNDM carry more
     state than one x̂_0: their reference is `sample` (MultistepSolver)."""
     if not isinstance(plan, Plan):
@@ -349,7 +383,7 @@ def sampler_step(x, eps_hat, k, plan: Plan, *, seeds=None, noise=None, h=None) -
     # z: the addressed draw when some step of the plan adds noise (σ = 0 steps ignore it)
     z = _noise(noise, seeds, t, K.STREAM_REVERSE, x) if plan.stochastic else torch.zeros_like(x)
     if m.name == "ddpm":
-        return ddpm_step(x, eps_hat, t, s, plan.schedule, z, m.variance, m.clip, m.prediction), None
+        return ddpm_step(x, eps_hat, t, s, plan.schedule, z, m.variance, m.clip, m.prediction, v), None
     if m.name == "ddim":
         return ddim_step(x, eps_hat, t, s, plan.schedule, z, m.eta, m.clip, m.clipped_eps, m.prediction)[0], None
     grid = _StepGrid(plan)  # the solver's steps k -> k + 1 (-1: the end) on the plan's ᾱ² grid
@@ -370,7 +404,9 @@ def sample(model, schedule: Schedule, seeds: torch.Tensor, shape: tuple, method=
     method/options: as fastddpm.Sampler (steps, spacing, eta, variance, clip, clipped_eps,
     prediction, guidance, guidance_interval). labels: (B,) classes of a class-conditional model;
     a guided step calls it twice, with the labels and with the null label (num_classes), and
-    takes m_u + w (m_c − m_u) (Ho & Salimans 2022, eq. 6).
+    takes m_u + w (m_c − m_u) (Ho & Salimans 2022, eq. 6). A learned-variance model (its
+    conventions' learned_sigma) returns (B, 2C, H, W): the first C channels are its prediction
+    (guided: combined as above), the last C its v, the conditional call's when guided.
     Same seeds contract as the Sampler: image k starts from the prior addressed by
     (seeds[k], STREAM_PRIOR, 0) and the step from t adds z addressed by
     (seeds[k], STREAM_REVERSE, t). stop_after: only the first n steps (returns that state).
@@ -390,21 +426,27 @@ def sample(model, schedule: Schedule, seeds: torch.Tensor, shape: tuple, method=
         raise ValueError("labels: a class-conditional model needs them, an unconditional one takes none")
     null = None if n is None else torch.full((B,), n, dtype=torch.int64, device=dev)
     w = plan.method.guide_weights(list(plan.timesteps))
+    learned = conventions.of(model).learned_sigma
+    out_shape = (B, 2 * shape[0], *shape[1:]) if learned else x.shape
+    C = shape[0]
+    v = None
     for i in range(plan.K if stop_after is None else stop_after):
         k = torch.full((B,), i, dtype=torch.int64, device=dev)
         t = torch.full((B,), plan.timesteps[i], dtype=torch.int64, device=dev)
         if n is None:
-            eps_hat = checked_output(model(x, t), x).to(dtype)
+            eps_hat = checked_output(model(x, t), out_shape).to(dtype)
         elif w[i] == 1.0:
-            eps_hat = checked_output(model(x, t, labels), x).to(dtype)
+            eps_hat = checked_output(model(x, t, labels), out_shape).to(dtype)
         else:  # classifier-free guidance: ε̂ = ε̂(x, ∅) + w (ε̂(x, c) − ε̂(x, ∅))      (Ho & Salimans 2022, eq. 6)
-            cond = checked_output(model(x, t, labels), x).to(dtype)
-            uncond = checked_output(model(x, t, null), x).to(dtype)
-            eps_hat = uncond + w[i] * (cond - uncond)
+            cond = checked_output(model(x, t, labels), out_shape).to(dtype)
+            uncond = checked_output(model(x, t, null), out_shape).to(dtype)
+            eps_hat = torch.cat([uncond[:, :C] + w[i] * (cond[:, :C] - uncond[:, :C]), cond[:, C:]], dim=1)
+        if learned:  # the prediction, and the variance half (Nichol & Dhariwal: v ∈ [−1, 1])
+            eps_hat, v = eps_hat[:, :C], eps_hat[:, C:]
         if solver is not None:
             z = _noise(None, seeds, t, K.STREAM_REVERSE, x) if plan.stochastic else None
             x = solver.step(i, x, eps_hat, z)
             continue
-        x, x0 = sampler_step(x, eps_hat, k, plan, seeds=seeds if plan.stochastic else None, h=h)
+        x, x0 = sampler_step(x, eps_hat, k, plan, seeds=seeds if plan.stochastic else None, h=h, v=v)
         h = x0
     return x

@@ -98,6 +98,13 @@ def _from_diffusers(folder: Path):
         raise ValueError(f"model: {folder} is not a loadable diffusers UNet2DModel folder ({type(e).__name__}: {e})") from e
     net = UNet.from_diffusers(theirs).eval()
     sched_cfg = folder / "scheduler" / "scheduler_config.json"
+    legacy = folder / "scheduler_config.json"  # the hub's older DDPM folders: a root-level config, alone or beside scheduler/
+    if legacy.exists():
+        if sched_cfg.exists() and _read_json(legacy) != _read_json(sched_cfg):
+            raise ValueError(f"model: {folder} has two scheduler configs that disagree, scheduler/scheduler_config.json and "
+                             f"a legacy scheduler_config.json at the root; fastddpm will not pick one: remove the stale one")
+        if not sched_cfg.exists():
+            sched_cfg = legacy
     schedule, net.conventions = Schedule.linear(), Conventions()
     if sched_cfg.exists():
         try:
@@ -107,15 +114,29 @@ def _from_diffusers(folder: Path):
         if not isinstance(c, dict):
             raise ValueError(f"model: {sched_cfg} holds a {type(c).__name__}, expected a JSON object")
         schedule, net.conventions = read_scheduler_config(c, str(sched_cfg.relative_to(folder)))
+    C = net.config.in_channels
+    want = 2 * C if net.conventions.learned_sigma else C
+    if net.config.out_channels != want:
+        raise ValueError(f"model: {folder}'s UNet has out_channels={net.config.out_channels} and in_channels={C}, but its "
+                         f"scheduler config {'learns' if net.conventions.learned_sigma else 'does not learn'} the variance, "
+                         f"which needs out_channels={want}")
     sd = {k: v for k, v in net.state_dict().items()}
     return net, schedule, {"source": str(folder), "kind": "diffusers", "step": None, "hash": weights_hash(sd),
                            "conventions": net.conventions}
 
 
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"model: {path} is not readable JSON ({type(e).__name__}: {e})") from e
+
+
 # What each diffusers scheduler-config key means to fastddpm. A key is honoured (read into the
 # schedule or the conventions), accepted because its value changes nothing here, or refused by
 # name; a key not in this table is refused too, never ignored.
-VARIANCE_TYPES = {"fixed_small": "small", "fixed_small_log": "small", "fixed_large": "large", "fixed_large_log": "large"}
+VARIANCE_TYPES = {"fixed_small": "small", "fixed_small_log": "small", "fixed_large": "large", "fixed_large_log": "large",
+                  "learned_range": "learned"}  # learned_range: the model's second half, Nichol & Dhariwal's v
 NEUTRAL = {  # key: the values at which it changes nothing fastddpm does (or a test of the value)
     "_class_name": lambda v: isinstance(v, str), "_diffusers_version": lambda v: True,  # diffusers metadata
     "_use_default_values": lambda v: True, "_name_or_path": lambda v: True,
@@ -131,7 +152,7 @@ NEUTRAL = {  # key: the values at which it changes nothing fastddpm does (or a t
     "final_sigmas_type": lambda v: v == "zero", "lambda_min_clipped": lambda v: v is None or v == float("-inf"),
 }
 HONOURED = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "rescale_betas_zero_snr",
-            "prediction_type", "variance_type", "clip_sample", "clip_sample_range", "timestep_spacing", "steps_offset",
+            "prediction_type", "predict_epsilon", "variance_type", "clip_sample", "clip_sample_range", "timestep_spacing", "steps_offset",
             "use_karras_sigmas", "use_lu_lambdas", "solver_order", "solver_type", "lower_order_final", "disable_corrector")
 SOLVER_CLASSES = {"UniPCMultistepScheduler": "unipc", "DPMSolverMultistepScheduler": "dpm++"}  # whose solver options are read
 
@@ -193,11 +214,24 @@ def read_scheduler_config(c: dict, where: str = "scheduler_config.json") -> tupl
             take("prediction", "prediction_type", K.prediction_name(c["prediction_type"]))
         except ValueError:
             refuse("prediction_type", "expected epsilon, v_prediction or sample")
+    if "predict_epsilon" in c:  # diffusers before 0.13: True an ε model, False an x₀ model (prediction_type's ancestor)
+        if not isinstance(c["predict_epsilon"], bool):
+            refuse("predict_epsilon", "expected true or false")
+        implied = "epsilon" if c["predict_epsilon"] else "sample"
+        if "prediction_type" in c and "prediction_type" not in defaulted and conv.get("prediction") != implied:
+            refuse("predict_epsilon", f"contradicts prediction_type={c['prediction_type']!r} beside it")
+        if "prediction_type" not in c or "prediction_type" in defaulted:
+            take("prediction", "predict_epsilon", implied)
     if c.get("variance_type") is not None:
+        if c["variance_type"] == "learned":
+            refuse("variance_type", "diffusers reads 'learned' as the variance itself and OpenAI's LEARNED as its log: "
+                                    "the two disagree, no published DDPM checkpoint uses it, and fastddpm will not guess "
+                                    "(learned_range, OpenAI's and diffusers' shared meaning, is honoured)")
         if c["variance_type"] not in VARIANCE_TYPES:
-            refuse("variance_type", f"expected one of {sorted(VARIANCE_TYPES)} (a learned variance needs the model's "
-                                    f"second output, which fastddpm does not sample with)")
+            refuse("variance_type", f"expected one of {sorted(VARIANCE_TYPES)}")
         take("variance", "variance_type", VARIANCE_TYPES[c["variance_type"]])
+        if VARIANCE_TYPES[c["variance_type"]] == "learned":
+            take("learned_sigma", "variance_type", True)
     if "clip_sample" in c:
         take("clip", "clip_sample", bool(c["clip_sample"]))
     if conv.get("clip") and c.get("clip_sample_range", 1.0) != 1.0:
@@ -263,11 +297,18 @@ def _solver_options(c: dict, take, refuse) -> None:
         take("lower_order_final", "lower_order_final", c["lower_order_final"])
 
 
-def load_model(spec):
-    """(UNet in eval mode, Schedule, info) from a run folder, a checkpoint file, a diffusers
-    folder or the name of a shipped model; a clear error when there is nothing usable. The
-    model carries its conventions (`net.conventions`, also `info["conventions"]`): what it
-    predicts, its variance, clipping and timestep spacing, each with where it was read."""
+def load_model(spec, flags=None):
+    """(network in eval mode, Schedule, info) from a run folder, a checkpoint file, a diffusers
+    folder, the name of a shipped model, or an OpenAI guided-diffusion / improved-diffusion
+    `.pt` (its UNetModel's state dict: `flags` are the checkpoint's MODEL_FLAGS and
+    DIFFUSION_FLAGS as OpenAI's README gives them, or a preset's name; None: the preset of the
+    file's name, as published, e.g. 64x64_diffusion.pt). A clear error when there is nothing
+    usable. The model carries its conventions (`net.conventions`, also `info["conventions"]`):
+    what it predicts, its variance (learned, for learned-Σ models), clipping and timestep
+    spacing, each with where it was read."""
+    if flags is not None and not (isinstance(spec, (str, os.PathLike)) and Path(spec).suffix in TORCH_SUFFIXES):
+        raise ValueError(f"flags: OpenAI's flags describe a guided-diffusion / improved-diffusion .pt checkpoint; "
+                         f"{spec!r} is not one (a fastddpm or diffusers model carries its own configuration)")
     if not isinstance(spec, (str, os.PathLike)):
         raise TypeError(f"model: expected a path (a run folder, a checkpoint, a diffusers folder) or a shipped model's "
                         f"name ({', '.join(shipped()) or 'none'}), got {type(spec).__name__}")
@@ -279,6 +320,8 @@ def load_model(spec):
         raise ValueError(f"model: {spec} is neither a file, a folder, nor a shipped model ({', '.join(shipped()) or 'none'})")
     if path.is_file() and path.suffix == ".safetensors" and path.with_suffix(".json").is_file():
         net, schedule, info = _from_shipped(path, str(path))  # a shipped model's weights, its card beside them
+    elif path.is_file() and path.suffix in TORCH_SUFFIXES:
+        net, schedule, info = _from_torch_file(path, flags)
     elif path.is_file():
         tensors, meta = ckpt.read(path)
         net, schedule, info = _from_checkpoint(path, tensors, meta)
@@ -294,6 +337,84 @@ def load_model(spec):
         raise ValueError(f"model: {path} has no usable weights (no checkpoints/, no .safetensors checkpoint, "
                          f"no diffusers config.json)")
     return net.eval(), schedule, info
+
+
+TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+def _torch_state(path: Path) -> dict:
+    """A .pt file's contents as data: torch.load(weights_only=True), which unpickles tensors,
+    containers and numbers only, never code; anything else is a clear error."""
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for a pickled object, RuntimeError for a damaged zip, ...
+        raise ValueError(f"model: {path} is not a state dict torch can read as data (weights_only=True refuses "
+                         f"anything but tensors and containers; {type(e).__name__}: {str(e)[:300]})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"model: {path} holds a {type(obj).__name__}, expected a state dict (a dict of tensors)")
+    return obj
+
+
+def _from_torch_file(path: Path, flags):
+    obj = _torch_state(path)
+    if "input_blocks.0.0.weight" in obj:
+        return _from_openai(path, obj, flags)
+    if flags is not None:
+        raise ValueError(f"flags: given, but {path} is not an OpenAI UNetModel state dict (it has no input_blocks.0.0.weight)")
+    keys = ", ".join(list(map(str, obj))[:6])
+    raise ValueError(f"model: {path} is neither an OpenAI guided-diffusion / improved-diffusion UNetModel state dict "
+                     f"(input_blocks.*, time_embed.*) nor another format fastddpm reads; its first keys: {keys}")
+
+
+def _from_openai(path: Path, state: dict, flags):
+    from . import adm
+
+    if flags is None:
+        if path.stem not in adm.PRESETS:
+            raise ValueError(f"model: {path.name} is an OpenAI UNetModel checkpoint, and its file name is not one of the "
+                             f"published ones ({', '.join(adm.PRESETS)}): pass its flags (flags=, --model-flags), the "
+                             f"MODEL_FLAGS and DIFFUSION_FLAGS it was trained with, as OpenAI's README writes them")
+        flags, where = path.stem, f"the published {path.stem}.pt's flags (OpenAI's README)"
+    else:
+        where = f"the preset {flags}" if isinstance(flags, str) and flags in adm.PRESETS else "the flags given"
+    f = adm.parse_flags(flags)
+    if f["timestep_respacing"]:
+        raise ValueError(f"flags: --timestep_respacing {f['timestep_respacing']} is a sampling choice, not the model's: "
+                         f"pass --method / --steps / --spacing (OpenAI's 'ddimN' is method ddim, spacing leading)")
+    cfg = adm.config_from_flags(f)
+    net = adm.ADM(cfg)
+    _load_strict(net, state, path)
+    schedule = Schedule.from_betas(adm.betas(f["noise_schedule"], f["diffusion_steps"]))
+    learned = f["learn_sigma"]
+    src = {k: f"{path.name}: {where}" for k in ("prediction", "variance", "learned_sigma")}
+    src["clip"] = "OpenAI's image_sample.py default (clip_denoised=True)"
+    src["clipped_eps"] = "OpenAI's ddim_sample (ε re-derived from the clipped x̂_0)"
+    conv = Conventions(prediction="sample" if f["predict_xstart"] else "epsilon",
+                       variance="learned" if learned else ("small" if f.get("sigma_small") else "large"),
+                       learned_sigma=learned, clip=True, clipped_eps=True, sources=src)
+    net.conventions = conv
+    canon = json.dumps({k: v for k, v in sorted(f.items()) if k not in adm.TRAINING_ONLY}, sort_keys=True)
+    digest = hashlib.sha256((weights_hash(net.state_dict()) + canon).encode()).hexdigest()[:16]
+    return net, schedule, {"source": str(path), "kind": "openai", "step": None, "hash": digest, "conventions": conv,
+                           "flags": {k: v for k, v in sorted(f.items())}}
+
+
+def _load_strict(net, state: dict, path: Path) -> None:
+    """state into net, or a ValueError naming the first key or shape that differs (flags that do not fit the file)."""
+    mine = net.state_dict()
+    for key, value in mine.items():
+        if key not in state:
+            raise ValueError(f"model: {path} does not fit these flags: the network has {key} {tuple(value.shape)}, the "
+                             f"file has no such key (check --model-flags against the checkpoint's)")
+        if not isinstance(state[key], torch.Tensor) or state[key].shape != value.shape:
+            got = tuple(state[key].shape) if isinstance(state[key], torch.Tensor) else type(state[key]).__name__
+            raise ValueError(f"model: {path} does not fit these flags: {key} is {got} in the file, {tuple(value.shape)} "
+                             f"in the network they describe (check --model-flags against the checkpoint's)")
+    extra = [k for k in state if k not in mine]
+    if extra:
+        raise ValueError(f"model: {path} does not fit these flags: the file has {extra[0]}"
+                         f"{'' if len(extra) == 1 else f' (and {len(extra) - 1} more)'}, which the network they describe lacks")
+    net.load_state_dict({k: v.to(mine[k].dtype) for k, v in state.items()}, strict=True)
 
 
 def export(run, name: str, command: str = "", out=SHIPPED, notes: str = "") -> Path:
@@ -341,6 +462,10 @@ def export_diffusers(model, out) -> Path:
     except ImportError as e:
         raise ImportError("export-diffusers needs diffusers installed (pip install diffusers)") from e
     net, schedule, info = load_model(model)
+    if not isinstance(net, UNet):
+        raise ValueError(f"model: {info['source']} is an OpenAI ADM network ({info['kind']}), which diffusers' UNet2DModel "
+                         f"cannot hold (scale-shift norm, resampling residual blocks, its attention layout), and its "
+                         f"learned variance has no DDPMPipeline counterpart here: nothing is written")
     if net.config.num_classes:
         raise ValueError("model: a class-conditional model: diffusers' DDPMPipeline samples without class labels")
     conv = info["conventions"]

@@ -178,18 +178,19 @@ def _solver_options(m) -> dict:
 
 
 def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm", steps: int = None, spacing: str = None,
-             eta: float = 0.0, variance: str = None, clip: bool = None, clipped_eps: bool = False, prediction: str = None,
+             eta: float = 0.0, variance: str = None, clip: bool = None, clipped_eps: bool = None, prediction: str = None,
              labels=None, guidance: float = None, guidance_interval=None, order: int = None, solver_type: str = None,
              corrector: bool = None, disable_corrector=None, lower_order_final: bool = None, shard: int = 1000,
              format: str = "npz", batch: int = 1024, device=None, dtype=None, compile=None, eval: str = None,
-             progress: bool = True, rank: int = None, world: int = None) -> dict:
+             progress: bool = True, rank: int = None, world: int = None, model_flags=None) -> dict:
     """Generate images into `out` (see the module's docstring); returns the manifest (or,
     while other processes still hold shards, what this one knows of it). spacing, variance,
     clip and prediction left None take the model's conventions (load_model); the manifest
     records the value of each and where it came from. A class-conditional model: labels is an
     int (every image), a sequence (one an image) or None (image of seed s gets class s mod N:
     balanced, and the same wherever the image is drawn); guidance / guidance_interval as the
-    Sampler's."""
+    Sampler's. model_flags: an OpenAI .pt checkpoint's flags (load_model's flags=), recorded
+    in the manifest."""
     # ---- every argument, the model and the device checked before any file is written
     if out is None:
         raise ValueError("out: expected a folder for the shards")
@@ -202,7 +203,7 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
     rank, world = _rank_world(rank, world)
     dev = _device(device)
     ckpt.check_can_create(out, "out")  # created only once the model and the method are checked too
-    net, schedule, info = load_model(model)
+    net, schedule, info = load_model(model, flags=model_flags)
     m, used = conventions.of(net).resolve(method, steps, spacing=spacing, eta=eta, variance=variance, clip=clip,
                                           clipped_eps=clipped_eps, prediction=prediction, guidance=guidance,
                                           guidance_interval=guidance_interval, order=order, solver_type=solver_type,
@@ -223,7 +224,8 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
 
     micro = micro_batch(min(shard, len(seeds)), batch)  # a full shard's; a short last shard's is its own
     config = {
-        "model": info["source"], "model_hash": info["hash"], "schedule": {"T": schedule.T, "betas_sha256":
+        "model": info["source"], "model_hash": info["hash"], **({"model_flags": info["flags"]} if "flags" in info else {}),
+        "schedule": {"T": schedule.T, "betas_sha256":
                   hashlib.sha256(schedule.betas.numpy().tobytes()).hexdigest()[:16]},
         "method": {"name": m.name, "steps": m.steps, "spacing": m.spacing, "eta": m.eta, "variance": m.variance, "clip": m.clip,
                    "clipped_eps": m.clipped_eps, "prediction": m.prediction, "offset": m.offset, "guidance": m.guidance,

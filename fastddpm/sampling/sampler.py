@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .. import kernels as K
-from ..core.outputs import checked_output, image_shape, label_tensor, num_classes, seed_tensor
+from ..core.outputs import checked_output, config_get, image_shape, label_tensor, num_classes, seed_tensor
 from ..core import conventions
 from ..core.plan import Plan
 from ..core.schedule import Schedule
@@ -73,9 +73,12 @@ class Sampler:
                    unipc: steps i whose successor is left uncorrected (diffusers'). lower_order_final:
                    dpm++3m and unipc: lower orders in the last steps (default True, diffusers').
     eta:           ddim only: 0 deterministic, 1 the ancestral variance.
-    variance:      ddpm only: "large" (σ² = β', the default), "small" (the posterior), "none".
+    variance:      ddpm only: "large" (σ² = β', the default), "small" (the posterior), "none"; a
+                   learned-Σ model (conventions.learned_sigma: its output is 2C channels, the
+                   prediction and v) samples ddpm with its own ("learned", the only choice), the
+                   other methods with the prediction half alone.
     clip:          ddpm/ddim: clamp the predicted x̂_0 to [-1, 1] (default off).
-    clipped_eps:   ddim with clip: recompute ε from the clipped x̂_0.
+    clipped_eps:   ddim with clip: recompute ε from the clipped x̂_0 (default: the model's, else off).
     prediction:    what the model predicts: "epsilon" (default), "v" or "sample" (x_0);
                    diffusers' "v_prediction" accepted. The same fused step serves all three.
     guidance:      classifier-free guidance weight w for a class-conditional model (Ho &
@@ -109,7 +112,7 @@ class Sampler:
         eta: float = 0.0,
         variance: Optional[str] = None,
         clip: Optional[bool] = None,
-        clipped_eps: bool = False,
+        clipped_eps: bool = None,
         prediction: Optional[str] = None,
         guidance: Optional[float] = None,
         guidance_interval: Optional[tuple] = None,
@@ -136,10 +139,15 @@ class Sampler:
                                                             disable_corrector=disable_corrector,
                                                             lower_order_final=lower_order_final)
         self.plan = Plan.build(schedule, m)
+        self.learned_sigma = conventions.of(model).learned_sigma  # its output: 2C channels, the prediction then v
         self.num_classes = num_classes(model)  # None: unconditional
         if guidance is not None and self.num_classes is None:
             raise ValueError("guidance: classifier-free guidance needs a class-conditional model (num_classes); this one "
                              "is unconditional")
+        if guidance is not None and config_get(model, "null_label") is False:
+            raise ValueError("guidance: classifier-free guidance needs the model's unconditional output (a null label), and "
+                             "this class-conditional model was trained without one (OpenAI's ADM: guided by a classifier, "
+                             "not by itself); sample it conditionally, guidance=None")
         self.kinds = self.plan.kinds  # "guided" (one 2B call), "null" (w = 0: B images, the null label) or "plain"
         self.schedule = self.plan.schedule
         self.shape = image_shape(model, shape)
@@ -191,20 +199,22 @@ class Sampler:
     def _step(self, b: _Buffers, kind: str = "plain") -> None:
         t = self.timesteps[b.k]
         eps_u = None
+        m, C, H, W = b.x.shape
+        out = (m, 2 * C, H, W) if self.learned_sigma else b.x.shape  # a learned-Σ model: ε̂ (or v, x_0), then its v
         if kind == "guided":  # one model call on 2B: (x, labels) and (x, null); the kernel combines the halves
-            m = b.x.shape[0]
-            both = checked_output(self.model(torch.cat([b.x_in, b.x_in]), torch.cat([t, t]), b.both), (2 * m, *b.x.shape[1:]))
+            both = checked_output(self.model(torch.cat([b.x_in, b.x_in]), torch.cat([t, t]), b.both), (2 * m, *out[1:]))
             eps, eps_u = self._dense(both[:m]), self._dense(both[m:])
         elif kind == "null":  # w = 0: m(x, ∅) exactly (ε̂_u + 0·(ε̂_c − ε̂_u)), without the conditional half
-            eps = self._dense(checked_output(self.model(b.x_in, t, b.null), b.x))
+            eps = self._dense(checked_output(self.model(b.x_in, t, b.null), out))
         elif self.num_classes is not None:
-            eps = self._dense(checked_output(self.model(b.x_in, t, b.labels), b.x))
+            eps = self._dense(checked_output(self.model(b.x_in, t, b.labels), out))
         else:
-            eps = self._dense(checked_output(self.model(b.x_in, t), b.x))
+            eps = self._dense(checked_output(self.model(b.x_in, t), out))
         K.sampler_step(
             b.x, eps, b.k, self.table, self.timesteps, seeds=b.seeds if self.plan.stochastic else None, h=b.h,
             clip=self.plan.method.clip, eps_term=self.plan.eps_term, out=b.x, out_lowp=None if b.x_in is b.x else b.x_in,
             nonfinite=b.flags, eps_uncond=eps_u, basis=self.plan.basis,
+            learned=(self.plan.method.variance == "learned") if self.learned_sigma else None,
         )
         b.k.add_(1)
 
