@@ -24,7 +24,9 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "pytest-benchmark", "scipy", "diffusers>=0.30", "nvidia-ml-py", "scikit-learn", "matplotlib",
-                 "guided-diffusion-sdk==1.0.0"],  # OpenAI's guided_diffusion: the reference for ADM and learned Σ
+                 # the references for OpenAI's checkpoints (guided_diffusion) and lucidrains' (denoising-diffusion-pytorch,
+                 # installed --no-deps by the README's command: it requires torchvision; these are its other needs)
+                 "guided-diffusion-sdk==1.0.0", "einops", "ema-pytorch", "accelerate"],
         "bench": ["nvidia-ml-py", "pytest-benchmark", "matplotlib", "diffusers>=0.30", "scikit-learn"],
         "digits": ["scikit-learn"],
     },

@@ -340,16 +340,9 @@ def test_a_learned_sigma_model_refuses_a_variance_option_and_guidance_without_a_
         F.Sampler(net, schedule, guidance=2.0, compile=False)
     with pytest.raises(ValueError, match="variance: 'learned' samples with the model's own variance"):
         F.Sampler(F.pretrained.load_model("digits")[0], variance="learned", compile=False)
-    with pytest.raises(ValueError, match="diffusers' UNet2DModel cannot hold"):
-        _export_with_flags(tmp_path)
+    with pytest.raises(ValueError, match="another architecture than diffusers' UNet2DModel"):
+        F.pretrained.export_diffusers(str(tmp_path / "adm.pt"), tmp_path / "exported")
     assert not (tmp_path / "exported").exists()
-
-
-def _export_with_flags(tmp_path):
-    from fastddpm.models import loading
-
-    with mock.patch.object(loading, "load_model", lambda spec: load_model(spec, flags=_tiny_flags())):
-        loading.export_diffusers(str(tmp_path / "adm.pt"), tmp_path / "exported")
 
 
 def test_step_refuses_an_output_flag_and_table_that_disagree():
@@ -410,3 +403,14 @@ def test_older_configs_that_contradict_themselves_are_refused_by_name(tmp_path):
     _folder(tmp_path / "d", {"variance_type": "learned_range"})  # a 1-channel UNet cannot carry a variance half
     with pytest.raises(ValueError, match="out_channels=1 and in_channels=1, but its scheduler config learns the variance"):
         load_model(str(tmp_path / "d"))
+
+
+@pytest.mark.slow
+def test_compiled_sampler_on_a_learned_sigma_adm_equals_eager():
+    # torch.compile(fullgraph) of the step: the ADM network and the learned-variance update traced together
+    kw = OPTIONS["cond-scaleshift-updown-new-headwidth"]
+    net = _learned(ours_of(openai_net(**kw), **kw))
+    seeds, labels = torch.tensor([0, 1]), torch.tensor([2, 3])
+    eager = F.Sampler(net, SCHED, method="ddpm", steps=4, compile=False, progress=False).run(seeds=seeds, labels=labels)
+    compiled = F.Sampler(net, SCHED, method="ddpm", steps=4, compile=True, progress=False).run(seeds=seeds, labels=labels)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)

@@ -65,3 +65,24 @@ def test_graphed_fewer_step_samplers_match_their_reference(net, method, steps, o
     got = Sampler(net, sched, method=method, steps=steps, dtype=torch.float32, progress=False, **options).run(batch=4, seed=0)
     ref = reference.sample(net, sched, torch.arange(4, device="cuda"), SHAPE, method, steps=steps, **options)
     torch.testing.assert_close(got, ref, rtol=1e-3, atol=1e-3)  # TF32 convolutions, as above
+
+
+@pytest.mark.parametrize("method,steps", [("ddpm", 10), ("ddim", 10), ("dpm++2m", 10)])
+def test_graphed_learned_sigma_adm_matches_its_reference(method, steps):
+    # an OpenAI ADM network with learned Σ (2C outputs): the compiled, graphed step reads v in place
+    from fastddpm.core.conventions import Conventions
+    from fastddpm.models.adm import ADM, ADMConfig
+
+    torch.manual_seed(0)
+    adm = ADM(ADMConfig(image_size=32, model_channels=32, out_channels=6, num_res_blocks=1, attention_resolutions=(2,),
+                        channel_mult=(1, 2), num_head_channels=16, use_scale_shift_norm=True, resblock_updown=True))
+    with torch.no_grad():
+        for p in adm.parameters():
+            p.normal_(0, 0.05)
+    adm = adm.cuda().eval()
+    adm.conventions = Conventions(variance="learned", learned_sigma=True, clip=True, clipped_eps=True)
+    sched = Schedule.linear()
+    got = Sampler(adm, sched, method=method, steps=steps, dtype=torch.float32, progress=False).run(batch=4, seed=0)
+    ref = reference.sample(adm, sched, torch.arange(4, device="cuda"), SHAPE, method, steps=steps, clip=method != "dpm++2m",
+                           **({"variance": "learned"} if method == "ddpm" else {"clipped_eps": True} if method == "ddim" else {}))
+    torch.testing.assert_close(got, ref, rtol=1e-3, atol=1e-3)  # TF32 convolutions, as above

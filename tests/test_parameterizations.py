@@ -235,7 +235,7 @@ def test_every_scheduler_key_is_honoured_or_refused():
 
 
 @pytest.mark.parametrize("key, value", [
-    ("variance_type", "learned_range"), ("variance_type", "learned"), ("thresholding", True), ("use_exponential_sigmas", True),
+    ("variance_type", "learned"), ("thresholding", True), ("use_exponential_sigmas", True),
     ("solver_order", 3), ("algorithm_type", "dpmsolver"), ("set_alpha_to_one", False), ("prediction_type", "flow_prediction"),
     ("beta_schedule", "sigmoid"), ("timestep_spacing", "uniform"), ("no_such_key", 1), ("final_sigmas_type", "sigma_min"),
 ])

@@ -42,7 +42,7 @@ def test_table_columns_against_the_schedule():
     s = Schedule.linear(T=50)
     c = {name: int(getattr(tables, name))
          for name in ("SQRT_AB", "SQRT_1M_AB", "X0_X", "X0_EPS", "C_X0", "C_X", "C_EPS", "C_H1", "SIGMA", "GUIDE", "C_H2",
-                      "C_H3", "E_X", "E_M")}
+                      "C_H3", "E_X", "E_M", "LV_MIN", "LV_MAX")}
     assert sorted(c.values()) == list(range(tables.NCOEF))  # every column named once
     for variance in ("large", "small", "none"):
         tab = s.table(variance).double()
@@ -64,6 +64,15 @@ def test_table_columns_against_the_schedule():
         sigma = {"large": s.beta[t], "small": s.beta[t] * s.beta_bar[t - 1] / s.beta_bar[t], "none": 0 * s.beta[t]}
         torch.testing.assert_close(tab[1:, c["SIGMA"]], sigma[variance], **close)
         assert tab[0, c["SIGMA"]].item() == 0.0  # no noise at the last reverse step
+        assert (tab[:, c["LV_MIN"]] == 0).all() and (tab[:, c["LV_MAX"]] == 0).all()  # no learned range
+    # learned Σ (Nichol & Dhariwal eq. 15): log β_t and the clipped log β̃_t, σ's own weight 1 (0 at the end)
+    tab = s.table("learned").double()
+    t = torch.arange(1, 50)
+    post = s.beta**2 * torch.cat([torch.zeros(1, dtype=torch.float64), s.beta_bar[:-1] ** 2]) / s.beta_bar**2
+    torch.testing.assert_close(tab[:, c["LV_MAX"]], (s.beta**2).log(), rtol=2e-7, atol=1e-6)
+    torch.testing.assert_close(tab[1:, c["LV_MIN"]], post[t].log(), rtol=2e-7, atol=1e-6)
+    assert tab[0, c["LV_MIN"]].item() == pytest.approx(post[1].log().item(), rel=1e-6)  # OpenAI's clip: β̃_0 := β̃_1
+    assert (tab[1:, c["SIGMA"]] == 1).all() and tab[0, c["SIGMA"]].item() == 0.0
     assert s.table("small") is s.table("small")  # cached
 
 

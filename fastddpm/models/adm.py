@@ -313,6 +313,25 @@ def _bool(name, v):
     raise ValueError(f"flags: --{name} expects a boolean (True/False), got {v!r}")
 
 
+def flag_pairs(flags: str) -> dict:
+    """'--name value --other=value' -> {name: value, other: value} (strings), as a shell splits them."""
+    words = shlex.split(flags)
+    given, i = {}, 0
+    while i < len(words):
+        w = words[i]
+        if not w.startswith("--"):
+            raise ValueError(f"flags: expected '--name value' pairs (OpenAI's MODEL_FLAGS), got {w!r}")
+        name, eq, value = w[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(words):
+                raise ValueError(f"flags: --{name} has no value")
+            value = words[i + 1]
+            i += 1
+        given[name] = value
+        i += 1
+    return given
+
+
 def parse_flags(flags) -> dict:
     """OpenAI's script flags ('--image_size 64 --learn_sigma True ...', as their README's
     MODEL_FLAGS and DIFFUSION_FLAGS; or a dict of them; or a preset's name) -> every flag's
@@ -321,21 +340,7 @@ def parse_flags(flags) -> dict:
     if isinstance(flags, str) and flags in PRESETS:
         flags = PRESETS[flags]
     if isinstance(flags, str):
-        words = shlex.split(flags)
-        given = {}
-        i = 0
-        while i < len(words):
-            w = words[i]
-            if not w.startswith("--"):
-                raise ValueError(f"flags: expected '--name value' pairs (OpenAI's MODEL_FLAGS), got {w!r}")
-            name, eq, value = w[2:].partition("=")
-            if not eq:
-                if i + 1 >= len(words):
-                    raise ValueError(f"flags: --{name} has no value")
-                value = words[i + 1]
-                i += 1
-            given[name] = value
-            i += 1
+        given = flag_pairs(flags)
     elif isinstance(flags, dict):
         given = dict(flags)
     else:

@@ -14,6 +14,7 @@ import hashlib
 import inspect
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -359,6 +360,8 @@ def _from_torch_file(path: Path, flags):
     obj = _torch_state(path)
     if "input_blocks.0.0.weight" in obj:
         return _from_openai(path, obj, flags)
+    if "ema" in obj and "model" in obj and "step" in obj:  # denoising-diffusion-pytorch's Trainer.save
+        return _from_lucidrains(path, obj, flags)
     if flags is not None:
         raise ValueError(f"flags: given, but {path} is not an OpenAI UNetModel state dict (it has no input_blocks.0.0.weight)")
     keys = ", ".join(list(map(str, obj))[:6])
@@ -397,6 +400,70 @@ def _from_openai(path: Path, state: dict, flags):
     digest = hashlib.sha256((weights_hash(net.state_dict()) + canon).encode()).hexdigest()[:16]
     return net, schedule, {"source": str(path), "kind": "openai", "step": None, "hash": digest, "conventions": conv,
                            "flags": {k: v for k, v in sorted(f.items())}}
+
+
+LUCID_FLAGS = {"image_size": int, "objective": str, "sinusoidal_pos_emb_theta": float, "auto_normalize": bool}
+LUCID_OBJECTIVES = {"pred_noise": "epsilon", "pred_v": "v", "pred_x0": "sample"}
+
+
+def _from_lucidrains(path: Path, obj: dict, flags):
+    """A denoising-diffusion-pytorch Trainer's model-N.pt: the EMA Unet (ema_model.model.*), the
+    schedule from the file's own betas buffer (its sigmoid schedule is not diffusers'), and what
+    the file does not record from flags: --image_size (required), --objective (default: the
+    version's default), --sinusoidal_pos_emb_theta (10000), --auto_normalize (True)."""
+    from . import adm
+    from .lucidrains import LucidConfig, LucidUnet
+
+    version = str(obj.get("version", ""))
+    major = re.match(r"(\d+)\.", version)
+    if major is None or int(major.group(1)) < 2:
+        raise ValueError(f"model: {path} was written by denoising-diffusion-pytorch {version or '(no version recorded)'}; "
+                         f"fastddpm reads the 2.x Trainer's files (its Unet with RMSNorm blocks and memory key/values, "
+                         f"checked against 2.3.4)")
+    ema = obj["ema"]
+    if not isinstance(ema, dict) or not any(str(k).startswith("ema_model.model.") for k in ema):
+        raise ValueError(f"model: {path} has no EMA weights (ema_model.model.*) in its 'ema' entry")
+    given = adm.flag_pairs(flags) if isinstance(flags, str) else dict(flags or {})
+    for name, value in list(given.items()):
+        if name not in LUCID_FLAGS:
+            raise ValueError(f"flags: --{name} is not read from a denoising-diffusion-pytorch file (known: "
+                             f"{', '.join(LUCID_FLAGS)}: what the file does not record)")
+        kind = LUCID_FLAGS[name]
+        if isinstance(value, str) and kind is not str:
+            try:
+                given[name] = adm._bool(name, value) if kind is bool else kind(value)
+            except ValueError:
+                raise ValueError(f"flags: --{name} expects a {kind.__name__}, got {value!r}") from None
+    if "image_size" not in given:
+        raise ValueError(f"flags: {path} does not record its image size (GaussianDiffusion's image_size): pass "
+                         f"--model-flags '--image_size N'")
+    if given.get("auto_normalize", True) is not True:
+        raise ValueError("flags: --auto_normalize False: the model's data range is then whatever the run fed it, which "
+                         "the file does not say; fastddpm samples in [-1, 1] (auto_normalize True, the default)")
+    objective = given.get("objective", "pred_v")
+    if objective not in LUCID_OBJECTIVES:
+        raise ValueError(f"flags: --objective expects one of {sorted(LUCID_OBJECTIVES)}, got {objective!r}")
+    unet = {k[len("ema_model.model."):]: v for k, v in ema.items() if str(k).startswith("ema_model.model.")}
+    betas = ema.get("ema_model.betas")
+    if not isinstance(betas, torch.Tensor):
+        raise ValueError(f"model: {path} has no ema_model.betas buffer to read its schedule from")
+    cfg = LucidConfig.infer(unet, theta=given.get("sinusoidal_pos_emb_theta", 10000.0), image_size=given["image_size"])
+    net = LucidUnet(cfg)
+    _load_strict(net, unet, path)
+    schedule = Schedule.from_betas(betas.to(torch.float64))
+    where = (f"{path.name}: --objective given" if "objective" in given else
+             f"denoising-diffusion-pytorch {version}'s default objective (pred_v): the file does not record it, pass "
+             f"--prediction (or --model-flags '--objective ...') if the run set another")
+    src = {"prediction": where, "variance": "denoising-diffusion-pytorch's p_sample (the posterior variance)",
+           "clip": "denoising-diffusion-pytorch's p_sample and ddim_sample (x̂_0 clamped)",
+           "clipped_eps": "denoising-diffusion-pytorch's ddim_sample (rederive_pred_noise)"}
+    conv = Conventions(prediction=LUCID_OBJECTIVES[objective], variance="small", clip=True, clipped_eps=True, sources=src)
+    net.conventions = conv
+    record = {"version": version, "step": obj.get("step"), **given, "objective": objective}
+    canon = json.dumps({k: v for k, v in sorted(record.items()) if k != "step"}, sort_keys=True, default=str)
+    digest = hashlib.sha256((weights_hash(net.state_dict()) + canon).encode()).hexdigest()[:16]
+    return net, schedule, {"source": str(path), "kind": "denoising-diffusion-pytorch", "step": obj.get("step"), "hash": digest,
+                           "conventions": conv, "flags": record}
 
 
 def _load_strict(net, state: dict, path: Path) -> None:
@@ -461,11 +528,15 @@ def export_diffusers(model, out) -> Path:
         import diffusers
     except ImportError as e:
         raise ImportError("export-diffusers needs diffusers installed (pip install diffusers)") from e
+    if isinstance(model, (str, os.PathLike)) and Path(model).suffix in TORCH_SUFFIXES:
+        raise ValueError(f"model: {model} is an OpenAI or denoising-diffusion-pytorch checkpoint, another architecture "
+                         f"than diffusers' UNet2DModel (OpenAI's scale-shift norm, resampling residual blocks and attention "
+                         f"layout; lucidrains' RMSNorm blocks and memory key/values): nothing is written")
     net, schedule, info = load_model(model)
     if not isinstance(net, UNet):
-        raise ValueError(f"model: {info['source']} is an OpenAI ADM network ({info['kind']}), which diffusers' UNet2DModel "
-                         f"cannot hold (scale-shift norm, resampling residual blocks, its attention layout), and its "
-                         f"learned variance has no DDPMPipeline counterpart here: nothing is written")
+        raise ValueError(f"model: {info['source']} is a {info['kind']} network, which diffusers' UNet2DModel cannot hold "
+                         f"(another architecture: OpenAI's scale-shift norm, resampling residual blocks and attention "
+                         f"layout, or lucidrains' RMSNorm blocks and memory key/values): nothing is written")
     if net.config.num_classes:
         raise ValueError("model: a class-conditional model: diffusers' DDPMPipeline samples without class labels")
     conv = info["conventions"]
