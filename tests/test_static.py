@@ -86,5 +86,5 @@ def test_i64_stream_words_compile():
         "vs = [v for v in a.variants(channels=(3,), dtypes=('float32',)) if v.noise == 'drawn']\n"
         "print(sum(len(a.compile_variant(v, 90, stream_i64=True).asm['cubin']) > 0 for v in vs))"
     )
-    # q_sample, the ddpm, SDE-DPM-2M and SDE-DPM-3M steps (plain and guided), both losses for ε and v, randn
-    assert int(_run(code)) == 12
+    # q_sample, the ddpm, learned-Σ ddpm, SDE-DPM-2M and SDE-DPM-3M steps (plain and guided), both losses for ε and v, randn
+    assert int(_run(code)) == 14

@@ -1,11 +1,14 @@
-"""fastddpm.metrics: sample quality measured offline, in the features of a classifier trained here.
+"""fastddpm.metrics: sample quality measured offline, in the features of a classifier trained here
+or in the FID Inception.
 
     from fastddpm.metrics import evaluate
     report = evaluate(images_uint8, data="fashion-mnist")   # FD, KID, precision/recall/density/coverage
+    report = evaluate(images_uint8, data="fashion-mnist", features="inception")   # Inception FID and KID
 
-These numbers compare samplers, models and settings *with each other*, on the same data and
-the same feature network (its hash is in every report). They are not Inception FID and
-not comparable with published FID figures.
+In the shipped networks' features the numbers compare samplers, models and settings *with each
+other*, on the same data and network (its hash is in every report), not with published FID.
+features="inception" is the field's FID network (fastddpm.metrics.inception: found offline, in
+pytorch-fid's conventions); `reference=` then also takes published statistics (mu, sigma .npz).
 """
 
 import os
@@ -15,10 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import features, stats
+from . import features, inception, stats
+from . import features as _features  # (evaluate's features= argument shadows the module name)
 from .stats import PRDC, Moments, frechet, frechet_moments, kid, prdc
 
-__all__ = ["PRDC", "Moments", "evaluate", "features", "frechet", "frechet_moments", "kid", "prdc", "reference_features", "stats"]
+__all__ = ["FEATURES", "PRDC", "Moments", "evaluate", "features", "inception", "frechet", "frechet_moments", "kid", "prdc",
+           "reference_features", "stats"]
+
+FEATURES = ("shipped", "inception")  # the data set's own small network, or the FID Inception
 
 CACHE = Path(os.environ.get("FASTDDPM_CACHE", Path.home() / ".cache" / "fastddpm")) / "metrics"
 
@@ -46,14 +53,47 @@ def check_batch(x: torch.Tensor, data: str, what: str = "samples") -> torch.Tens
     return x.float().div(127.5).sub(1.0)
 
 
+def check_images(x, what: str = "samples") -> torch.Tensor:
+    """uint8 images for the Inception (a tensor or NumPy array: N, C, H, W or N, H, W, C with C 1
+    or 3, or N, H, W) -> (N, C, H, W) uint8; anything else is a clear error."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8:
+        raise ValueError(f"{what}: expected uint8 images with values 0..255, got "
+                         f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__} (for samples in [-1, 1] use "
+                         f"fastddpm.to_uint8 first)")
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    if x.dim() == 4 and x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
+        x = x.permute(0, 3, 1, 2)
+    if x.dim() != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"{what}: the Inception takes grey or RGB images (N, 1 or 3, H, W), got shape {tuple(x.shape)}")
+    return x
+
+
+def _check_features(name) -> str:
+    if name not in FEATURES:
+        raise ValueError(f"features: expected one of {FEATURES} (the data set's shipped network, or the FID Inception), "
+                         f"got {name!r}")
+    return name
+
+
 class FeatureStream:
     """Features of image batches, accumulated: streaming float64 moments (for the Fréchet
-    distance) and the feature vectors themselves (small: for KID and precision/recall)."""
+    distance) and the feature vectors themselves (small: for KID and precision/recall).
+    features="inception": the FID Inception's pool3 (2048) instead of the data set's network."""
 
-    def __init__(self, data: str, net=None):
+    def __init__(self, data: str, net=None, features_kind: str = "shipped"):
         self.data = data
-        self.net = net if net is not None else features.load(data)
-        self.moments = Moments(features.CONFIGS[data].features)
+        self.kind = _check_features(features_kind)
+        if self.kind == "inception":
+            from . import inception
+
+            self.net = net if net is not None else inception.load()
+            self.moments = Moments(inception.DIM)
+        else:
+            self.net = net if net is not None else features.load(data)
+            self.moments = Moments(features.CONFIGS[data].features)
         self.feats = []
         self.radii = {}  # k -> the k-NN radii of these features (a reference set's, cached)
 
@@ -66,21 +106,36 @@ class FeatureStream:
         return self
 
     def add_uint8(self, x: torch.Tensor, what: str = "samples") -> "FeatureStream":
+        if self.kind == "inception":
+            from . import inception
+
+            f = inception.features(self.net, check_images(x, what))
+            self.moments.add(f)
+            self.feats.append(f)
+            return self
         return self.add(check_batch(x, self.data, what))
 
     def all(self) -> torch.Tensor:
         return torch.cat(self.feats) if self.feats else torch.zeros(0, self.moments.sum.numel(), dtype=torch.float64)
 
 
-def reference_features(data: str, split: str = "test", cache=CACHE) -> FeatureStream:
-    """The real split's features, computed once and cached (keyed by the feature network's hash)."""
+def reference_features(data: str, split: str = "test", cache=CACHE, features_kind: str = "shipped") -> FeatureStream:
+    """The real split's features, computed once and cached (keyed by the feature network's hash;
+    the Inception's: its file and the conventions)."""
     from safetensors.torch import load_file, save_file
 
     from ..io import data as datasets
+    from ..io.images import to_uint8
 
-    net = features.load(data)
-    path = Path(cache) / f"{data}-{split}-{features.network_hash(data)}.safetensors"
-    s = FeatureStream(data, net)
+    if _check_features(features_kind) == "inception":
+        from . import inception
+
+        net = inception.load()
+        path = Path(cache) / f"{data}-{split}-inception-{inception.network_hash(net)}.safetensors"
+    else:
+        net = features.load(data)
+        path = Path(cache) / f"{data}-{split}-{features.network_hash(data)}.safetensors"
+    s = FeatureStream(data, net, features_kind)
     if path.exists():
         try:
             d = load_file(str(path))
@@ -91,9 +146,13 @@ def reference_features(data: str, split: str = "test", cache=CACHE) -> FeatureSt
         except Exception as e:  # a damaged cache (truncated, garbled, another format): derived data, made again
             sys.stderr.write(f"metrics: the cache {path} is damaged ({type(e).__name__}); computing it again\n")
             path.unlink(missing_ok=True)
-            s = FeatureStream(data, net)
+            s = FeatureStream(data, net, features_kind)
     images, _ = datasets.labelled(data, split)
-    s.add(images)
+    if features_kind == "inception":  # the real images as uint8, as samples reach it (to_uint8)
+        for i in range(0, len(images), 500):
+            s.add_uint8(to_uint8(images[i : i + 500]), "reference")
+    else:
+        s.add(images)
     s.radii = {K_NEIGHBOURS: stats._kth_neighbour_radius(s.all(), K_NEIGHBOURS)}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp-{os.getpid()}")
@@ -135,24 +194,51 @@ def compare(samples: FeatureStream, ref: FeatureStream, kid_subsets: int = 100, 
     return out
 
 
-def evaluate(images, data: str, split: str = "test", cache=CACHE, labels=None, **options) -> dict:
+def evaluate(images, data: str = None, split: str = "test", cache=CACHE, labels=None, features: str = "shipped",
+             reference=None, **options) -> dict:
     """Quality of uint8 `images` (a tensor, or an iterable of tensors: streamed) against the
-    real `split` of `data`, in the shipped feature network's features. labels: the classes
-    a class-conditional model was asked for, one an image in order: adds class accuracy (the
-    feature network's classifier recovering them) and the mean per-class Fréchet distance."""
+    real `split` of `data`, in the shipped feature network's features, or (features="inception")
+    the FID Inception's: then FID and KID (and precision/recall). reference: a statistics file
+    (mu, sigma: pytorch-fid's and TTUR's .npz) instead of `data`: the Fréchet distance alone,
+    Inception only. labels: the classes a class-conditional model was asked for, one an image in
+    order: adds class accuracy (the feature network's classifier recovering them) and the mean
+    per-class Fréchet distance (the shipped networks only: the Inception knows none of these classes)."""
+    kind = _check_features(features)
     check_options(**options)
-    s = FeatureStream(data)
+    stats_ref = None
+    if reference is not None:
+        from . import inception
+
+        if kind != "inception":
+            raise ValueError("reference: a statistics file (mu, sigma) is the FID Inception's: pass features='inception'")
+        stats_ref = inception.read_stats(reference)  # read and checked before any image
+    elif data not in _features.CONFIGS:
+        raise ValueError(f"data: expected one of {sorted(_features.CONFIGS)} (or reference= a statistics file), "
+                         f"got {data!r}")
+    s = FeatureStream(data, None, kind) if kind == "inception" else FeatureStream(data)
     for batch in ([images] if isinstance(images, (torch.Tensor, np.ndarray)) else images):  # an array is one batch
         s.add_uint8(batch)
     if s.moments.n == 0:
         raise ValueError("samples: no images to evaluate")
-    labels = _checked_labels(labels, s.moments.n, features.CONFIGS[data].classes)
+    if kind == "inception":
+        from . import inception
+
+        if stats_ref is not None:
+            stats.check_count(s.moments.n, inception.DIM)
+            mu, cov = s.moments.mean_cov()
+            out = dict(samples=s.moments.n, reference=str(reference), fd=frechet(mu, cov, *stats_ref))
+        else:
+            out = compare(s, reference_features(data, split, cache, "inception"), **options)
+        out.update(data=data, split=split if stats_ref is None else None, features="inception",
+                   feature_network=inception.network_hash(s.net), conventions=inception.CONVENTIONS)
+        return out
+    labels = _checked_labels(labels, s.moments.n, _features.CONFIGS[data].classes)
     ref = reference_features(data, split, cache)
     out = compare(s, ref, **options)
     if labels is not None:
         out.update(per_class(s, ref, labels, data, split))
-    out.update(data=data, split=split, feature_network=features.network_hash(data),
-               feature_network_accuracy=features.card(data).get("test_accuracy"))
+    out.update(data=data, split=split, features="shipped", feature_network=_features.network_hash(data),
+               feature_network_accuracy=_features.card(data).get("test_accuracy"))
     return out
 
 
@@ -191,6 +277,16 @@ def per_class(samples: FeatureStream, ref: FeatureStream, labels: torch.Tensor, 
 def print_report(r: dict, out=None) -> None:
     """A report of `evaluate` as a short table (stdout by default)."""
     out = out or sys.stdout
+    if r.get("features") == "inception":
+        against = (f"{r['reference']} real {r['data']} images ({r['split']} split)" if r.get("split") else
+                   f"the statistics in {r['reference']}")
+        out.write(f"{r['samples']} samples against {against}, in the FID Inception ({r['feature_network']}; "
+                  f"{r['conventions']})\n  FID               {r['fd']:.4f}\n")
+        if "kid" in r:
+            out.write(f"  KID               {r['kid']:.5f} ± {r['kid_std']:.5f}\n  precision         {r['precision']:.3f}\n"
+                      f"  recall            {r['recall']:.3f}\n  density           {r['density']:.3f}\n"
+                      f"  coverage          {r['coverage']:.3f}\n")
+        return
     out.write(f"{r['samples']} samples against {r['reference']} real {r['data']} images ({r['split']} split), "
               f"in the features of network {r['feature_network']} (test accuracy {r['feature_network_accuracy']})\n")
     out.write(f"  Fréchet distance  {r['fd']:.4f}\n  KID               {r['kid']:.5f} ± {r['kid_std']:.5f}\n"

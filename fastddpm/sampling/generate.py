@@ -146,12 +146,20 @@ def _image_labels(labels, seeds: list, n) -> tuple:
     return out, (int(labels) if one else out)
 
 
-def _check_eval(data: str, shape) -> None:
-    """--eval DATA: a known data set whose feature network takes images of this shape."""
-    from ..metrics import features
+def _check_eval(data: str, shape, kind: str = "shipped") -> None:
+    """--eval DATA: a known data set whose feature network takes images of this shape (the
+    Inception: any size, grey or RGB, and its weights on this machine)."""
+    from ..metrics import FEATURES, features, inception
 
     if data not in features.CONFIGS:
         raise ValueError(f"eval: expected one of {sorted(features.CONFIGS)}, got {data!r}")
+    if kind not in FEATURES:
+        raise ValueError(f"eval_features: expected one of {FEATURES}, got {kind!r}")
+    if kind == "inception":
+        if shape[0] not in (1, 3):
+            raise ValueError(f"eval: the Inception takes grey or RGB images; this model makes {shape[0]} channels")
+        inception.find()
+        return
     size = features.CONFIGS[data].image_size
     if tuple(shape) != (1, size, size):
         raise ValueError(f"eval: {data}'s feature network takes 1x{size}x{size} images; this model makes "
@@ -182,7 +190,8 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
              labels=None, guidance: float = None, guidance_interval=None, order: int = None, solver_type: str = None,
              corrector: bool = None, disable_corrector=None, lower_order_final: bool = None, shard: int = 1000,
              format: str = "npz", batch: int = 1024, device=None, dtype=None, compile=None, eval: str = None,
-             progress: bool = True, rank: int = None, world: int = None, model_flags=None) -> dict:
+             progress: bool = True, rank: int = None, world: int = None, model_flags=None,
+             eval_features: str = "shipped") -> dict:
     """Generate images into `out` (see the module's docstring); returns the manifest (or,
     while other processes still hold shards, what this one knows of it). spacing, variance,
     clip and prediction left None take the model's conventions (load_model); the manifest
@@ -218,7 +227,7 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
                       progress=False)
     image_labels, label_spec = _image_labels(labels, seeds, sampler.num_classes)
     if eval is not None:
-        _check_eval(eval, sampler.shape)
+        _check_eval(eval, sampler.shape, eval_features)
     out = ckpt.check_writable(out, "out")
     removed = remove_stale_temps(out)
 
@@ -299,8 +308,10 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
             from .. import metrics
 
             labels = None if image_labels is None else torch.tensor([v for m in metas for v in m["labels"]])
-            report = metrics.evaluate((torch.from_numpy(shard_images(out, s, format)) for s in metas), eval, labels=labels)
+            report = metrics.evaluate((torch.from_numpy(shard_images(out, s, format)) for s in metas), eval,
+                                      labels=labels if eval_features == "shipped" else None, features=eval_features)
             metrics.print_report(report)
-            (out / f"eval-{eval}-test.json").write_text(json.dumps(report, indent=1) + "\n")
+            suffix = "-inception" if eval_features == "inception" else ""
+            (out / f"eval-{eval}-test{suffix}.json").write_text(json.dumps(report, indent=1) + "\n")
             manifest["eval"] = report
     return manifest
