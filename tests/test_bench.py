@@ -176,6 +176,44 @@ def test_solver_table_names_the_best_row_per_budget_and_whether_it_is_separated(
     assert [c[1] for c in quality.SOLVER_CONFIGS[:4]] == ["ddim"] * 4 and len(quality.SOLVER_CONFIGS) == 7 * 4
 
 
+def test_certify_line_is_the_smallest_budget_within_two_sigma_of_ddpm_1000():
+    from fastddpm.bench import quality
+
+    def row(label, ev, fd, sd, method="ddim", steps=None):
+        return dict(label=label, method=method, steps=steps or ev, evaluations=ev, fd=fd, fd_std=sd)
+
+    ref = row("DDPM 1000 (σ²=β)", 1000, 5.0, 0.3, "ddpm", 1000)
+    rows = [row("real", 0, 1.0, 0.1, "real"), ref,
+            row("A 5", 5, 7.0, 0.3), row("A 8", 8, 5.7, 0.4), row("A 10", 10, 5.1, 0.3),  # 5.7 - 5.0 = 0.7 <= 2·0.5
+            row("B 5", 5, 9.0, 0.3), row("B 10", 10, 6.0, 0.3),  # never within: (6.0 - 5.0)/0.42 = 2.4σ
+            row("C 5", 5, 4.0, 0.3)]  # below DDPM 1000's FD: certifies too
+    lines = quality.certify(rows)
+    assert lines[0] == "- A: DDPM-1000 quality at 8 evaluations (FD 5.70 ± 0.40 against 5.00 ± 0.30, 125× fewer)"
+    assert lines[1].startswith("- B: not within 2σ of DDPM 1000 (FD 5.00 ± 0.30) at any budget measured (at 10 evaluations, "
+                               "6.00: 2.4σ above)")
+    assert lines[2].startswith("- C: DDPM-1000 quality at 5 evaluations")
+    assert quality.certify(rows[2:]) == ["- certify: no DDPM 1000-step row in this table"]
+    md = quality.solver_table([{**r, "kid": 0.0, "kid_std": 0.0, "precision": 1.0, "recall": 1.0, "generate_seconds": 1.0,
+                                "n": 2000, "teacher_rmse": 0.01 if r["method"] == "ddim" else None} for r in rows], "digits", "d")
+    assert "| A 8 | 8 | 8 | 5.70 ± 0.40 | 0.000 ± 0.000 | 1.00 | 1.00 | 0.0100 | - |" in md and lines[0] in md
+    assert "- 1000 steps" not in md  # the row to match is not a budget
+    # Inception FID where affordable: the floor, DDPM 1000, the best row at the largest budget <= 20
+    assert [r["label"] for r in quality.inception_rows(rows)] == ["real", "DDPM 1000 (σ²=β)", "A 10"]
+
+
+def test_teacher_error_falls_with_steps_and_is_none_for_a_stochastic_chain(tmp_path):
+    from fastddpm.bench import quality
+
+    t = quality.Teacher("digits", tmp_path, n=16, steps=200)
+    assert t.x.shape == (16, 1, 8, 8) and 0 <= t.self_rmse < 0.05
+    coarse, fine = t.error("ddim", dict(steps=5)), t.error("ddim", dict(steps=50))
+    assert fine[0] < coarse[0] / 3  # a first-order solver converging on the teacher's ODE
+    assert t.error("unipc", dict(steps=10, order=3))[0] < coarse[0]
+    assert t.error("ddpm", dict(steps=10)) is None and t.error("ddim", dict(steps=10, eta=1.0)) is None
+    again = quality.Teacher("digits", tmp_path, n=16, steps=200)  # cached: read, not recomputed
+    assert torch.equal(again.x, t.x) and again.self_rmse == t.self_rmse
+
+
 def test_guidance_sweep_rows_table_and_plot_on_a_tiny_conditional_model(tmp_path):
     # the --quality --guidance pipeline end to end on a 2-step-trained conditional digits model:
     # labels k mod 10 through generate, class accuracy, per-class FD, the bootstrap spread,

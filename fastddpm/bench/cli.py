@@ -104,11 +104,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--guidance", action="store_true", help="--quality --data fashion-mnist: the classifier-free guidance "
                     "sweep of the shipped class-conditional model (w = 0, 1, 2, 3, 5 and an interval; FD against class accuracy)")
     ap.add_argument("--solvers", action="store_true", help="--quality: the multistep solvers (DPM-Solver++(3M), UniPC, "
-                    "iPNDM) at 5, 6, 8 and 10 steps beside DDIM and DPM-Solver++(2M), 2,000 samples a row (with --guidance: "
-                    "the class-conditional model at w = 2)")
+                    "iPNDM) at 5, 6, 8 and 10 steps beside DDIM and DPM-Solver++(2M) and the DDPM 1000-step row, 2,000 "
+                    "samples a row, each deterministic row's RMSE to the converged ODE, and the certify line (with "
+                    "--guidance: the class-conditional model at w = 2)")
+    ap.add_argument("--inception", action="store_true", help="--quality: Inception FID beside FD on the real floor, the "
+                    "DDPM 1000-step row and the best row of at most 20 evaluations (the FID network found offline)")
     ap.add_argument("--debug", action="store_true", help="a Python stack for every error (also FASTDDPM_DEBUG=1)")
     args = ap.parse_args(argv)
-    for flag in ("data", "train", "guidance", "solvers"):
+    for flag in ("data", "train", "guidance", "solvers", "inception"):
         if getattr(args, flag) not in (None, False) and not args.quality:
             ap.error(f"--{flag}: only with --quality")
     if args.static:
@@ -121,7 +124,12 @@ def main(argv=None) -> dict:
     if args.quality:
         from . import quality
 
-        return quality.main(args.data, out=args.out, train=args.train, guidance=args.guidance, solvers=args.solvers)
+        if args.inception:
+            from ..metrics import inception as fid_inception
+
+            fid_inception.find()  # the network is here, or one line says how to get it, before any sampling
+        return quality.main(args.data, out=args.out, train=args.train, guidance=args.guidance, solvers=args.solvers,
+                            inception=args.inception)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     if any(s not in SECTIONS for s in only):
         ap.error(f"--only: expected a comma list of {SECTIONS}, got {args.only!r}")

@@ -73,6 +73,16 @@ SOLVER_GUIDANCE = 2.0  # fashion-mnist-cond's best w for a deterministic sampler
 # guided, a step is two model evaluations (a 2B batch): the baseline and the best of each family unguided
 GUIDED_SOLVERS = ("DPM-Solver++(2M)", "DPM-Solver++(3M)", "UniPC-3 bh2", "iPNDM-2")
 CLASS_REPORTED = ("class_accuracy", "fd_per_class_mean")
+# The row to match: DDPM with all 1000 steps, SOLVER_SAMPLES images (the same seeds as every row), in a folder
+# shared by every table of the model (bench-results/rows/MODEL/...), written in resumable sittings by generate
+DDPM_1000 = ("DDPM 1000 (σ²=β)", "ddpm", dict(steps=1000, variance="large"))
+SHARED_ROWS = Path("bench-results") / "rows"
+# The converged ODE solution a deterministic chain's output is measured against, per sample, from the same
+# priors (seeds 0 .. TEACHER_SAMPLES-1): UniPC-3 at 500 trailing steps; its own error is bounded by its distance
+# to the same solver at 250 steps (reported beside: the measure's floor)
+TEACHER = ("unipc", dict(order=3), 500)
+TEACHER_SAMPLES = 256
+DETERMINISTIC = ("ddim", "dpm++2m", "dpm++3m", "unipc", "ipndm")  # (ddim with η = 0)
 BOOTSTRAP = 20  # resamples of a row's sample set for the spread of its FD
 DIGITS_RUN = ["--data", "digits"]  # the README's training command, into OUT/model
 
@@ -138,6 +148,119 @@ def fd_spread(images, data: str, rounds: int = BOOTSTRAP, seed: int = 0) -> floa
     return float(torch.tensor(fds).std())
 
 
+def deterministic(method: str, opts: dict) -> bool:
+    """A chain that solves the probability-flow ODE (no noise drawn): its output has a converged counterpart."""
+    return method in DETERMINISTIC and not opts.get("eta")
+
+
+def _rmse(a, b):
+    """Per-sample root-mean-square difference (images in [-1, 1]) -> (mean, std) over the samples."""
+    e = (a.double() - b.double()).pow(2).flatten(1).mean(1).sqrt()
+    return float(e.mean()), float(e.std()) if len(e) > 1 else 0.0
+
+
+class Teacher:
+    """The converged ODE solutions of one model (and guidance) for seeds 0 .. n−1: TEACHER's solver at
+    its steps, cached under OUT (keyed by the model's hash, the guidance and n); `error(method, opts)`
+    is a chain's per-sample RMSE to it from the same priors."""
+
+    def __init__(self, model: str, out: Path, n: int = TEACHER_SAMPLES, guidance=None, steps: int = None):
+        import torch
+        from safetensors.torch import load_file, save_file
+
+        from ..models.loading import load_model
+
+        self.net, self.schedule, info = load_model(model)
+        self.guidance, self.n = guidance, n
+        self.seeds = torch.arange(n)
+        classes = getattr(getattr(self.net, "config", None), "num_classes", None)
+        self.labels = self.seeds % classes if classes else None  # generate's default labels: seed k gets class k mod N
+        method, opts, steps = TEACHER[0], TEACHER[1], steps or TEACHER[2]
+        path = out / f"teacher-{info['hash']}-{method}{steps}-n{n}-w{guidance}.safetensors"
+        if path.exists():
+            d = load_file(str(path))
+            self.x, self.self_rmse = d["x"], float(d["self_rmse"])
+        else:
+            self.x = self.run(method, dict(opts, steps=steps))
+            self.self_rmse = _rmse(self.run(method, dict(opts, steps=steps // 2)), self.x)[0]
+            out.mkdir(parents=True, exist_ok=True)
+            save_file({"x": self.x.contiguous(), "self_rmse": torch.tensor(self.self_rmse, dtype=torch.float64)}, str(path))
+        self.label = f"{method}-{opts.get('order', '')} {steps} steps"
+
+    def run(self, method: str, opts: dict):
+        from ..sampling.sampler import Sampler
+
+        opts = dict(opts)
+        if self.guidance is not None:
+            opts.setdefault("guidance", self.guidance)
+        s = Sampler(self.net, self.schedule, method=method, compile=False, progress=False, **opts)
+        return s.run(seeds=self.seeds, labels=self.labels, max_batch=min(self.n, 512))
+
+    def error(self, method: str, opts: dict):
+        """(mean, std) per-sample RMSE of the chain's output to the converged solution; None for a stochastic chain."""
+        if not deterministic(method, opts):
+            return None
+        return _rmse(self.run(method, opts), self.x)
+
+
+def certify(rows: list) -> list:
+    """For each method in the table, the smallest number of model evaluations whose FD is within 2
+    bootstrap σ of the DDPM 1000-step row's (σ of the difference: both rows' spreads combined), or above
+    it by no more than that (a lower FD certifies too); one line each, in the table's own numbers."""
+    ref = next((r for r in rows if r["method"] == "ddpm" and r.get("steps") == 1000), None)
+    if ref is None:
+        return ["- certify: no DDPM 1000-step row in this table"]
+    lines, families = [], {}
+    for r in rows:
+        if r["method"] in ("real",) or r is ref:
+            continue
+        families.setdefault(r["label"].rsplit(" ", 1)[0], []).append(r)
+    for name, group in families.items():
+        group.sort(key=lambda r: r["evaluations"])
+        hit = next((r for r in group if r["fd"] - ref["fd"] <= 2 * (r["fd_std"] ** 2 + ref["fd_std"] ** 2) ** 0.5), None)
+        if hit is None:
+            worst = group[-1]
+            gap = (worst["fd"] - ref["fd"]) / (worst["fd_std"] ** 2 + ref["fd_std"] ** 2) ** 0.5
+            lines.append(f"- {name}: not within 2σ of DDPM 1000 (FD {ref['fd']:.2f} ± {ref['fd_std']:.2f}) at any budget "
+                         f"measured (at {worst['evaluations']} evaluations, {worst['fd']:.2f}: {gap:.1f}σ above)")
+        else:
+            lines.append(f"- {name}: DDPM-1000 quality at {hit['evaluations']} evaluations (FD {hit['fd']:.2f} ± "
+                         f"{hit['fd_std']:.2f} against {ref['fd']:.2f} ± {ref['fd_std']:.2f}, "
+                         f"{ref['evaluations'] / hit['evaluations']:.0f}× fewer)")
+    return lines
+
+
+def inception_rows(rows: list) -> list:
+    """The rows Inception FID is affordable for (~2.5 min per 1,000 images on this CPU): the real floor,
+    the DDPM 1000-step row, and the lowest-FD row at the largest budget of at most 20 evaluations."""
+    pick = [r for r in rows if r["method"] == "real" or (r["method"] == "ddpm" and r.get("steps") == 1000)]
+    small = [r for r in rows if r["method"] != "real" and 0 < r["evaluations"] <= 20]
+    if small:
+        top = max(r["evaluations"] for r in small)
+        pick.append(min((r for r in small if r["evaluations"] == top), key=lambda r: r["fd"]))
+    return pick
+
+
+def add_inception(rows: list, data: str) -> None:
+    """Inception FID (and KID) beside the shipped network's FD on inception_rows(rows), in place."""
+    from .. import metrics
+    from ..io.data import labelled
+    from ..io.images import to_uint8
+    from ..sampling.generate import shard_images
+
+    for r in inception_rows(rows):
+        if "inception_fid" in r:
+            continue
+        if r["method"] == "real":
+            images = [to_uint8(labelled(data, "train")[0][: r["n"]])]
+        else:
+            folder = Path(r["folder"])
+            m = json.loads((folder / "manifest.json").read_text())
+            images = (shard_images(folder, s, "npz") for s in m["shards"])
+        rep = metrics.evaluate(images, data, kid_subsets=50, features="inception", what=("fd", "kid"))
+        r.update(inception_fid=rep["fd"], inception_kid=rep["kid"], inception_network=rep["feature_network"])
+
+
 def real_row(data: str, n: int, labels: bool = False) -> dict:
     """The floor: n real training images against the same held-out split. What a perfect
     sampler would score with n samples (FD is biased upwards at small n; KID is not). labels:
@@ -156,19 +279,22 @@ def real_row(data: str, n: int, labels: bool = False) -> dict:
 
 
 def measure(model: str, data: str, out: Path, n: int, configs=CONFIGS, batch: int = 1000, progress: bool = True,
-            on_row=None, real: bool = False, labels: bool = False) -> list:
+            on_row=None, real: bool = False, labels: bool = False, teacher: "Teacher" = None, shared=None) -> list:
     """One row a configuration (after the real-data floor, with real); on_row(rows) after each
     (the CLI rewrites its files, so an interrupted run shows what it measured, and a rerun
     reuses the shards already written, and the wall time of the run that wrote them).
     labels: a class-conditional model, sampled with generate's default labels (seed k: class
-    k mod N); each row adds class accuracy and the mean per-class FD."""
+    k mod N); each row adds class accuracy and the mean per-class FD. teacher: each deterministic
+    row adds its per-sample RMSE to the converged ODE solution (Teacher). shared: the folder the
+    DDPM 1000-step row's shards live in, for every table of this model (SHARED_ROWS/MODEL)."""
     from .. import metrics
     from ..io.samples import sample_labels
     from ..sampling.generate import generate, shard_images
 
     rows = [real_row(data, n, labels)] if real else []
     for label, method, opts in configs:
-        folder = out / "samples" / slug(label)
+        to_match = method == "ddpm" and opts.get("steps") == 1000  # the DDPM-1000 row: kept for every table of the model
+        folder = (shared if shared is not None and to_match else out / "samples") / slug(label)
         timing = folder / "generate-seconds.json"  # the wall time of the run that wrote the shards
         manifest = folder / "manifest.json"
         was_complete = manifest.exists() and json.loads(manifest.read_text()).get("complete", False)
@@ -184,6 +310,10 @@ def measure(model: str, data: str, out: Path, n: int, configs=CONFIGS, batch: in
                    **({k: rep[k] for k in CLASS_REPORTED} if labels else {}),
                    fd_std=fd_spread((shard_images(folder, s, "npz") for s in m["shards"]), data),
                    feature_network=rep["feature_network"])
+        row["folder"] = str(folder)
+        if teacher is not None:
+            err = teacher.error(method, opts)
+            row.update(teacher_rmse=None if err is None else err[0], teacher_rmse_std=None if err is None else err[1])
         rows.append(row)
         if on_row is not None:
             on_row(rows)
@@ -195,12 +325,14 @@ def measure(model: str, data: str, out: Path, n: int, configs=CONFIGS, batch: in
 
 
 def table(rows: list, data: str) -> str:
-    lines = [f"| sampler ({data}, {rows[0]['n']} samples) | model evaluations | FD ↓ | KID ↓ | precision ↑ | recall ↑ | wall time (this CPU) |",
-             "|---|---|---|---|---|---|---|"]
+    fid = any("inception_fid" in r for r in rows)  # the column only when some row has it (--inception)
+    lines = [f"| sampler ({data}, {rows[0]['n']} samples) | model evaluations | FD ↓ | KID ↓ | precision ↑ | recall ↑ | "
+             + ("Inception FID ↓ | " if fid else "") + "wall time (this CPU) |", "|---|---|---|---|---|---|---|" + ("---|" if fid else "")]
     for r in rows:
         wall = "-" if r["method"] == "real" else f"{r['generate_seconds']:.0f} s"
+        inc = (("-" if r.get("inception_fid") is None else f"{r['inception_fid']:.2f}") + " | ") if fid else ""
         lines.append(f"| {r['label']} | {r['evaluations'] or '-'} | {r['fd']:.2f} | {r['kid']:.3f} ± {r['kid_std']:.3f} | "
-                     f"{r['precision']:.2f} | {r['recall']:.2f} | {wall} |")
+                     f"{r['precision']:.2f} | {r['recall']:.2f} | {inc}{wall} |")
     return "\n".join(lines) + "\n"
 
 
@@ -251,19 +383,29 @@ def plot(rows: list, path: Path, data: str):
     return _finish(plt, fig, ax, path)
 
 
-def solver_table(rows: list, data: str, model: str) -> str:
-    """The solvers at each budget: FD ± bootstrap σ, and a closing line per budget naming the
-    best row and whether the runner-up is separated from it (FDs more than 2σ apart)."""
+def solver_table(rows: list, data: str, model: str, teacher=None) -> str:
+    """The solvers at each budget: FD ± bootstrap σ, the per-sample RMSE to the converged ODE
+    solution (deterministic rows; `teacher` a Teacher, said under the table), a closing line per
+    budget naming the best row and whether the runner-up is separated from it (FDs more than 2σ
+    apart), and the certify line when the table has a DDPM 1000-step row."""
     real = next(r for r in rows if r["method"] == "real")
     lines = [f"| sampler ({model}, {real['n']} samples) | steps | model evaluations | FD ↓ (± bootstrap σ) | KID ↓ | precision ↑ | "
-             f"recall ↑ | wall time (this CPU) |", "|---|---|---|---|---|---|---|---|"]
+             f"recall ↑ | RMSE to the ODE ↓ | Inception FID ↓ | wall time (this CPU) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         wall = "-" if r["method"] == "real" else f"{r['generate_seconds']:.0f} s"
+        ode = "-" if r.get("teacher_rmse") is None else f"{r['teacher_rmse']:.4f}"
+        fid = "-" if r.get("inception_fid") is None else f"{r['inception_fid']:.2f}"
         lines.append(f"| {r['label']} | {r.get('steps') or '-'} | {r['evaluations'] or '-'} | {r['fd']:.2f} ± {r['fd_std']:.2f} | "
-                     f"{r['kid']:.3f} ± {r['kid_std']:.3f} | {r['precision']:.2f} | {r['recall']:.2f} | {wall} |")
+                     f"{r['kid']:.3f} ± {r['kid_std']:.3f} | {r['precision']:.2f} | {r['recall']:.2f} | {ode} | {fid} | {wall} |")
+    if teacher is not None:
+        lines += ["", f"RMSE to the ODE: each deterministic chain's output against the converged solution from the same "
+                      f"priors (seeds 0..{teacher.n - 1}; {teacher.label}, whose own error is at most its distance to half "
+                      f"as many steps, {teacher.self_rmse:.4f}), per sample in [-1, 1], averaged: a solver's error alone, "
+                      f"whatever the model's quality."]
     lines.append("")
-    for n in sorted({r["steps"] for r in rows if r["method"] != "real"}):
-        at = sorted((r for r in rows if r["method"] != "real" and r["steps"] == n), key=lambda r: r["fd"])
+    budgets = [r for r in rows if r["method"] != "real" and not (r["method"] == "ddpm" and r.get("steps") == 1000)]
+    for n in sorted({r["steps"] for r in budgets}):
+        at = sorted((r for r in budgets if r["steps"] == n), key=lambda r: r["fd"])
         if len(at) < 2:
             continue
         best, second = at[0], at[1]
@@ -271,6 +413,9 @@ def solver_table(rows: list, data: str, model: str) -> str:
         lines.append(f"- {n} steps: best {best['label']} (FD {best['fd']:.2f} ± {best['fd_std']:.2f}); next "
                      f"{second['label']} ({second['fd']:.2f} ± {second['fd_std']:.2f}), "
                      + (f"{gap / sigma:.1f}σ behind: separated" if gap > 2 * sigma else f"within {gap / sigma:.1f}σ: not separated"))
+    if any(r["method"] == "ddpm" and r.get("steps") == 1000 for r in rows):
+        lines += ["", "The certify line (the smallest budget whose FD is within 2 bootstrap σ of DDPM 1000's, or below it):",
+                  *certify(rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -330,7 +475,7 @@ def guided_plot(rows: list, path: Path, data: str):
     return _finish(plt, fig, ax, path)
 
 
-def main(data: str, out=None, train: bool = False, guidance: bool = False, solvers: bool = False) -> dict:
+def main(data: str, out=None, train: bool = False, guidance: bool = False, solvers: bool = False, inception: bool = False) -> dict:
     if data not in SAMPLES:
         raise ValueError(f"data: --quality needs --data {' or '.join(SAMPLES)}, got {data!r}")
     if guidance and data not in GUIDED_MODEL:
@@ -342,11 +487,15 @@ def main(data: str, out=None, train: bool = False, guidance: bool = False, solve
     out = Path(out or f"bench-results/quality-{data}{'-solvers' if solvers else ''}{'-guidance' if guidance else ''}")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    teacher = shared = None
     if solvers:
         model, n = (GUIDED_MODEL[data] if guidance else model_for(data, out, train)), SOLVER_SAMPLES
+        # the row to match first (its shards shared by this model's tables), then the solvers at each budget
         configs = [(label + (f", w={SOLVER_GUIDANCE:g}" if guidance else ""), method,
-                    dict(opts, **({"guidance": SOLVER_GUIDANCE} if guidance else {}))) for label, method, opts in SOLVER_CONFIGS
-                   if not guidance or label.rsplit(" ", 1)[0] in GUIDED_SOLVERS]
+                    dict(opts, **({"guidance": SOLVER_GUIDANCE} if guidance else {}))) for label, method, opts in
+                   [DDPM_1000, *SOLVER_CONFIGS] if not guidance or label == DDPM_1000[0] or label.rsplit(" ", 1)[0] in GUIDED_SOLVERS]
+        shared = SHARED_ROWS / slug(model)
+        teacher = Teacher(model, out, guidance=SOLVER_GUIDANCE if guidance else None)
     elif guidance:
         model, configs, n = GUIDED_MODEL[data], GUIDED_CONFIGS, GUIDED_SAMPLES
     else:
@@ -355,17 +504,22 @@ def main(data: str, out=None, train: bool = False, guidance: bool = False, solve
 
     def write(rows):
         if solvers:
-            md, png = solver_table(rows, data, model), None
+            md, png = solver_table(rows, data, model, teacher), None
         else:
             md = guided_table(rows, data) if guidance else table(rows, data)
             png = (guided_plot if guidance else plot)(rows, out / "quality.png", data)
         (out / "quality.md").write_text(md)
         rep = dict(schema="fastddpm.quality/1", data=data, model=model, samples=n, guidance=guidance, solvers=solvers, rows=rows,
+                   **({"teacher": teacher.label, "teacher_samples": teacher.n, "teacher_self_rmse": teacher.self_rmse}
+                      if teacher is not None else {}),
                    complete=sum(r["method"] != "real" for r in rows) == len(configs), seconds=round(time.perf_counter() - t0, 1))
         (out / "quality.json").write_text(json.dumps(rep, indent=1) + "\n")
         return rep, md, png
 
-    rows = measure(model, data, out, n, configs, on_row=write, real=True, labels=guidance and not solvers)
+    rows = measure(model, data, out, n, configs, on_row=write, real=True, labels=guidance and not solvers, teacher=teacher,
+                   shared=shared)
+    if inception:  # the field's FID beside the feature network's FD, where affordable (inception_rows)
+        add_inception(rows, data)
     rep, md, png = write(rows)
     sys.stdout.write(md + f"\nwrote {out / 'quality.json'}, {out / 'quality.md'}" + (f", {png}" if png else "") + "\n")
     return rep
