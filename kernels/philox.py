@@ -35,8 +35,9 @@ STREAM_REVERSE = 1  # z of a reverse step from timestep t
 STREAM_PRIOR = 2  # x_T ~ N(0, I), the sampler's starting point
 STREAM_TIMESTEP = 3  # the training timesteps: word 0 of counter (k lo, k hi, 0, 3) for sample k
 STREAM_LABEL_DROP = 4  # classifier-free training: word 0 of counter (k lo, k hi, 0, 4) < p 2^32 drops sample k's label
+STREAM_FLIP = 5  # --hflip: bit 0 of word 0 of counter (k lo, k hi, 0, 5) flips sample k's image left-right
 STREAMS = {"noising": STREAM_NOISING, "reverse": STREAM_REVERSE, "prior": STREAM_PRIOR, "timestep": STREAM_TIMESTEP,
-           "label_drop": STREAM_LABEL_DROP}
+           "label_drop": STREAM_LABEL_DROP, "flip": STREAM_FLIP}
 
 # Philox4x32 (Salmon et al. 2011): round multipliers and key increments, shared by the
 # kernels (constexpr) and the torch twin (.value).

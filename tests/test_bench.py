@@ -2,6 +2,7 @@
 that writes valid JSON."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -122,6 +123,12 @@ def test_cpu_run_end_to_end_writes_valid_json(tmp_path, monkeypatch, capsys):
     assert ("ddim", 50) in methods and ("dpm++2m", 10) in methods
     assert [r["impl"] for r in data["train"]] == ["fused", "reference"]
     assert all(r["images_per_s"] > 0 for r in data["train"])
+    fused = data["train"][0]["images_per_s"]
+    assert [r["workers"] for r in data["loader"]] == sorted({0, os.cpu_count()})  # the folder loader, alone
+    for r in data["loader"]:
+        assert r["images_per_s"] > 0 and r["train_step_images_per_s"] == fused
+        assert r["bound"] == ("loader" if r["images_per_s"] < fused else "train step")
+        assert f"loader {r['source']}, {r['workers']} workers" in out
 
 
 @pytest.mark.slow
@@ -195,10 +202,25 @@ def test_certify_line_is_the_smallest_budget_within_two_sigma_of_ddpm_1000():
     assert quality.certify(rows[2:]) == ["- certify: no DDPM 1000-step row in this table"]
     md = quality.solver_table([{**r, "kid": 0.0, "kid_std": 0.0, "precision": 1.0, "recall": 1.0, "generate_seconds": 1.0,
                                 "n": 2000, "teacher_rmse": 0.01 if r["method"] == "ddim" else None} for r in rows], "digits", "d")
-    assert "| A 8 | 8 | 8 | 5.70 ± 0.40 | 0.000 ± 0.000 | 1.00 | 1.00 | 0.0100 | - |" in md and lines[0] in md
+    assert "| A 8 | 8 | 8 | 5.70 ± 0.40 | 0.000 ± 0.000 | 1.00 | 1.00 | 0.0100 | 1 s |" in md and lines[0] in md
+    assert "Inception FID" not in md  # no row has it
+    fid_rows = [{**r, "kid": 0.0, "kid_std": 0.0, "precision": 1.0, "recall": 1.0, "generate_seconds": 1.0, "n": 2000,
+                 "teacher_rmse": None, **({"inception_fid": 12.345} if r["label"] == "A 8" else {})} for r in rows]
+    md = quality.solver_table(fid_rows, "digits", "d")
+    assert "| A 8 | 8 | 8 | 5.70 ± 0.40 | 0.000 ± 0.000 | 1.00 | 1.00 | - | 12.35 | 1 s |" in md
+    assert "| A 10 | 10 | 10 | 5.10 ± 0.30 | 0.000 ± 0.000 | 1.00 | 1.00 | - | - | 1 s |" in md
     assert "- 1000 steps" not in md  # the row to match is not a budget
     # Inception FID where affordable: the floor, DDPM 1000, the best row at the largest budget <= 20
     assert [r["label"] for r in quality.inception_rows(rows)] == ["real", "DDPM 1000 (σ²=β)", "A 10"]
+
+
+def test_inception_on_the_digits_is_refused_before_any_sampling(tmp_path):
+    from fastddpm.bench import quality
+
+    # 360 held-out digits: FID in 2,048 features would be a singular covariance after the whole table's sampling
+    with pytest.raises(ValueError, match="digits's held-out split has 360 images; FID in the Inception's 2048"):
+        quality.main("digits", out=tmp_path / "q", solvers=True, inception=True)
+    assert not (tmp_path / "q").exists()
 
 
 def test_teacher_error_falls_with_steps_and_is_none_for_a_stochastic_chain(tmp_path):

@@ -176,7 +176,7 @@ def test_bad_inception_input_gets_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"mu \(64,\) and sigma \(64, 64\), expected \(2048,\)"):
         main([str(tmp_path / "s.npz"), "--features", "inception", "--reference", str(tmp_path / "small.npz")])
     np.savez(tmp_path / "nostats.npz", images=np.zeros((2, 2)))
-    with pytest.raises(ValueError, match="expected 'mu' and 'sigma'"):
+    with pytest.raises(ValueError, match="holds neither statistics \\(expected 'mu' and 'sigma'\\) nor usable images"):
         main([str(tmp_path / "s.npz"), "--features", "inception", "--reference", str(tmp_path / "nostats.npz")])
     # images the conventions do not cover
     with pytest.raises(ValueError, match="grey or RGB images"):

@@ -27,11 +27,11 @@ from ..core.schedule import Schedule
 from ..models.unet import UNet, UNetConfig
 from ..sampling.sampler import compile_errors_explained
 from .report import NOT_ON_CPU, plot, print_report
-from .suites import TINY_UNET, bench_kernels, bench_sampler, bench_train
+from .suites import TINY_UNET, bench_kernels, bench_loader, bench_sampler, bench_train
 from .timing import NVML, copy_bandwidth, host_load, matmul_rate, sync
 
 SCHEMA = "fastddpm.bench/1"
-SECTIONS = ("kernels", "sampler", "train")
+SECTIONS = ("kernels", "sampler", "train", "loader")
 
 
 def plan(device: torch.device, quick: bool) -> dict:
@@ -151,7 +151,7 @@ def main(argv=None) -> dict:
     load = host_load()
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
     rep = {"schema": SCHEMA, "env": environment(), "device": {"name": name, **nvml.facts()}, "host": load,
-           "kernels": [], "sampler": [], "train": [], "notes": [], "plot": None}
+           "kernels": [], "sampler": [], "train": [], "loader": [], "notes": [], "plot": None}
     unet = UNet(p["unet"])
     rep["config"] = {"unet": "CIFAR-10 (Ho et al.)" if p["unet"] == UNetConfig.cifar10() else "small built-in (CPU)",
                      "unet_params": unet.num_parameters(), "image": f"{p['unet'].in_channels}x{p['unet'].sample_size}x{p['unet'].sample_size}",
@@ -190,6 +190,8 @@ def main(argv=None) -> dict:
             rep["sampler"] = bench_sampler(p, device, sched, rates, nvml)
         if "train" in only:
             rep["train"] = bench_train(p, device, sched)
+        if "loader" in only:
+            rep["loader"] = bench_loader(p, device, rep["train"])
     sync(device)
     folder = Path(args.out) if args.out else default_folder(name)
     json_path = Path(args.json) if args.json else folder / "bench.json"

@@ -1,7 +1,7 @@
 """Quality per model evaluation: what each sampler buys, measured on real data.
 
     python -m fastddpm.bench --quality --data digits                # the shipped digits model
-    python -m fastddpm.bench --quality --data digits --train        # retrain it first (the README's command)
+    python -m fastddpm.bench --quality --data digits --train        # retrain it first (docs/training.md's command)
     python -m fastddpm.bench --quality --data fashion-mnist         # the shipped fashion-mnist-small model
     python -m fastddpm.bench --quality --data fashion-mnist --guidance   # fashion-mnist-cond: the guidance sweep
     python -m fastddpm.bench --quality --data digits --solvers      # the multistep solvers at 5, 6, 8, 10 steps
@@ -84,12 +84,12 @@ TEACHER = ("unipc", dict(order=3), 500)
 TEACHER_SAMPLES = 256
 DETERMINISTIC = ("ddim", "dpm++2m", "dpm++3m", "unipc", "ipndm")  # (ddim with η = 0)
 BOOTSTRAP = 20  # resamples of a row's sample set for the spread of its FD
-DIGITS_RUN = ["--data", "digits"]  # the README's training command, into OUT/model
+DIGITS_RUN = ["--data", "digits"]  # the training command of docs/training.md, into OUT/model
 
 
 def model_for(data: str, out: Path, train: bool = False) -> str:
     """The model a table measures: the shipped one (digits, fashion-mnist-small); with train,
-    digits is trained again by the README's command into OUT/model (a finished run there is
+    digits is trained again by docs/training.md's command into OUT/model (a finished run there is
     reused, an unfinished one resumed)."""
     if data == "fashion-mnist":
         if train:
@@ -391,14 +391,16 @@ def solver_table(rows: list, data: str, model: str, teacher=None) -> str:
     budget naming the best row and whether the runner-up is separated from it (FDs more than 2σ
     apart), and the certify line when the table has a DDPM 1000-step row."""
     real = next(r for r in rows if r["method"] == "real")
+    has_fid = any("inception_fid" in r for r in rows)  # the column only when some row has it (--inception)
     lines = [f"| sampler ({model}, {real['n']} samples) | steps | model evaluations | FD ↓ (± bootstrap σ) | KID ↓ | precision ↑ | "
-             f"recall ↑ | RMSE to the ODE ↓ | Inception FID ↓ | wall time (this CPU) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"recall ↑ | RMSE to the ODE ↓ | {'Inception FID ↓ | ' if has_fid else ''}wall time (this CPU) |",
+             "|---|---|---|---|---|---|---|---|---|" + ("---|" if has_fid else "")]
     for r in rows:
         wall = "-" if r["method"] == "real" else f"{r['generate_seconds']:.0f} s"
         ode = "-" if r.get("teacher_rmse") is None else f"{r['teacher_rmse']:.4f}"
-        fid = "-" if r.get("inception_fid") is None else f"{r['inception_fid']:.2f}"
+        fid = ("-" if r.get("inception_fid") is None else f"{r['inception_fid']:.2f}") + " | " if has_fid else ""
         lines.append(f"| {r['label']} | {r.get('steps') or '-'} | {r['evaluations'] or '-'} | {r['fd']:.2f} ± {r['fd_std']:.2f} | "
-                     f"{r['kid']:.3f} ± {r['kid_std']:.3f} | {r['precision']:.2f} | {r['recall']:.2f} | {ode} | {fid} | {wall} |")
+                     f"{r['kid']:.3f} ± {r['kid_std']:.3f} | {r['precision']:.2f} | {r['recall']:.2f} | {ode} | {fid}{wall} |")
     if teacher is not None:
         lines += ["", f"RMSE to the ODE: each deterministic chain's output against the converged solution from the same "
                       f"priors (seeds 0..{teacher.n - 1}; {teacher.label}, whose own error is at most its distance to half "
@@ -486,6 +488,14 @@ def main(data: str, out=None, train: bool = False, guidance: bool = False, solve
     if guidance and train:
         raise ValueError(f"train: the guidance sweep samples the shipped {GUIDED_MODEL[data]!r} (its command is in "
                          f"fastddpm/models/weights/{GUIDED_MODEL[data]}.json); --train is for the digits table")
+    if inception:  # FID needs more images than the Inception's 2,048 features on both sides: say so before any sampling
+        from ..io.data import labelled
+        from ..metrics.inception import DIM
+
+        held_out = labelled(data, "test")[0].shape[0]
+        if held_out <= DIM:
+            raise ValueError(f"inception: {data}'s held-out split has {held_out} images; FID in the Inception's {DIM} "
+                             f"features needs more than {DIM} on each side (--inception is for fashion-mnist)")
     out = Path(out or f"bench-results/quality-{data}{'-solvers' if solvers else ''}{'-guidance' if guidance else ''}")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

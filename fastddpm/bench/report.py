@@ -62,6 +62,10 @@ def print_report(rep: dict, out=None) -> None:
     for r in rep["train"]:
         mem = f"{r['peak_bytes'] / 2**20:.0f} MiB" if r["peak_bytes"] is not None else "-"
         out.write(f"\ntrain step {r['impl']:<9} batch {r['batch']}: {r['images_per_s']:.3g} images/s, peak {mem}")
+    for r in rep.get("loader", []):
+        bound = f"; the train step {r['train_step_images_per_s']:.3g} images/s: the {r['bound']} is the bound" \
+            if r["bound"] else ""
+        out.write(f"\nloader {r['source']}, {r['workers']} workers, batch {r['batch']}: {r['images_per_s']:.3g} images/s{bound}")
     out.write("\n")
 
 

@@ -296,3 +296,51 @@ def bench_train(p, device, sched) -> list:
 
 
 # ------------------------------------------------------------------ report
+
+
+# ------------------------------------------------------------------ data loading
+
+
+def bench_loader(p, device, train_rows=None) -> list:
+    """Images/s of the streamed folder loader (fastddpm.io.sources, training/loader.py) alone:
+    CIFAR-like 32x32 RGB PNG files decoded and fitted to the benchmark U-Net's size, batches of
+    the train step's size pulled through the StepLoader with 0 (in the training process) and all
+    CPUs' worker processes, beside the train step's own images/s (the train section's, when run)."""
+    import os
+    import tempfile
+
+    import numpy as np
+
+    from ..io.sources import FolderSource, _pil
+    from ..training.loader import StepLoader
+
+    Image = _pil()
+    c, B = p["unet"], p["train_batch"]
+    n = max(16 * B, 512)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        rng = np.random.default_rng(0)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(f"{tmp}/{i:06d}.png")
+        src = FolderSource(tmp, image_size=c.sample_size, channels=c.in_channels, memory_limit=0)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+
+        def indices(step):
+            return perm[(step * B + torch.arange(B)) % n]
+
+        steps = n // B
+        for workers in sorted({0, os.cpu_count() or 1}):
+            loader = StepLoader(src, indices, workers=workers, pin=device.type == "cuda")
+            loader.get(0, indices(0))  # workers started, the first batch read
+            t0 = time.perf_counter()
+            for s in range(1, steps):
+                loader.get(s, indices(s))
+            dt = time.perf_counter() - t0
+            loader.close()
+            rows.append(dict(source=f"folder of {n} PNG 32x32 RGB, fitted to {c.sample_size}", workers=workers, batch=B,
+                             images_per_s=(steps - 1) * B / dt))
+    step = next((r["images_per_s"] for r in (train_rows or []) if r["impl"] == "fused"), None)
+    for r in rows:
+        r["train_step_images_per_s"] = step
+        r["bound"] = None if step is None else ("loader" if r["images_per_s"] < step else "train step")
+    return rows

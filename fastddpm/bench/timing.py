@@ -7,6 +7,8 @@ from contextlib import contextmanager
 
 import torch
 
+from ..models.unet import forward_flops
+
 # ------------------------------------------------------------------ byte counts
 
 
@@ -41,14 +43,8 @@ def kernel_bytes(op: str, shape, dtype: torch.dtype) -> int:
 
 
 def unet_flops(model, shape, device, dtype=torch.float32) -> int:
-    """FLOPs of one forward pass on one image (C, H, W), by FlopCounterMode."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    x = torch.randn(1, *shape, device=device, dtype=dtype)
-    t = torch.tensor([500], device=device)
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
-        model(x, t)
-    return fc.get_total_flops()
+    """FLOPs of one forward pass on one image (C, H, W), by FlopCounterMode (models.unet.forward_flops)."""
+    return forward_flops(model, shape, device, dtype)
 
 
 # ------------------------------------------------------------------ timing

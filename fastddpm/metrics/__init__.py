@@ -21,6 +21,7 @@ import torch
 from . import features, inception, stats
 from . import features as _features  # (evaluate's features= argument shadows the module name)
 from .stats import PRDC, Moments, frechet, frechet_moments, kid, prdc
+from ..io.sources import Source, open_source
 
 __all__ = ["FEATURES", "PRDC", "Moments", "evaluate", "features", "inception", "frechet", "frechet_moments", "kid", "prdc",
            "reference_features", "stats"]
@@ -135,7 +136,23 @@ def reference_features(data: str, split: str = "test", cache=CACHE, features_kin
     else:
         net = features.load(data)
         path = Path(cache) / f"{data}-{split}-{features.network_hash(data)}.safetensors"
-    s = FeatureStream(data, net, features_kind)
+
+    def fill(s):
+        images, _ = datasets.labelled(data, split)
+        if features_kind == "inception":  # the real images as uint8, as samples reach it (to_uint8)
+            for i in range(0, len(images), 500):
+                s.add_uint8(to_uint8(images[i : i + 500]), "reference")
+        else:
+            s.add(images)
+
+    return _cached(path, lambda: FeatureStream(data, net, features_kind), fill)
+
+
+def _cached(path: Path, new, fill) -> "FeatureStream":
+    """A reference FeatureStream read from `path`, or made (new() filled by fill) and written there."""
+    from safetensors.torch import load_file, save_file
+
+    s = new()
     if path.exists():
         try:
             d = load_file(str(path))
@@ -146,13 +163,8 @@ def reference_features(data: str, split: str = "test", cache=CACHE, features_kin
         except Exception as e:  # a damaged cache (truncated, garbled, another format): derived data, made again
             sys.stderr.write(f"metrics: the cache {path} is damaged ({type(e).__name__}); computing it again\n")
             path.unlink(missing_ok=True)
-            s = FeatureStream(data, net, features_kind)
-    images, _ = datasets.labelled(data, split)
-    if features_kind == "inception":  # the real images as uint8, as samples reach it (to_uint8)
-        for i in range(0, len(images), 500):
-            s.add_uint8(to_uint8(images[i : i + 500]), "reference")
-    else:
-        s.add(images)
+            s = new()
+    fill(s)
     s.radii = {K_NEIGHBOURS: stats._kth_neighbour_radius(s.all(), K_NEIGHBOURS)}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp-{os.getpid()}")
@@ -160,6 +172,50 @@ def reference_features(data: str, split: str = "test", cache=CACHE, features_kin
                **{f"radii.{k}": v for k, v in s.radii.items()}}, str(tmp))
     os.replace(tmp, path)
     return s
+
+
+def shipped_network_for(size: int, channels: int, what: str = "reference") -> str:
+    """The shipped feature network that takes channels x size x size images, or a clear error."""
+    for name, cfg in features.CONFIGS.items():
+        if cfg.image_size == size and channels == 1:
+            return name
+    sizes = ", ".join(f"{n}: grey {c.image_size}x{c.image_size}" for n, c in features.CONFIGS.items())
+    raise ValueError(f"{what}: the shipped feature networks take only their own data's images ({sizes}); these are "
+                     f"{'grey' if channels == 1 else 'RGB'} {size}x{size}: use features='inception' (--features inception), "
+                     f"which takes any size, grey or RGB")
+
+
+def source_features(src, features_kind: str = "inception", cache=CACHE) -> "FeatureStream":
+    """A data source's features (fastddpm.io.sources: a folder, an .npz, CIFAR batches), computed
+    once and cached by the source's content hash and the network's."""
+    if _check_features(features_kind) == "inception":
+        from . import inception
+
+        net = inception.load()
+        path = Path(cache) / f"source-{src.fingerprint[:32]}-inception-{inception.network_hash(net)}.safetensors"
+        new = lambda: FeatureStream("source", net, "inception")  # noqa: E731
+    else:
+        data = shipped_network_for(src.size, src.channels, f"reference: {src.name}")
+        path = Path(cache) / f"source-{src.fingerprint[:32]}-{features.network_hash(data)}.safetensors"
+        new = lambda: FeatureStream(data)  # noqa: E731
+
+    def fill(s):
+        for batch in src.batches(500):
+            s.add_uint8(batch, "reference")
+
+    return _cached(path, new, fill)
+
+
+def is_stats_file(path) -> bool:
+    """Whether `path` is published statistics (an .npz with mu and sigma) rather than images."""
+    p = Path(path)
+    if p.suffix.lower() != ".npz" or not p.is_file():
+        return False
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            return "mu" in z.files and "sigma" in z.files
+    except Exception:
+        return False
 
 
 K_NEIGHBOURS = 5
@@ -205,8 +261,15 @@ def evaluate(images, data: str = None, split: str = "test", cache=CACHE, labels=
     per-class Fréchet distance (the shipped networks only: the Inception knows none of these classes)."""
     kind = _check_features(features)
     check_options(**options)
-    stats_ref = None
-    if reference is not None:
+    stats_ref = src = None
+    if reference is not None and data is not None:
+        raise ValueError(f"reference: given with data={data!r}; compare with one or the other")
+    if reference is not None and (isinstance(reference, Source) or not is_stats_file(reference)):
+        src = reference if isinstance(reference, Source) else open_reference(reference, split=split)
+        if kind == "shipped":
+            data = shipped_network_for(src.size, src.channels, f"reference: {src.name}")  # before any image is read
+        labels = None
+    elif reference is not None:
         from . import inception
 
         if kind != "inception":
@@ -227,10 +290,18 @@ def evaluate(images, data: str = None, split: str = "test", cache=CACHE, labels=
             stats.check_count(s.moments.n, inception.DIM)
             mu, cov = s.moments.mean_cov()
             out = dict(samples=s.moments.n, reference=str(reference), fd=frechet(mu, cov, *stats_ref))
+        elif src is not None:
+            out = compare(s, source_features(src, "inception", cache), **options)
+            out.update(reference_source=src.name, reference_fingerprint=src.fingerprint)
         else:
             out = compare(s, reference_features(data, split, cache, "inception"), **options)
-        out.update(data=data, split=split if stats_ref is None else None, features="inception",
+        out.update(data=data, split=split if stats_ref is None and src is None else None, features="inception",
                    feature_network=inception.network_hash(s.net), conventions=inception.CONVENTIONS)
+        return out
+    if src is not None:  # the user's images, in the shipped network their size fits
+        out = compare(s, source_features(src, "shipped", cache), **options)
+        out.update(reference_source=src.name, reference_fingerprint=src.fingerprint, data=data, split=None,
+                   features="shipped", feature_network=_features.network_hash(data))
         return out
     labels = _checked_labels(labels, s.moments.n, _features.CONFIGS[data].classes)
     ref = reference_features(data, split, cache)
@@ -240,6 +311,24 @@ def evaluate(images, data: str = None, split: str = "test", cache=CACHE, labels=
     out.update(data=data, split=split, features="shipped", feature_network=_features.network_hash(data),
                feature_network_accuracy=_features.card(data).get("test_accuracy"))
     return out
+
+
+def open_reference(path, image_size=None, split="test"):
+    """A reference of real images (a fastddpm.io.sources source: CIFAR batches take `split`, others
+    are read whole), or a clear error naming both things a reference may be."""
+    try:
+        return open_source(str(path), image_size=image_size, split=split if _is_cifar(path) else "train")
+    except ValueError as e:
+        if Path(path).suffix.lower() == ".npz":
+            raise ValueError(f"reference: {path} holds neither statistics (expected 'mu' and 'sigma') nor usable images: "
+                             f"{e}") from None
+        raise
+
+
+def _is_cifar(path) -> bool:
+    from ..io.sources import cifar_dir
+
+    return Path(path).is_dir() and cifar_dir(path) is not None
 
 
 def _checked_labels(labels, n: int, classes: int):
@@ -278,7 +367,8 @@ def print_report(r: dict, out=None) -> None:
     """A report of `evaluate` as a short table (stdout by default)."""
     out = out or sys.stdout
     if r.get("features") == "inception":
-        against = (f"{r['reference']} real {r['data']} images ({r['split']} split)" if r.get("split") else
+        against = (f"{r['reference']} images of {r['reference_source']}" if r.get("reference_source") else
+                   f"{r['reference']} real {r['data']} images ({r['split']} split)" if r.get("split") else
                    f"the statistics in {r['reference']}")
         out.write(f"{r['samples']} samples against {against}, in the FID Inception ({r['feature_network']}; "
                   f"{r['conventions']})\n  FID               {r['fd']:.4f}\n")
@@ -287,8 +377,12 @@ def print_report(r: dict, out=None) -> None:
                       f"  recall            {r['recall']:.3f}\n  density           {r['density']:.3f}\n"
                       f"  coverage          {r['coverage']:.3f}\n")
         return
-    out.write(f"{r['samples']} samples against {r['reference']} real {r['data']} images ({r['split']} split), "
-              f"in the features of network {r['feature_network']} (test accuracy {r['feature_network_accuracy']})\n")
+    if r.get("reference_source"):
+        out.write(f"{r['samples']} samples against {r['reference']} images of {r['reference_source']}, in the features of "
+                  f"{r['data']}'s network {r['feature_network']}\n")
+    else:
+        out.write(f"{r['samples']} samples against {r['reference']} real {r['data']} images ({r['split']} split), "
+                  f"in the features of network {r['feature_network']} (test accuracy {r['feature_network_accuracy']})\n")
     out.write(f"  Fréchet distance  {r['fd']:.4f}\n  KID               {r['kid']:.5f} ± {r['kid_std']:.5f}\n"
               f"  precision         {r['precision']:.3f}\n  recall            {r['recall']:.3f}\n"
               f"  density           {r['density']:.3f}\n  coverage          {r['coverage']:.3f}\n")

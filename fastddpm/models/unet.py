@@ -404,3 +404,18 @@ def config_to_diffusers(c: UNetConfig) -> dict:
         num_class_embeds=None if c.num_classes is None else c.num_classes + 1,
         **_SUPPORTED,
     )
+
+
+def forward_flops(model, shape=None, device="cpu", dtype=torch.float32) -> int:
+    """FLOPs (2 per multiply-add) of one forward pass on one image (C, H, W; default: the model's
+    config), counted by torch's FlopCounterMode; a class-conditional model is given a label."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    c = getattr(model, "config", None)
+    shape = shape or (c.in_channels, c.sample_size, c.sample_size)
+    x = torch.randn(1, *shape, device=device, dtype=dtype)
+    t = torch.tensor([500], device=device)
+    labels = () if getattr(c, "num_classes", None) is None else (torch.zeros(1, dtype=torch.long, device=device),)
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(x, t, *labels)
+    return fc.get_total_flops()

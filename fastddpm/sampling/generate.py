@@ -24,6 +24,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -146,24 +147,34 @@ def _image_labels(labels, seeds: list, n) -> tuple:
     return out, (int(labels) if one else out)
 
 
-def _check_eval(data: str, shape, kind: str = "shipped") -> None:
+def _check_eval(data: str, shape, kind: str = "shipped"):
     """--eval DATA: a known data set whose feature network takes images of this shape (the
-    Inception: any size, grey or RGB, and its weights on this machine)."""
-    from ..metrics import FEATURES, features, inception
+    Inception: any size, grey or RGB, and its weights on this machine), or a path to the user's
+    real images (fastddpm.io.sources), opened and checked now: the Source, else None."""
+    from ..metrics import FEATURES, features, inception, shipped_network_for
 
-    if data not in features.CONFIGS:
-        raise ValueError(f"eval: expected one of {sorted(features.CONFIGS)}, got {data!r}")
     if kind not in FEATURES:
         raise ValueError(f"eval_features: expected one of {FEATURES}, got {kind!r}")
+    src = None
+    if data not in features.CONFIGS:
+        from ..io import sources
+
+        if not isinstance(data, str) or not Path(data).exists():
+            raise ValueError(f"eval: expected one of {sorted(features.CONFIGS)} or a path to your real images (a folder, "
+                             f"an .npz/.npy, CIFAR batches), got {data!r}")
+        src = sources.open_source(data, split="train")
+        if kind == "shipped":
+            data = shipped_network_for(src.size, src.channels, f"eval: {data}")
     if kind == "inception":
         if shape[0] not in (1, 3):
             raise ValueError(f"eval: the Inception takes grey or RGB images; this model makes {shape[0]} channels")
         inception.find()
-        return
+        return src
     size = features.CONFIGS[data].image_size
     if tuple(shape) != (1, size, size):
         raise ValueError(f"eval: {data}'s feature network takes 1x{size}x{size} images; this model makes "
                          f"{'x'.join(map(str, shape))}")
+    return src
 
 
 def _positive(v, name):
@@ -226,8 +237,9 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
                       disable_corrector=m.disable_corrector, lower_order_final=m.lower_order_final, dtype=dtype, compile=compile,
                       progress=False)
     image_labels, label_spec = _image_labels(labels, seeds, sampler.num_classes)
+    eval_source = None
     if eval is not None:
-        _check_eval(eval, sampler.shape, eval_features)
+        eval_source = _check_eval(eval, sampler.shape, eval_features)
     out = ckpt.check_writable(out, "out")
     removed = remove_stale_temps(out)
 
@@ -308,10 +320,13 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
             from .. import metrics
 
             labels = None if image_labels is None else torch.tensor([v for m in metas for v in m["labels"]])
-            report = metrics.evaluate((torch.from_numpy(shard_images(out, s, format)) for s in metas), eval,
-                                      labels=labels if eval_features == "shipped" else None, features=eval_features)
+            report = metrics.evaluate((torch.from_numpy(shard_images(out, s, format)) for s in metas),
+                                      None if eval_source is not None else eval, reference=eval_source,
+                                      labels=labels if eval_features == "shipped" and eval_source is None else None,
+                                      features=eval_features)
             metrics.print_report(report)
             suffix = "-inception" if eval_features == "inception" else ""
-            (out / f"eval-{eval}-test{suffix}.json").write_text(json.dumps(report, indent=1) + "\n")
+            name = f"{eval}-test" if eval_source is None else (Path(eval).stem or "reference")
+            (out / f"eval-{name}{suffix}.json").write_text(json.dumps(report, indent=1) + "\n")
             manifest["eval"] = report
     return manifest

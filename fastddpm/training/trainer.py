@@ -29,6 +29,8 @@ from ..core import fused
 from ..core import reference
 from .. import kernels as K
 from ..io.data import as_images_and_labels, check_images
+from ..io.sources import Source, check_matches
+from .loader import StepLoader
 from ..io.images import save_grid
 from ..sampling.sampler import Sampler, compile_errors_explained
 from ..core.schedule import Schedule
@@ -52,6 +54,7 @@ class TrainConfig:
     min_snr_gamma: float = 0.0  # > 0: min-SNR-γ loss weights (Hang et al. 2023; 5 is usual); 0: unweighted
     zero_snr: bool = False  # rescale the schedule to zero terminal SNR (Lin et al. 2024; needs prediction="v" or "sample")
     cond_drop: float = 0.1  # a class-conditional model: the share of samples trained with the null label (Ho & Salimans)
+    hflip: bool = False  # flip sample k left-right when bit 0 of philox(seed, k, STREAM_FLIP) is set (DDPM's CIFAR-10 augmentation)
     fused: bool = True  # False: the reference path (materialised ε, eager)
     compile: bool = False  # torch.compile the forward + loss
     steps: int = 10_000  # optimizer steps in the whole run (may grow on resume)
@@ -111,7 +114,7 @@ class TrainConfig:
 
 SCHEDULES = ("linear", "cosine", "scaled_linear")
 EXACT = ("batch_size", "lr", "warmup", "grad_clip", "ema_decay", "weight_decay", "seed", "schedule", "T", "fused", "compile")
-EXACT_SINCE_V = {"prediction": "epsilon", "min_snr_gamma": 0.0, "zero_snr": False, "cond_drop": 0.1}  # exact too; absent in older checkpoints
+EXACT_SINCE_V = {"prediction": "epsilon", "min_snr_gamma": 0.0, "zero_snr": False, "cond_drop": 0.1, "hflip": False}  # exact too; absent in older checkpoints
 SAFE = ("steps", "log_every", "checkpoint_every", "sample_every", "sample_batch", "keep")
 
 
@@ -125,7 +128,7 @@ class Trainer:
     EXACT; with no checkpoint there, it is an error (a mistyped folder must not restart a run)."""
 
     def __init__(self, model: nn.Module, data: torch.Tensor, config: TrainConfig = TrainConfig(), *,
-                 out_dir=None, device=None, resume: bool = False, progress: bool = True):
+                 out_dir=None, device=None, resume: bool = False, progress: bool = True, workers: Optional[int] = None):
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
         if not isinstance(model, nn.Module):
@@ -143,15 +146,31 @@ class Trainer:
         self.schedule = config.schedule_obj()
         self.loss_weights = config.loss_weights(self.schedule, self.device)
         self.lock = None
-        data, labels = as_images_and_labels(data)
         mcfg = getattr(model, "config", None)
-        check_images(data, getattr(mcfg, "in_channels", None), sample_size=getattr(mcfg, "sample_size", None))
         self.num_classes = getattr(mcfg, "num_classes", None)  # None: unconditional
+        self.source = None  # a Source too large for memory: its images are read step by step (training/loader.py)
+        fingerprint = None  # a Source's content hash: the run's data, held in memory or streamed alike
+        if isinstance(data, Source):
+            fingerprint = data.fingerprint
+            check_matches(data, getattr(mcfg, "in_channels", None), getattr(mcfg, "sample_size", None))
+            if self.num_classes and data.labels is None:
+                raise ValueError(f"data: {data.name} has no labels, and the model is class-conditional "
+                                 f"(num_classes={self.num_classes}): a folder's labels are its class subfolders")
+            src_labels = data.labels if self.num_classes else None
+            if data.in_memory():
+                data = (data.images(), src_labels) if src_labels is not None else data.images()
+            else:
+                self.source, data = data, None
+                labels = src_labels
+        if self.source is None:
+            data, labels = as_images_and_labels(data)
+            check_images(data, getattr(mcfg, "in_channels", None), sample_size=getattr(mcfg, "sample_size", None))
         if labels is not None and not self.num_classes:
             raise ValueError("data: labels given, but the model is unconditional (its config has no num_classes): pass the "
                              "images alone to train it without them, or a class-conditional model "
                              "(UNetConfig(num_classes=...); the command line's --conditional) to train on them")
-        labels = _check_labels(labels, data.shape[0], self.num_classes) if self.num_classes else None
+        self.n = data.shape[0] if self.source is None else self.source.n
+        labels = _check_labels(labels, self.n, self.num_classes) if self.num_classes else None
         if resume and self.out_dir is not None and not ckpt.list_checkpoints(self._ckpt_dir()):
             raise ValueError(f"resume: {self.out_dir} holds no checkpoint to resume (nothing in {self._ckpt_dir()}); check "
                              f"the folder, or start a new run without resume")
@@ -162,8 +181,16 @@ class Trainer:
             self.lock.acquire().release()  # another trainer on this folder: say so now
 
         fmt = torch.channels_last if self.cuda else torch.contiguous_format
-        self.data = data.to(self.device, torch.float32).contiguous(memory_format=fmt)
-        self.data_hash = _fingerprint(data) if labels is None else f"{_fingerprint(data)}+{_fingerprint(labels.float())}"
+        self.fmt = fmt
+        if fingerprint is None:
+            self.data_hash = _fingerprint(data) if labels is None else f"{_fingerprint(data)}+{_fingerprint(labels.float())}"
+        else:  # the source's content hash: its files' bytes and how they are fitted
+            self.data_hash = f"source:{fingerprint}" + ("" if labels is None else f"+{_fingerprint(labels.float())}")
+        if self.source is None:
+            self.data = data.to(self.device, torch.float32).contiguous(memory_format=fmt)
+        else:
+            self.data = None
+            self.loader = StepLoader(self.source, self._indices, workers=workers, pin=self.cuda)
         self.labels = labels.to(self.device) if labels is not None else None
         self.model = model.to(self.device, memory_format=fmt).train()
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -205,7 +232,9 @@ class Trainer:
                 "data": self.data_hash, "world": self.world}
 
     def close(self) -> None:
-        """Release the output folder (fit() does at its end; so does process exit)."""
+        """Release the output folder and the loader's workers (fit() does at its end; so does process exit)."""
+        if self.source is not None:
+            self.loader.close()
         if self.lock is not None:
             self.lock.release()
 
@@ -214,15 +243,21 @@ class Trainer:
         B = self.cfg.batch_size
         return (step * self.world + self.rank) * B + torch.arange(B)
 
-    def _batch(self, step: int):
-        """(x0, t, seeds) of this rank's batch at `step`: a pure function of (config, step, rank)."""
+    def _indices(self, step: int) -> torch.Tensor:
+        """The data indices of this rank's batch at `step`: sample k takes perm_epoch[k mod N]."""
         k = self._counter(step)
-        N = self.data.shape[0]
+        N = self.n
         epochs = k // N
         idx = torch.empty_like(k)
         for e in epochs.unique().tolist():  # a batch spans at most two epochs
             sel = epochs == e
             idx[sel] = self._perm(e)[k[sel] % N]
+        return idx
+
+    def _batch(self, step: int):
+        """(x0, t, seeds) of this rank's batch at `step`: a pure function of (config, step, rank)."""
+        k = self._counter(step)
+        idx = idx_host = self._indices(step)
         words = K.philox(torch.tensor(self.cfg.seed), k & 0xFFFFFFFF, k >> 32, torch.zeros_like(k), torch.full_like(k, K.STREAM_TIMESTEP))
         t = (words[0] * self.schedule.T) >> 32  # uniform on [0, T)
         rows = [idx, t, k + (self.cfg.seed << 40)]  # data index, t, noise seed
@@ -230,19 +265,29 @@ class Trainer:
             drop = K.philox(torch.tensor(self.cfg.seed), k & 0xFFFFFFFF, k >> 32, torch.zeros_like(k),
                             torch.full_like(k, K.STREAM_LABEL_DROP))[0] < int(self.cfg.cond_drop * 2**32)
             rows.append(drop.long())
-        host = torch.stack(rows)  # (3 or 4, B)
+        if self.cfg.hflip:  # which samples are flipped: addressed by (seed, sample k), as t (k names the epoch and index)
+            rows.append(K.philox(torch.tensor(self.cfg.seed), k & 0xFFFFFFFF, k >> 32, torch.zeros_like(k),
+                                 torch.full_like(k, K.STREAM_FLIP))[0] & 1)
+        host = torch.stack(rows)  # (3 to 5, B)
         if self.cuda:  # pinned + non_blocking: one copy that never waits for the GPU
             host = host.pin_memory()
         host = host.to(self.device, non_blocking=True)
         idx, t, seeds = host[0], host[1], host[2]
         labels = None if self.labels is None else torch.where(host[3] > 0, self.num_classes, self.labels[idx])
-        return self.data[idx], t, seeds, labels
+        if self.data is not None:
+            x0 = self.data[idx]
+        else:
+            x0 = self.loader.get(step, idx_host).to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)
+            x0 = x0.contiguous(memory_format=self.fmt)
+        if self.cfg.hflip:
+            x0 = torch.where(host[-1].view(-1, 1, 1, 1) > 0, x0.flip(-1), x0)
+        return x0, t, seeds, labels
 
     def _perm(self, epoch: int) -> torch.Tensor:
         if epoch not in self._perms:
             g = torch.Generator().manual_seed(self.cfg.seed * 7919 + epoch)
             self._perms = {e: p for e, p in self._perms.items() if e == epoch - 1}
-            self._perms[epoch] = torch.randperm(self.data.shape[0], generator=g)
+            self._perms[epoch] = torch.randperm(self.n, generator=g)
         return self._perms[epoch]
 
     # ------------------------------------------------------------------ one step
@@ -301,10 +346,14 @@ class Trainer:
             if vote is not None:
                 vote.close()
         except BaseException:
+            if self.source is not None:
+                self.loader.close()
             if self.lock is not None:
                 self.lock.release()
                 self._discard_if_empty()
             raise
+        if self.source is not None:
+            self.loader.close()  # its workers: a later fit() starts them again at the step it resumes from
         if self.lock is not None:
             self.lock.release()
         if self.progress:
@@ -410,7 +459,7 @@ class Trainer:
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         meta = {
             "run": self.run, "identity": self.identity(), "step": self.step, "train_config": asdict(self.cfg),
-            "world": self.world, "data_size": self.data.shape[0], "model_config": _config_dict(self.model),
+            "world": self.world, "data_size": self.n, "model_config": _config_dict(self.model),
             "param_groups": opt["param_groups"],
         }
         return tensors, meta
