@@ -74,9 +74,9 @@ SOLVER_GUIDANCE = 2.0  # fashion-mnist-cond's best w for a deterministic sampler
 GUIDED_SOLVERS = ("DPM-Solver++(2M)", "DPM-Solver++(3M)", "UniPC-3 bh2", "iPNDM-2")
 CLASS_REPORTED = ("class_accuracy", "fd_per_class_mean")
 # The row to match: DDPM with all 1000 steps, SOLVER_SAMPLES images (the same seeds as every row), in a folder
-# shared by every table of the model (bench-results/rows/MODEL/...), written in resumable sittings by generate
+# shared by every table of the model (benchmarks/rows/MODEL/..., committed), written in resumable sittings by generate
 DDPM_1000 = ("DDPM 1000 (σ²=β)", "ddpm", dict(steps=1000, variance="large"))
-SHARED_ROWS = Path("bench-results") / "rows"
+SHARED_ROWS = Path("benchmarks") / "rows"  # committed: a DDPM-1000 row takes CPU-hours, and every later table reuses it
 # The converged ODE solution a deterministic chain's output is measured against, per sample, from the same
 # priors (seeds 0 .. TEACHER_SAMPLES-1): UniPC-3 at 500 trailing steps; its own error is bounded by its distance
 # to the same solver at 250 steps (reported beside: the measure's floor)
