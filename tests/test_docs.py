@@ -32,7 +32,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"(?:<!--\s*docs-test:\s*(\w+)\s*(\([^)]*\))?\s*-->\s*\n)?```(bash|python)\n(.*?)```", re.S)
-COMMANDS = ("train", "generate", "eval", "bench", "pretrained")
+COMMANDS = ("train", "generate", "eval", "bench", "pretrained", "tune")
 
 
 def blocks(page: Path) -> list:

@@ -19,9 +19,9 @@ KERNELS = sorted((ROOT / "kernels").glob("*.py"))
 
 # fastddpm's layers, lowest first: a module imports only from a lower layer or its own package.
 LAYERS = [("kernels",), ("io",), ("core",), ("models", "metrics"), ("sampling",), ("training",), ("cli",),
-          ("train", "generate", "eval", "pretrained"), ("bench",), ("__init__", "__main__")]
+          ("train", "generate", "eval", "pretrained", "tune"), ("bench",), ("__init__", "__main__")]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
-COMMANDS = ("bench", "eval", "generate", "pretrained", "train")
+COMMANDS = ("bench", "eval", "generate", "pretrained", "train", "tune")
 
 
 def module_name(path: pathlib.Path) -> str:

@@ -69,6 +69,10 @@ SOLVER_METHODS = (("DDIM η=0", "ddim", {}), ("DPM-Solver++(2M)", "dpm++2m", {})
                   ("iPNDM-4", "ipndm", dict(order=4)), ("iPNDM-2", "ipndm", dict(order=2)))
 SOLVER_CONFIGS = [(f"{name} {n}", method, dict(steps=n, **o)) for name, method, o in SOLVER_METHODS for n in SOLVER_BUDGETS]
 SOLVER_SAMPLES = 2000
+# --tuned: each of these at each budget on its default grid and on the grid fastddpm.tune searched for the model
+TUNED_BUDGETS = (4, 5, 6, 8, 10)
+TUNED_METHODS = (("DDIM η=0", "ddim", {}), ("DPM-Solver++(2M)", "dpm++2m", {}), ("UniPC-3 bh1", "unipc",
+                 dict(order=3, solver_type="bh1")), ("iPNDM-2", "ipndm", dict(order=2)))
 SOLVER_GUIDANCE = 2.0  # fashion-mnist-cond's best w for a deterministic sampler in the guidance sweep (FD 25.9 at 2M-20)
 # guided, a step is two model evaluations (a 2B batch): the baseline and the best of each family unguided
 GUIDED_SOLVERS = ("DPM-Solver++(2M)", "DPM-Solver++(3M)", "UniPC-3 bh2", "iPNDM-2")
@@ -123,6 +127,10 @@ def evaluations(method: str, opts: dict, schedule=None) -> int:
     from ..core.plan import Plan
     from ..core.schedule import Schedule
 
+    if "plan" in opts:  # a tuned plan: its own timesteps
+        from ..core import tuned
+
+        return len(tuned.read(opts["plan"])["timesteps"])
     plan = Plan.build(schedule or Schedule.linear(), method, **opts)
     return plan.K + plan.kinds.count("guided")
 
@@ -193,6 +201,8 @@ class Teacher:
         opts = dict(opts)
         if self.guidance is not None:
             opts.setdefault("guidance", self.guidance)
+        if "plan" in opts:
+            opts.pop("steps", None)  # the plan's own
         s = Sampler(self.net, self.schedule, method=method, compile=False, progress=False, **opts)
         return s.run(seeds=self.seeds, labels=self.labels, max_batch=min(self.n, 512))
 
@@ -300,8 +310,9 @@ def measure(model: str, data: str, out: Path, n: int, configs=CONFIGS, batch: in
         was_complete = manifest.exists() and json.loads(manifest.read_text()).get("complete", False)
         t0 = time.perf_counter()
         # the DDPM 1000-step row takes hours on a CPU: shards of 250 images, so a sitting stopped keeps all but one
+        gen = {k: v for k, v in opts.items() if not ("plan" in opts and k == "steps")}  # a plan sets its own steps
         m = generate(model, n=n, out=folder, method=method, shard=min(n, 250) if to_match else n, batch=min(batch, n),
-                     progress=False, **opts)
+                     progress=False, **gen)
         if not (was_complete and timing.exists()):
             timing.write_text(json.dumps(round(time.perf_counter() - t0, 1)) + "\n")
         seconds = json.loads(timing.read_text())
@@ -479,7 +490,32 @@ def guided_plot(rows: list, path: Path, data: str):
     return _finish(plt, fig, ax, path)
 
 
-def main(data: str, out=None, train: bool = False, guidance: bool = False, solvers: bool = False, inception: bool = False) -> dict:
+def tuned_configs(model: str, out: Path, progress: bool = True) -> list:
+    """(label, method, options) rows of the --tuned table: each TUNED_METHODS entry at each budget, untuned
+    and tuned; the plans made by fastddpm.tune (into OUT/plans, reused when there; the teacher's
+    trajectories cached in OUT/tune-cache, shared by every plan)."""
+    from ..core import tuned
+    from ..tune import tune
+
+    configs = []
+    for name, method, o in TUNED_METHODS:
+        for n in TUNED_BUDGETS:
+            path = out / "plans" / f"{slug(name)}-{n}.json"
+            try:
+                tuned.read(path)
+            except ValueError:
+                plan = tune(model, method, n, options={k: v for k, v in o.items()}, cache=out / "tune-cache",
+                            progress=progress, command=f"fastddpm.bench --quality --tuned ({name}, {n} steps)")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                from ..io import checkpoint as ckpt
+
+                ckpt.write_atomic(path, (json.dumps(plan, indent=1) + "\n").encode())
+            configs += [(f"{name} {n}", method, dict(steps=n, **o)), (f"{name} tuned {n}", method, dict(steps=n, plan=str(path)))]
+    return configs
+
+
+def main(data: str, out=None, train: bool = False, guidance: bool = False, solvers: bool = False, inception: bool = False,
+         tuned: bool = False) -> dict:
     if data not in SAMPLES:
         raise ValueError(f"data: --quality needs --data {' or '.join(SAMPLES)}, got {data!r}")
     if guidance and data not in GUIDED_MODEL:
@@ -496,7 +532,11 @@ def main(data: str, out=None, train: bool = False, guidance: bool = False, solve
         if held_out <= DIM:
             raise ValueError(f"inception: {data}'s held-out split has {held_out} images; FID in the Inception's {DIM} "
                              f"features needs more than {DIM} on each side (--inception is for fashion-mnist)")
-    out = Path(out or f"bench-results/quality-{data}{'-solvers' if solvers else ''}{'-guidance' if guidance else ''}")
+    if tuned and (guidance or not solvers):
+        raise ValueError("tuned: the tuned-plan table is a --solvers table of an unconditional model: pass --solvers, "
+                         "without --guidance")
+    out = Path(out or f"bench-results/quality-{data}{'-solvers' if solvers else ''}{'-guidance' if guidance else ''}"
+                      f"{'-tuned' if tuned else ''}")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     teacher = shared = None
@@ -508,6 +548,8 @@ def main(data: str, out=None, train: bool = False, guidance: bool = False, solve
                    [DDPM_1000, *SOLVER_CONFIGS] if not guidance or label == DDPM_1000[0] or label.rsplit(" ", 1)[0] in GUIDED_SOLVERS]
         shared = SHARED_ROWS / slug(model)
         teacher = Teacher(model, out, guidance=SOLVER_GUIDANCE if guidance else None)
+        if tuned:
+            configs = [(DDPM_1000[0], DDPM_1000[1], DDPM_1000[2]), *tuned_configs(model, out)]
     elif guidance:
         model, configs, n = GUIDED_MODEL[data], GUIDED_CONFIGS, GUIDED_SAMPLES
     else:
@@ -521,7 +563,8 @@ def main(data: str, out=None, train: bool = False, guidance: bool = False, solve
             md = guided_table(rows, data) if guidance else table(rows, data)
             png = (guided_plot if guidance else plot)(rows, out / "quality.png", data)
         (out / "quality.md").write_text(md)
-        rep = dict(schema="fastddpm.quality/1", data=data, model=model, samples=n, guidance=guidance, solvers=solvers, rows=rows,
+        rep = dict(schema="fastddpm.quality/1", data=data, model=model, samples=n, guidance=guidance, solvers=solvers,
+                   tuned=tuned, rows=rows,
                    **({"teacher": teacher.label, "teacher_samples": teacher.n, "teacher_self_rmse": teacher.self_rmse}
                       if teacher is not None else {}),
                    complete=sum(r["method"] != "real" for r in rows) == len(configs), seconds=round(time.perf_counter() - t0, 1))

@@ -64,6 +64,7 @@ class Method:
     corrector: bool = None  # unipc: UniC after every step but the last (default True), folded into the next step's row
     disable_corrector: tuple = ()  # unipc: steps i whose successor is not corrected (diffusers' disable_corrector)
     lower_order_final: bool = None  # DPM-Solver++ and UniPC: lower orders in the last steps (default True, diffusers')
+    timesteps: tuple = None  # a grid of its own (a tuned plan's, fastddpm.tune): descending ints in [0, T); None: spacing's
 
     def checked(self, T: int) -> "Method":
         """This configuration with its steps filled in, or a ValueError naming the argument."""
@@ -72,6 +73,18 @@ class Method:
         if self.spacing not in SPACINGS:
             raise ValueError(f"spacing: expected one of {SPACINGS}, got {self.spacing!r}")
         steps = self.steps
+        grid = self.timesteps
+        if grid is not None:
+            ok = isinstance(grid, (tuple, list)) and len(grid) > 0 and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in grid)
+            if not ok or any(not 0 <= v < T for v in grid) or any(a <= b for a, b in zip(grid, grid[1:])):
+                raise ValueError(f"timesteps: expected a strictly descending sequence of ints in [0, {T}) (the schedule's "
+                                 f"T), got {grid!r}")
+            if steps is not None and steps != len(grid):
+                raise ValueError(f"steps: {steps} given with {len(grid)} timesteps; a grid of its own sets the steps")
+            if self.spacing != "trailing":
+                raise ValueError(f"spacing: {self.spacing!r} given with timesteps of its own; the grid replaces the spacing")
+            steps, grid = len(grid), tuple(grid)
         if steps is None:
             steps = T if self.name == "ddpm" else min(DEFAULT_STEPS[self.name], T)
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
@@ -112,7 +125,7 @@ class Method:
             interval = (float(interval[0]), float(interval[1]))
         order, solver_type, corrector, disable, lof = self._solver_options()
         return Method(self.name, steps, self.spacing, float(self.eta), self.variance, self.clip, self.clipped_eps, prediction,
-                      self.offset, guidance, interval, order, solver_type, corrector, disable, lof)
+                      self.offset, guidance, interval, order, solver_type, corrector, disable, lof, grid)
 
     def _solver_options(self) -> tuple:
         """(order, solver_type, corrector, disable_corrector, lower_order_final), checked and filled in."""
@@ -206,7 +219,8 @@ class Method:
         pred = "" if self.prediction == "epsilon" else f", {self.prediction}-prediction"
         guide = "" if self.guidance is None else f", guidance {self.guidance:g}" + (
             f" in ({self.guidance_interval[0]:g}, {self.guidance_interval[1]:g}]" if self.guidance_interval else "")
-        return f"{self.name}{extra} {self.steps} steps ({self.spacing}{pred}{guide})" + (" clip" if self.clip else "")
+        grid = self.spacing if self.timesteps is None else "timesteps " + ",".join(map(str, self.timesteps))
+        return f"{self.name}{extra} {self.steps} steps ({grid}{pred}{guide})" + (" clip" if self.clip else "")
 
 
 def karras_alphas(alphas_cumprod: torch.Tensor, N: int) -> torch.Tensor:
@@ -243,6 +257,8 @@ def timesteps(T: int, method: Method, alphas_cumprod: torch.Tensor = None) -> li
     """The model's timesteps, descending, for a checked method (diffusers' grids); the
     "karras" spacing needs the schedule's alphas_cumprod."""
     N, spacing = method.steps, method.spacing
+    if method.timesteps is not None:  # a grid of its own (checked by Method.checked)
+        return list(method.timesteps)
     if spacing in ("karras", "logsnr"):
         if not method.solver:
             what = "Karras et al.'s σ grid (diffusers' use_karras_sigmas)" if spacing == "karras" else \

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .. import kernels as K
-from ..core import conventions
+from ..core import conventions, tuned
 from ..core.outputs import label_tensor, seed_tensor
 from ..models.loading import load_model
 from ..io import checkpoint as ckpt
@@ -202,7 +202,7 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
              corrector: bool = None, disable_corrector=None, lower_order_final: bool = None, shard: int = 1000,
              format: str = "npz", batch: int = 1024, device=None, dtype=None, compile=None, eval: str = None,
              progress: bool = True, rank: int = None, world: int = None, model_flags=None,
-             eval_features: str = "shipped") -> dict:
+             eval_features: str = "shipped", plan=None) -> dict:
     """Generate images into `out` (see the module's docstring); returns the manifest (or,
     while other processes still hold shards, what this one knows of it). spacing, variance,
     clip and prediction left None take the model's conventions (load_model); the manifest
@@ -224,18 +224,33 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
     dev = _device(device)
     ckpt.check_can_create(out, "out")  # created only once the model and the method are checked too
     net, schedule, info = load_model(model, flags=model_flags)
+    timesteps, plan_d = None, None
+    if plan is not None:  # a tuned plan: its method, options and timesteps, for this model only
+        plan_d = tuned.read(plan)
+        same = method in ("ddpm", plan_d["method"]["name"])  # the plan's own method may be named
+        given = dict(method=None if same else method, steps=steps, spacing=spacing, order=order, solver_type=solver_type,
+                     corrector=corrector, lower_order_final=lower_order_final)
+        given = {k: v for k, v in given.items() if v is not None}
+        if given:
+            raise ValueError(f"plan: sets the method, its options and its timesteps; given with {sorted(given)} too")
+        opts = tuned.method_options(plan_d)
+        method, timesteps = opts.pop("method"), opts.pop("timesteps")
+        order, solver_type, corrector, lower_order_final = (opts.pop(k, None) for k in
+                                                             ("order", "solver_type", "corrector", "lower_order_final"))
     m, used = conventions.of(net).resolve(method, steps, spacing=spacing, eta=eta, variance=variance, clip=clip,
                                           clipped_eps=clipped_eps, prediction=prediction, guidance=guidance,
                                           guidance_interval=guidance_interval, order=order, solver_type=solver_type,
                                           corrector=corrector, disable_corrector=disable_corrector,
-                                          lower_order_final=lower_order_final)
+                                          lower_order_final=lower_order_final, timesteps=timesteps)
     m = m.checked(schedule.T)
+    if plan_d is not None:
+        tuned.check_for(plan_d, schedule, m.prediction, model_hash=info["hash"])
     net = net.to(dev)
     sampler = Sampler(net, schedule, method=m.name, steps=m.steps, spacing=m.spacing, eta=m.eta, variance=m.variance, clip=m.clip,
                       clipped_eps=m.clipped_eps, prediction=m.prediction, guidance=m.guidance,
                       guidance_interval=m.guidance_interval, order=m.order, solver_type=m.solver_type, corrector=m.corrector,
                       disable_corrector=m.disable_corrector, lower_order_final=m.lower_order_final, dtype=dtype, compile=compile,
-                      progress=False)
+                      progress=False, timesteps=m.timesteps)
     image_labels, label_spec = _image_labels(labels, seeds, sampler.num_classes)
     eval_source = None
     if eval is not None:
@@ -251,7 +266,8 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
         "method": {"name": m.name, "steps": m.steps, "spacing": m.spacing, "eta": m.eta, "variance": m.variance, "clip": m.clip,
                    "clipped_eps": m.clipped_eps, "prediction": m.prediction, "offset": m.offset, "guidance": m.guidance,
                    "guidance_interval": None if m.guidance_interval is None else list(m.guidance_interval),
-                   **_solver_options(m)},
+                   **_solver_options(m), **({"timesteps": list(m.timesteps)} if m.timesteps is not None else {})},
+        **({"plan": plan_d["plan_hash"]} if plan_d is not None else {}),  # another plan: refused on resume
         "labels": label_spec,
         "conventions": {k: {"value": v, "from": src} for k, (v, src) in used.items()},
         "seeds": seed_spec(seeds), "n": len(seeds), "shard": shard, "format": format, "micro_batch": micro,

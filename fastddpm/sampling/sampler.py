@@ -27,7 +27,7 @@ from torch import nn
 
 from .. import kernels as K
 from ..core.outputs import checked_output, config_get, image_shape, label_tensor, num_classes, seed_tensor
-from ..core import conventions
+from ..core import conventions, tuned
 from ..core.plan import Plan
 from ..core.schedule import Schedule
 
@@ -99,6 +99,10 @@ class Sampler:
                    and ~5 s from Inductor's cache; a short run does not gain it back.
     cuda_graph:    capture the step in a CUDA graph and replay it (CUDA only).
     max_batch:     the largest micro-batch (default 1024); larger runs are split.
+    timesteps:     a grid of the method's own instead of the spacing's (descending ints in [0, T)).
+    plan:          a tuned plan (python -m fastddpm.tune: its file or dict): the method, its
+                   options and its searched timesteps, refused if made for another schedule or
+                   prediction; `method`, `steps` and the grid options are then not given.
     """
 
     def __init__(
@@ -129,16 +133,35 @@ class Sampler:
         device=None,
         max_batch: int = 1024,
         progress: bool = True,
+        timesteps=None,
+        plan=None,
     ):
         if not callable(model):
             raise TypeError(f"model: expected a callable model(x, t), got {type(model).__name__}")
+        tuned_plan = None
+        if plan is not None:  # a tuned plan (fastddpm.tune) sets the method, its options and its timesteps
+            tuned_plan = tuned.read(plan)
+            same = method in ("ddpm", tuned_plan["method"]["name"])  # the plan's own method may be named
+            given = dict(method=None if same else method, steps=steps, spacing=spacing, order=order, solver_type=solver_type,
+                         corrector=corrector, lower_order_final=lower_order_final, timesteps=timesteps)
+            given = {k: v for k, v in given.items() if v is not None}
+            if given:
+                raise ValueError(f"plan: sets the method, its options and its timesteps; given with {sorted(given)} too")
+            opts = tuned.method_options(tuned_plan)
+            method, timesteps = opts.pop("method"), opts.pop("timesteps")
+            order, solver_type, corrector, lower_order_final = (opts.pop(k, None) for k in
+                                                                 ("order", "solver_type", "corrector", "lower_order_final"))
+            disable_corrector = opts.pop("disable_corrector", disable_corrector) or None
         m, self.conventions = conventions.of(model).resolve(method, steps, spacing=spacing, eta=eta, variance=variance, clip=clip,
                                                             clipped_eps=clipped_eps, prediction=prediction, guidance=guidance,
                                                             guidance_interval=guidance_interval, order=order,
                                                             solver_type=solver_type, corrector=corrector,
                                                             disable_corrector=disable_corrector,
-                                                            lower_order_final=lower_order_final)
+                                                            lower_order_final=lower_order_final, timesteps=timesteps)
         self.plan = Plan.build(schedule, m)
+        self.tuned = tuned_plan
+        if tuned_plan is not None:
+            tuned.check_for(tuned_plan, self.plan.schedule, self.plan.method.prediction)
         self.learned_sigma = conventions.of(model).learned_sigma  # its output: 2C channels, the prediction then v
         self.num_classes = num_classes(model)  # None: unconditional
         if guidance is not None and self.num_classes is None:
@@ -280,7 +303,7 @@ class Sampler:
     # ------------------------------------------------------------------ the run
     @torch.inference_mode()
     def run(self, batch: Optional[int] = None, seed: int = 0, *, seeds=None, labels=None, max_batch: Optional[int] = None,
-            stop_after: Optional[int] = None, progress: Optional[bool] = None) -> torch.Tensor:
+            stop_after: Optional[int] = None, progress: Optional[bool] = None, record=None) -> torch.Tensor:
         """Draw images: (B, C, H, W) float32 on the sampler's device, in the model's range.
 
         batch/seed: images seed, seed+1, ..., seed+batch-1 (default batch 1024); or
@@ -290,6 +313,8 @@ class Sampler:
                     so image k depends only on the model, the method, seed k and label k.
         stop_after: run only the first n steps (for tests and benchmarks): the result
                     is then the state after those steps, not an image.
+        record:     step indices k: the state entering step k of every image is kept in
+                    `self.recorded[k]` (B, C, H, W) float32 (fastddpm.tune's teacher trajectories).
         """
         seeds = self._seeds(batch, seed, seeds)
         B, KS = seeds.numel(), self.plan.K
@@ -297,6 +322,9 @@ class Sampler:
         steps = KS if stop_after is None else stop_after
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= KS:
             raise ValueError(f"stop_after: expected an int in [1, {KS}] (the plan's steps), got {stop_after!r}")
+        record = sorted(set(record)) if record is not None else []
+        if any(isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < steps for k in record):
+            raise ValueError(f"record: expected step indices in [0, {steps}), got {record!r}")
         mb = _positive_int(max_batch if max_batch is not None else self.max_batch, "max_batch")
         self.stats = {"warmup_s": 0.0, "capture_s": 0.0}
         chunks = math.ceil(B / mb)
@@ -308,6 +336,7 @@ class Sampler:
             with K.value_checks(False):  # k stays in range by construction: no wait for the GPU
                 b = self._buffers_for(m)
                 out = torch.empty((B, *self.shape), device=self.device, dtype=torch.float32)
+                self.recorded = {k: torch.empty_like(out) for k in record}
                 flags = torch.empty(B, device=self.device, dtype=torch.int64)
                 bar = _Progress(steps, chunks, m, self.device, _flag(progress, "progress") if progress is not None else self.progress)
                 t0 = time.perf_counter()
@@ -322,6 +351,8 @@ class Sampler:
                         b.labels[n:].fill_(0)  # padding slots: any valid class
                     self._reset(b)
                     for i in range(steps):
+                        if i in self.recorded:
+                            self.recorded[i][lo : lo + n].copy_(b.x[:n])
                         b.steps[self.kinds[i]]()  # the step's kind is known on the host: no sync
                         bar.update(c * steps + i + 1)
                     out[lo : lo + n].copy_(b.x[:n])
