@@ -329,9 +329,10 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
     manifest = read_manifest(out)
     metas = [complete_shard(out, i, format) for i in range(len(shards))]
     if all(x is not None for x in metas):  # the last process to finish completes the manifest
-        manifest.update(complete=True, shards=metas, finished=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
-        ckpt.write_atomic(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
-        ckpt.fsync_dir(out)
+        if not (manifest.get("complete") and manifest.get("shards") == metas):  # (a verified rerun leaves it as it was)
+            manifest.update(complete=True, shards=metas, finished=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
+            ckpt.write_atomic(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
+            ckpt.fsync_dir(out)
         if eval is not None and rank == 0:
             from .. import metrics
 
