@@ -164,7 +164,7 @@ def main(argv=None):
         data = datasets.load_labelled(args.data) if args.conditional else datasets.load(args.data)
     if world == 1 or int(os.environ.get("RANK", "0")) == 0:
         gflops = forward_flops(model) / 1e9
-        sys.stderr.write(f"train: {source.describe()}{', left-right flips' if cfg.hflip else ''}, U-Net "
+        sys.stderr.write(f"train: {source.describe(labels=args.conditional)}{', left-right flips' if cfg.hflip else ''}, U-Net "
                          f"'{preset}' ({model.num_parameters():,} parameters, {gflops:.3g} GFLOPs a forward pass per image"
                          f"{f', {mcfg.num_classes} classes, labels dropped for {cfg.cond_drop:g}' if args.conditional else ''}), "
                          f"{cfg.prediction}-prediction, "

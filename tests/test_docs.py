@@ -1,4 +1,5 @@
-"""The README's and docs/'s code blocks cannot rot: every Python and shell block is run on this CPU,
+"""The README's and docs/'s code blocks cannot rot: every Python and shell block is run on this CPU
+(the fastddpm commands and Python blocks in this process, torchrun's launches as processes),
 in order, each page in its own scratch folder (quality.md in generation.md's, whose samples it
 evaluates), with the substitutions below; a block marked
 `<!-- docs-test: check (why) -->` (a GPU's job, data not on this machine, an install, hours of
@@ -7,7 +8,8 @@ CPU) is not run, and every fastddpm module, function, command and flag it names 
 Substitutions (sizes for a GPU or for hours, made small; the command is otherwise as written):
     train      --steps N -> --steps 2 (4 with --resume), --batch-size 4 unless given smaller,
                --sample-every 0 (no sample grid)
-    generate   --n N -> --n 150 (more than the shipped feature networks' 128 dimensions)
+    generate   --n N -> --n 130 (more than the shipped feature networks' 128 dimensions),
+               --steps N -> --steps 5 for N > 5
     Python     batch=N -> batch=4 for N >= 100, device="cuda" -> device="cpu"; the names a block takes as
                given (a diffusers U-Net, a scheduler, x0, t, seeds, ...) are defined first (PRELUDE)
     data.md    my_photos/ (16 random PNGs) and unet.json (a tiny U-Net) are written first
@@ -159,8 +161,11 @@ def substitute(argv: list) -> list:
         set_flag("--steps", "4" if "--resume" in argv else "2")
         set_flag("--batch-size", "4", only_if_larger=True)
         set_flag("--sample-every", "0")
-    if command == "generate" and "--n" in argv:
-        set_flag("--n", "150")
+    if command == "generate":
+        if "--n" in argv:
+            set_flag("--n", "130")
+        if "--steps" in argv:
+            set_flag("--steps", "5", only_if_larger=True)
     if argv[0] == "python":
         argv[0] = sys.executable
     if argv[0] == "torchrun":
@@ -262,6 +267,26 @@ def write_fixtures(folder: Path, page: Path) -> None:
 SHARES_FOLDER = {"quality.md": "generation.md"}  # quality.md evaluates the samples generation.md's block wrote
 
 
+def run_in_process(argv, folder: Path, where: str) -> None:
+    """A fastddpm command run as `python -m fastddpm.X` would run it (cli.run: its errors as one
+    line and an exit status), in this process: the interpreter's start-up is most of a small command's
+    time. torchrun's launches stay separate processes."""
+    from fastddpm import cli
+
+    command, args = fastddpm_command(argv)
+    mod = importlib.import_module(f"fastddpm.{command}")
+    err = io.StringIO()
+    old = os.getcwd()
+    os.chdir(folder)
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            cli.run(f"python -m fastddpm.{command}", mod.main, args)
+    except SystemExit as e:
+        assert e.code in (0, None), f"{where}: {' '.join(argv)}\n{err.getvalue()[-3000:]}"
+    finally:
+        os.chdir(old)
+
+
 @pytest.mark.slow
 def test_every_block_runs(tmp_path):
     """Every block not marked check runs on this CPU, as written but for the substitutions above,
@@ -276,19 +301,25 @@ def test_every_block_runs(tmp_path):
             if mark == "check":
                 continue
             where = f"{page.name} block {i}"
-            if kind == "python":
-                script = folder / f"block-{page.stem}-{i}.py"
-                script.write_text(PRELUDE + "\n" + shrink_python(code))
-                run = subprocess.run([sys.executable, str(script)], cwd=folder, env=env, capture_output=True, text=True,
-                                     timeout=600)
-                assert run.returncode == 0, f"{where}:\n{code}\n{run.stderr[-3000:]}"
+            if kind == "python":  # in a fresh namespace, in the page's folder
+                old = os.getcwd()
+                os.chdir(folder)
+                try:
+                    exec(compile(PRELUDE + "\n" + shrink_python(code), f"<{where}>", "exec"), {"__name__": "__docs__"})
+                except Exception as e:
+                    raise AssertionError(f"{where}:\n{code}\n{type(e).__name__}: {e}") from e
+                finally:
+                    os.chdir(old)
                 ran += 1
                 continue
             for argv in commands(code):
                 assert fastddpm_command(argv), f"{where}: {' '.join(argv)} is not a fastddpm command: mark the block check"
                 full = substitute(argv)
-                run = subprocess.run(full, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
-                assert run.returncode == 0, f"{where}: {' '.join(full)}\n{run.stderr[-3000:]}"
+                if full[0] == sys.executable and full[1:3] == ["-m", "torch.distributed.run"]:
+                    run = subprocess.run(full, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
+                    assert run.returncode == 0, f"{where}: {' '.join(full)}\n{run.stderr[-3000:]}"
+                else:
+                    run_in_process(full, folder, where)
                 ran += 1
     assert ran >= 15
 

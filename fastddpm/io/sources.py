@@ -161,8 +161,10 @@ class Source:
         for i in range(0, self.n, batch):
             yield self.read(torch.arange(i, min(i + batch, self.n)))
 
-    def describe(self) -> str:
-        c = f", {len(self.classes)} classes" if self.classes else (", labelled" if self.labels is not None else "")
+    def describe(self, labels: bool = True) -> str:
+        """'NAME (N images CxSxS[, K classes])': the classes only when `labels` (a conditional run uses them)."""
+        c = "" if not labels else f", {len(self.classes)} classes" if self.classes else (
+            ", labelled" if self.labels is not None else "")
         return f"{self.name} ({self.n} images {self.channels}x{self.size}x{self.size}{c})"
 
 
@@ -445,7 +447,7 @@ def builtin_source(name: str, split: str = "train") -> ArraySource:
     else:
         x, y = data.labelled(name, "test")
     u8 = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return ArraySource(u8, y, name=f"{name} ({split})", fingerprint=_hash_tensor(u8, y))
+    return ArraySource(u8, y, name=name if split == "train" else f"{name} ({split})", fingerprint=_hash_tensor(u8, y))
 
 
 def _memory_limit(v):
