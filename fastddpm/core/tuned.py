@@ -86,3 +86,20 @@ def method_options(d: dict) -> dict:
     m = dict(d["method"])
     opts = {k: (tuple(v) if isinstance(v, list) else v) for k, v in m.items() if k not in ("name", "steps")}
     return dict(method=m["name"], timesteps=tuple(d["timesteps"]), **opts)
+
+
+PLAN_SETS = ("method", "timesteps", "order", "solver_type", "corrector", "lower_order_final", "disable_corrector")
+
+
+def arguments(plan, method, **given) -> tuple:
+    """(the plan read, {name: value} for every name of PLAN_SETS): what a plan sets, for Sampler
+    and generate alike. `given` are the caller's own values of those settings: any not None is an
+    error (the plan sets them), except the method named by the plan itself (or the default ddpm)."""
+    d = read(plan)
+    given = {k: v for k, v in given.items() if v is not None}
+    if method not in ("ddpm", d["method"]["name"]):
+        given["method"] = method
+    if given:
+        raise ValueError(f"plan: sets the method, its options and its timesteps; given with {sorted(given)} too")
+    opts = method_options(d)
+    return d, {k: opts.get(k) for k in PLAN_SETS}

@@ -226,17 +226,10 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
     net, schedule, info = load_model(model, flags=model_flags)
     timesteps, plan_d = None, None
     if plan is not None:  # a tuned plan: its method, options and timesteps, for this model only
-        plan_d = tuned.read(plan)
-        same = method in ("ddpm", plan_d["method"]["name"])  # the plan's own method may be named
-        given = dict(method=None if same else method, steps=steps, spacing=spacing, order=order, solver_type=solver_type,
-                     corrector=corrector, lower_order_final=lower_order_final)
-        given = {k: v for k, v in given.items() if v is not None}
-        if given:
-            raise ValueError(f"plan: sets the method, its options and its timesteps; given with {sorted(given)} too")
-        opts = tuned.method_options(plan_d)
-        method, timesteps = opts.pop("method"), opts.pop("timesteps")
-        order, solver_type, corrector, lower_order_final = (opts.pop(k, None) for k in
-                                                             ("order", "solver_type", "corrector", "lower_order_final"))
+        plan_d, sets = tuned.arguments(plan, method, steps=steps, spacing=spacing, order=order, solver_type=solver_type,
+                                       corrector=corrector, lower_order_final=lower_order_final)
+        method, timesteps, order, solver_type, corrector, lower_order_final, plan_disable = sets.values()
+        disable_corrector = plan_disable or disable_corrector
     m, used = conventions.of(net).resolve(method, steps, spacing=spacing, eta=eta, variance=variance, clip=clip,
                                           clipped_eps=clipped_eps, prediction=prediction, guidance=guidance,
                                           guidance_interval=guidance_interval, order=order, solver_type=solver_type,

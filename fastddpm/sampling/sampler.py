@@ -140,18 +140,11 @@ class Sampler:
             raise TypeError(f"model: expected a callable model(x, t), got {type(model).__name__}")
         tuned_plan = None
         if plan is not None:  # a tuned plan (fastddpm.tune) sets the method, its options and its timesteps
-            tuned_plan = tuned.read(plan)
-            same = method in ("ddpm", tuned_plan["method"]["name"])  # the plan's own method may be named
-            given = dict(method=None if same else method, steps=steps, spacing=spacing, order=order, solver_type=solver_type,
-                         corrector=corrector, lower_order_final=lower_order_final, timesteps=timesteps)
-            given = {k: v for k, v in given.items() if v is not None}
-            if given:
-                raise ValueError(f"plan: sets the method, its options and its timesteps; given with {sorted(given)} too")
-            opts = tuned.method_options(tuned_plan)
-            method, timesteps = opts.pop("method"), opts.pop("timesteps")
-            order, solver_type, corrector, lower_order_final = (opts.pop(k, None) for k in
-                                                                 ("order", "solver_type", "corrector", "lower_order_final"))
-            disable_corrector = opts.pop("disable_corrector", disable_corrector) or None
+            tuned_plan, sets = tuned.arguments(plan, method, steps=steps, spacing=spacing, order=order,
+                                               solver_type=solver_type, corrector=corrector,
+                                               lower_order_final=lower_order_final, timesteps=timesteps)
+            method, timesteps, order, solver_type, corrector, lower_order_final, plan_disable = sets.values()
+            disable_corrector = plan_disable or disable_corrector
         m, self.conventions = conventions.of(model).resolve(method, steps, spacing=spacing, eta=eta, variance=variance, clip=clip,
                                                             clipped_eps=clipped_eps, prediction=prediction, guidance=guidance,
                                                             guidance_interval=guidance_interval, order=order,
