@@ -25,7 +25,7 @@ from .models import UNet, UNetConfig
 from .sampling import Sampler
 from .training import TrainConfig, Trainer
 
-COMMANDS = ("bench", "eval", "generate", "pretrained", "train")
+COMMANDS = ("bench", "eval", "generate", "pretrained", "train", "tune")
 
 __all__ = [
     "Method", "Plan", "Sampler", "Schedule", "TrainConfig", "Trainer", "UNet", "UNetConfig",

@@ -6,7 +6,7 @@ COMMANDS = (
     ("train", "train a DDPM on a built-in set or your own images (folders, .npz, CIFAR batches), fused kernels"),
     ("generate", "sample N images in resumable shards, any method, any model; --eval measures them at the end"),
     ("eval", "sample quality offline: FD/KID/precision/recall in a shipped network, or Inception FID"),
-    ("tune", "search a sampler's timesteps for one model (GITS): a plan file generate --plan and Sampler(plan=) take"),
+    ("tune", "fit a sampler to one model: its timesteps (GITS), optionally its coefficients (--learn); a plan file"),
     ("bench", "the speed benchmark (--static: machine code without a GPU; --quality: quality per model evaluation)"),
     ("pretrained", "ship a run's EMA weights, or export a model as a diffusers folder"),
 )

@@ -162,8 +162,183 @@ def test_tune_refusals(tmp_path, argv, message, capsys):
     assert message in said and not (tmp_path / "p.json").exists()
 
 
-def test_tune_refuses_a_class_conditional_model(tmp_path):
+def test_tune_refuses_guidance_for_an_unconditional_model():
     from fastddpm.tune import tune
 
-    with pytest.raises(ValueError, match="class-conditional model's grid"):
-        tune("fashion-mnist-cond", "dpm++2m", 5)
+    with pytest.raises(ValueError, match="guidance: this model is unconditional"):
+        tune("digits", "dpm++2m", 5, guidance=2.0)
+    with pytest.raises(ValueError, match="learn_iters: expected an int >= 0"):
+        tune("digits", "dpm++2m", 5, learn_iters=-1)
+    with pytest.raises(ValueError, match="lr: expected a learning rate"):
+        tune("digits", "dpm++2m", 5, lr=0.0)
+
+
+# ---- learned coefficients (tune --learn): Method.scales, the chain that is their reference, learn ----
+
+SCALABLE_CASES = [("ddim", {}), ("dpm++2m", {}), ("dpm++3m", {}), ("unipc", dict(order=3)), ("ipndm", dict(order=2))]
+
+
+def _scales(K, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(tuple((1 + 0.2 * (torch.rand(6, generator=g, dtype=torch.float64) - 0.5)).tolist()) for _ in range(K))
+
+
+def test_scales_multiply_the_eps_rows_weights_and_ones_change_nothing():
+    from fastddpm.core.plan import SCALED
+
+    s = Schedule.linear()
+    for name, opts in SCALABLE_CASES:
+        a = Plan.build(s, name, steps=5, **opts)
+        assert torch.equal(Plan.build(s, name, steps=5, scales=((1.0,) * 6,) * 5, **opts).rows, a.rows)
+        sc = _scales(5)
+        b = Plan.build(s, name, steps=5, scales=sc, **opts)
+        want = a.rows.clone()
+        for j, col in enumerate(SCALED.values()):
+            want[:, int(col)] *= torch.tensor([r[j] for r in sc], dtype=torch.float64)
+        torch.testing.assert_close(b.rows, want, rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("name, opts", SCALABLE_CASES[:2] + SCALABLE_CASES[4:])
+def test_a_v_model_with_scales_samples_what_its_eps_twin_does(name, opts):
+    # the factors act on the ε rows: the same network as a v model (v = (ε − β̄ x)/ᾱ) must give the same images
+    from fastddpm.pretrained import load_model
+
+    net, schedule, _ = load_model("digits")
+    ac = schedule.alphas_cumprod.double()
+
+    class VTwin(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x, t):
+            a, b = ac[t].sqrt().view(-1, 1, 1, 1).float(), (1 - ac[t]).sqrt().view(-1, 1, 1, 1).float()
+            return (self.net(x, t) - b * x) / a
+
+    sc = _scales(5, seed=4)
+    eps = Sampler(net, schedule, method=name, steps=5, scales=sc, compile=False, progress=False, **opts).run(batch=8)
+    v = Sampler(VTwin(), schedule, method=name, steps=5, scales=sc, prediction="v", compile=False, progress=False,
+                shape=(1, 8, 8), **opts).run(batch=8)
+    torch.testing.assert_close(v, eps, rtol=0, atol=5e-4)  # float32 through 1/ᾱ near the noise end
+
+
+@pytest.mark.parametrize("method, opts, scales, message", [
+    ("ddpm", {}, ((1.0,) * 6,) * 5, "deterministic samplers"),
+    ("sde-dpm++2m", {}, ((1.0,) * 6,) * 5, "deterministic samplers"),
+    ("ddim", dict(eta=1.0), ((1.0,) * 6,) * 5, "not 'ddim' η=1"),
+    ("ddim", {}, ((1.0,) * 6,) * 4, "expected 5 rows"),
+    ("ddim", {}, ((1.0,) * 5,) * 5, "expected 5 rows"),
+    ("ddim", {}, ((float("nan"),) * 6,) * 5, "finite factors"),
+    ("ddim", {}, "1", "expected 5 rows"),
+])
+def test_scales_refusals(method, opts, scales, message):
+    with pytest.raises(ValueError, match=message):
+        Plan.build(Schedule.linear(), method, steps=5, scales=scales, **opts)
+
+
+def test_the_reference_refuses_a_scaled_plan():
+    from fastddpm import reference
+
+    p = Plan.build(Schedule.linear(), "ddim", steps=3, scales=((1.1,) * 6,) * 3)
+    with pytest.raises(ValueError, match="scales: a refined plan's learned coefficients are not the papers' equations"):
+        reference.sample(lambda x, t: x, Schedule.linear(), torch.arange(2), (1, 4, 4), p)
+
+
+@pytest.mark.parametrize("name, opts", SCALABLE_CASES)
+def test_the_chain_is_the_samplers_run_with_scales(name, opts):
+    # the torch chain tune descends through and the fused kernel's run are one function of the factors
+    from fastddpm.kernels import STREAM_PRIOR, randn
+    from fastddpm.pretrained import load_model
+    from fastddpm.tune import chain
+
+    net, schedule, _ = load_model("digits")
+    sc = _scales(6, seed=1)
+    sampler = Sampler(net, schedule, method=name, steps=6, scales=sc, compile=False, progress=False, **opts)
+    seeds = torch.arange(12, dtype=torch.int64) + 7
+    want = sampler.run(seeds=seeds)
+    x = randn((12, 1, 8, 8), seeds, torch.zeros(12, dtype=torch.int64), STREAM_PRIOR)
+    with torch.no_grad():
+        got = chain(net, sampler.plan, x, torch.tensor(sc, dtype=torch.float64))
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-5)  # float32, the same rows in another order of operations
+    plain = Sampler(net, schedule, method=name, steps=6, compile=False, progress=False, **opts).run(seeds=seeds)
+    assert (plain - want).abs().max() > 1e-2  # the factors matter
+
+
+def test_the_guided_chain_is_the_guided_samplers_run():
+    from fastddpm.kernels import STREAM_PRIOR, randn
+    from fastddpm.pretrained import load_model
+    from fastddpm.tune import chain
+
+    net, schedule, _ = load_model("fashion-mnist-cond")
+    sc = _scales(4, seed=2)
+    seeds = torch.arange(4, dtype=torch.int64)
+    labels = torch.tensor([3, 0, 9, 5])
+    for w in (0.0, 1.0, 2.5):
+        sampler = Sampler(net, schedule, method="dpm++2m", steps=4, guidance=w, scales=sc, compile=False, progress=False)
+        want = sampler.run(seeds=seeds, labels=labels)
+        x = randn((4, 1, 28, 28), seeds, torch.zeros(4, dtype=torch.int64), STREAM_PRIOR)
+        with torch.no_grad():
+            got = chain(net, sampler.plan, x, torch.tensor(sc, dtype=torch.float64), labels)
+        # float32, and the Sampler's channels-last convolutions sum in another order than the chain's
+        torch.testing.assert_close(got, want, rtol=0, atol=2e-4)
+        plain = Sampler(net, schedule, method="dpm++2m", steps=4, guidance=w, compile=False, progress=False)
+        assert (plain.run(seeds=seeds, labels=labels) - want).abs().max() > 1e-2
+
+
+def test_learn_lowers_the_held_out_error_and_keeps_its_best():
+    from fastddpm.kernels import STREAM_PRIOR, randn
+    from fastddpm.pretrained import load_model
+    from fastddpm.tune import learn
+
+    net, schedule, _ = load_model("digits")
+    seeds = torch.arange(48, dtype=torch.int64) + 10**12
+    x = randn((48, 1, 8, 8), seeds, torch.zeros(48, dtype=torch.int64), STREAM_PRIOR)
+    target = Sampler(net, schedule, method="unipc", order=3, steps=100, compile=False, progress=False).run(seeds=seeds).double()
+    plan = Plan.build(schedule, "ddim", steps=4)
+    scales, rec = learn(net, plan, x, target, iters=15, lr=0.1, batch=32)
+    assert rec["learn_seeds"] == 36 and rec["held_out_seeds"] == 12
+    assert rec["mse_after"]["val"] < 0.9 * rec["mse_before"]["val"]  # measured when written: 0.0410 -> 0.0322
+    assert rec["mse_after"]["train"] < rec["mse_before"]["train"] and 1 <= rec["kept_iter"] <= 15
+    assert scales.shape == (4, 6) and not torch.equal(scales, torch.ones(4, 6, dtype=torch.float64))
+    again, rec2 = learn(net, plan, x, target, iters=15, lr=0.1, batch=16)  # micro-batches of another size: the same
+    torch.testing.assert_close(again, scales, rtol=1e-6, atol=0)
+    assert all(p.requires_grad is False for p in net.parameters())
+
+
+def test_a_refined_plan_runs_its_scales_and_its_file_is_checked(tmp_path):
+    from fastddpm.core.plan import SCALED
+    from fastddpm.pretrained import load_model
+    from fastddpm.sampling.generate import generate
+
+    net, schedule, _ = load_model("digits")
+    sc = [list(r) for r in _scales(5, seed=3)]
+    d = _plan(scales={"columns": list(SCALED), "values": sc})
+    a = Sampler(net, schedule, plan=d, compile=False, progress=False).run(batch=8)
+    b = Sampler(net, schedule, method="ipndm", order=2, timesteps=(999, 819, 549, 319, 149), scales=sc, compile=False,
+                progress=False).run(batch=8)
+    assert torch.equal(a, b)
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps(d))
+    m = generate("digits", n=8, out=tmp_path / "g", plan=str(p), batch=8, progress=False)
+    assert m["config"]["method"]["scales"] == sc
+    bad = tuned.sealed({**{k: v for k, v in d.items() if k != "plan_hash"}, "scales": {"columns": ["x"], "values": sc}})
+    with pytest.raises(ValueError, match="damaged: scales"):
+        tuned.read(bad)
+
+
+@pytest.mark.slow
+def test_tune_a_guided_model_with_learned_coefficients(tmp_path):
+    from fastddpm.tune import tune
+
+    d = tune("fashion-mnist-cond", "dpm++2m", 4, grid=10, refine=2, seeds=16, guidance=2.0, learn_iters=3, lr=0.05,
+             progress=False, cache=tmp_path)
+    assert d["method"]["guidance"] == 2.0 and len(d["timesteps"]) == 4
+    assert d["objective"]["learned"]["iters"] == 3 and d["objective"]["learned"]["held_out_seeds"] == 4
+    from fastddpm.pretrained import load_model
+
+    net, schedule, _ = load_model("fashion-mnist-cond")
+    s = Sampler(net, schedule, plan=d, compile=False, progress=False)
+    assert s.plan.method.guidance == 2.0 and s.plan.timesteps == tuple(d["timesteps"])
+    Sampler(net, schedule, plan=d, guidance=2.0, compile=False, progress=False)  # the plan's own w may be restated
+    with pytest.raises(ValueError, match=r"given with \['guidance'\] too"):
+        Sampler(net, schedule, plan=d, guidance=3.0)

@@ -108,12 +108,16 @@ def main(argv=None) -> dict:
                     "samples a row, each deterministic row's RMSE to the converged ODE, and the certify line (with "
                     "--guidance: the class-conditional model at w = 2)")
     ap.add_argument("--tuned", action="store_true", help="--quality --solvers: DDIM, DPM-Solver++(2M), UniPC-3 bh1 and "
-                    "iPNDM-2 at 4-10 steps on their default grids and on grids fastddpm.tune searched for the model")
+                    "iPNDM-2 at 4-10 steps on their default grids and on grids fastddpm.tune searched for the model (DDIM "
+                    "and 2M also with learned coefficients; with --guidance: the class-conditional model at w = 2)")
+    ap.add_argument("--plan", action="append", default=None, metavar="FILE",
+                    help="--quality --solvers: your tuned plan files (python -m fastddpm.tune) for the shipped model, each "
+                         "beside its method on the default grid at the same budget (repeatable)")
     ap.add_argument("--inception", action="store_true", help="--quality: Inception FID beside FD on the real floor, the "
                     "DDPM 1000-step row and the best row of at most 20 evaluations (the FID network found offline)")
     ap.add_argument("--debug", action="store_true", help="a Python stack for every error (also FASTDDPM_DEBUG=1)")
     args = ap.parse_args(argv)
-    for flag in ("data", "train", "guidance", "solvers", "inception"):
+    for flag in ("data", "train", "guidance", "solvers", "inception", "tuned", "plan"):
         if getattr(args, flag) not in (None, False) and not args.quality:
             ap.error(f"--{flag}: only with --quality")
     if args.static:
@@ -131,7 +135,7 @@ def main(argv=None) -> dict:
 
             fid_inception.find()  # the network is here, or one line says how to get it, before any sampling
         return quality.main(args.data, out=args.out, train=args.train, guidance=args.guidance, solvers=args.solvers,
-                            inception=args.inception, tuned=args.tuned)
+                            inception=args.inception, tuned=args.tuned, plans=args.plan)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     if any(s not in SECTIONS for s in only):
         ap.error(f"--only: expected a comma list of {SECTIONS}, got {args.only!r}")

@@ -73,6 +73,9 @@ SOLVER_SAMPLES = 2000
 TUNED_BUDGETS = (4, 5, 6, 8, 10)
 TUNED_METHODS = (("DDIM η=0", "ddim", {}), ("DPM-Solver++(2M)", "dpm++2m", {}), ("UniPC-3 bh1", "unipc",
                  dict(order=3, solver_type="bh1")), ("iPNDM-2", "ipndm", dict(order=2)))
+# ... and these again on the searched grid with learned coefficients (tune --learn LEARN_ITERS at LEARN_LR)
+LEARNED_METHODS = ("DDIM η=0", "DPM-Solver++(2M)")
+LEARN_ITERS, LEARN_LR = 100, 0.05
 SOLVER_GUIDANCE = 2.0  # fashion-mnist-cond's best w for a deterministic sampler in the guidance sweep (FD 25.9 at 2M-20)
 # guided, a step is two model evaluations (a 2B batch): the baseline and the best of each family unguided
 GUIDED_SOLVERS = ("DPM-Solver++(2M)", "DPM-Solver++(3M)", "UniPC-3 bh2", "iPNDM-2")
@@ -127,10 +130,10 @@ def evaluations(method: str, opts: dict, schedule=None) -> int:
     from ..core.plan import Plan
     from ..core.schedule import Schedule
 
-    if "plan" in opts:  # a tuned plan: its own timesteps
+    if "plan" in opts:  # a tuned plan: its own method, timesteps and guidance
         from ..core import tuned
 
-        return len(tuned.read(opts["plan"])["timesteps"])
+        opts = {k: v for k, v in tuned.method_options(tuned.read(opts["plan"])).items() if k != "method"}
     plan = Plan.build(schedule or Schedule.linear(), method, **opts)
     return plan.K + plan.kinds.count("guided")
 
@@ -490,32 +493,56 @@ def guided_plot(rows: list, path: Path, data: str):
     return _finish(plt, fig, ax, path)
 
 
-def tuned_configs(model: str, out: Path, progress: bool = True) -> list:
-    """(label, method, options) rows of the --tuned table: each TUNED_METHODS entry at each budget, untuned
-    and tuned; the plans made by fastddpm.tune (into OUT/plans, reused when there; the teacher's
-    trajectories cached in OUT/tune-cache, shared by every plan)."""
+def tuned_configs(model: str, out: Path, progress: bool = True, guidance=None) -> list:
+    """(label, method, options) rows of the --tuned table: each TUNED_METHODS entry at each budget, untuned,
+    tuned, and for LEARNED_METHODS tuned with learned coefficients; the plans made by fastddpm.tune (into
+    OUT/plans, reused when there; the teacher's trajectories cached in OUT/tune-cache, shared by every plan).
+    guidance: a conditional model's w (the plans are searched at it)."""
     from ..core import tuned
+    from ..io import checkpoint as ckpt
     from ..tune import tune
 
     configs = []
+    g = {} if guidance is None else {"guidance": guidance}
     for name, method, o in TUNED_METHODS:
         for n in TUNED_BUDGETS:
-            path = out / "plans" / f"{slug(name)}-{n}.json"
-            try:
-                tuned.read(path)
-            except ValueError:
-                plan = tune(model, method, n, options={k: v for k, v in o.items()}, cache=out / "tune-cache",
-                            progress=progress, command=f"fastddpm.bench --quality --tuned ({name}, {n} steps)")
-                path.parent.mkdir(parents=True, exist_ok=True)
-                from ..io import checkpoint as ckpt
+            configs.append((f"{name} {n}", method, dict(steps=n, **o, **g)))
+            for learn in ((0, LEARN_ITERS) if name in LEARNED_METHODS else (0,)):
+                path = out / "plans" / f"{slug(name)}-{n}{'-learned' if learn else ''}.json"
+                try:
+                    tuned.read(path)
+                except ValueError:
+                    plan = tune(model, method, n, options=dict(o), guidance=guidance, learn_iters=learn, lr=LEARN_LR,
+                                cache=out / "tune-cache", progress=progress,
+                                command=f"fastddpm.bench --quality --tuned ({name}, {n} steps{', learned' if learn else ''})")
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    ckpt.write_atomic(path, (json.dumps(plan, indent=1) + "\n").encode())
+                configs.append((f"{name} tuned{'+learned' if learn else ''} {n}", method, dict(steps=n, plan=str(path))))
+    return configs
 
-                ckpt.write_atomic(path, (json.dumps(plan, indent=1) + "\n").encode())
-            configs += [(f"{name} {n}", method, dict(steps=n, **o)), (f"{name} tuned {n}", method, dict(steps=n, plan=str(path)))]
+
+def plan_configs(plans: list, model: str) -> list:
+    """(label, method, options) rows for plan files of the user's (bench --quality --plan FILE): each plan's
+    method on its default grid at the same budget, then the plan; a plan for another model is refused by name."""
+    from ..core import tuned
+    from ..models.loading import load_model
+
+    _, schedule, info = load_model(model)
+    configs = []
+    for p in plans:
+        d = tuned.read(p)
+        tuned.check_for(d, schedule, d["prediction"], model_hash=info["hash"])
+        opts = tuned.method_options(d)
+        n = len(d["timesteps"])
+        base = {k: v for k, v in opts.items() if k not in ("method", "timesteps", "scales")}
+        name = Path(p).stem
+        configs += [(f"{d['method']['name']} {n}", d["method"]["name"], dict(steps=n, **base)),
+                    (f"{name} (plan) {n}", d["method"]["name"], dict(steps=n, plan=str(p)))]
     return configs
 
 
 def main(data: str, out=None, train: bool = False, guidance: bool = False, solvers: bool = False, inception: bool = False,
-         tuned: bool = False) -> dict:
+         tuned: bool = False, plans: list = None) -> dict:
     if data not in SAMPLES:
         raise ValueError(f"data: --quality needs --data {' or '.join(SAMPLES)}, got {data!r}")
     if guidance and data not in GUIDED_MODEL:
@@ -532,11 +559,17 @@ def main(data: str, out=None, train: bool = False, guidance: bool = False, solve
         if held_out <= DIM:
             raise ValueError(f"inception: {data}'s held-out split has {held_out} images; FID in the Inception's {DIM} "
                              f"features needs more than {DIM} on each side (--inception is for fashion-mnist)")
-    if tuned and (guidance or not solvers):
-        raise ValueError("tuned: the tuned-plan table is a --solvers table of an unconditional model: pass --solvers, "
-                         "without --guidance")
+    if (tuned or plans) and not solvers:
+        raise ValueError(f"{'tuned' if tuned else 'plan'}: tuned plans are measured in the --solvers table (teacher RMSE, "
+                         f"certify line): pass --solvers")
+    if tuned and plans:
+        raise ValueError("plan: --tuned makes its own plans; measure your plan files without it")
+    for p in plans or ():  # read before any sampling: a damaged plan is refused at once
+        from ..core import tuned as tuned_plans
+
+        tuned_plans.read(p)
     out = Path(out or f"bench-results/quality-{data}{'-solvers' if solvers else ''}{'-guidance' if guidance else ''}"
-                      f"{'-tuned' if tuned else ''}")
+                      f"{'-tuned' if tuned else ''}{'-plans' if plans else ''}")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     teacher = shared = None
@@ -548,8 +581,11 @@ def main(data: str, out=None, train: bool = False, guidance: bool = False, solve
                    [DDPM_1000, *SOLVER_CONFIGS] if not guidance or label == DDPM_1000[0] or label.rsplit(" ", 1)[0] in GUIDED_SOLVERS]
         shared = SHARED_ROWS / slug(model)
         teacher = Teacher(model, out, guidance=SOLVER_GUIDANCE if guidance else None)
+        ddpm = configs[0]  # the DDPM-1000 row (at the guided model's w)
         if tuned:
-            configs = [(DDPM_1000[0], DDPM_1000[1], DDPM_1000[2]), *tuned_configs(model, out)]
+            configs = [ddpm, *tuned_configs(model, out, guidance=SOLVER_GUIDANCE if guidance else None)]
+        elif plans:
+            configs = [ddpm, *plan_configs(plans, model)]
     elif guidance:
         model, configs, n = GUIDED_MODEL[data], GUIDED_CONFIGS, GUIDED_SAMPLES
     else:

@@ -37,7 +37,7 @@ class Conventions:
 
     def resolve(self, method="ddpm", steps=None, *, spacing=None, eta=0.0, variance=None, clip=None, clipped_eps=None,
                 prediction=None, offset=None, guidance=None, guidance_interval=None, order=None, solver_type=None,
-                corrector=None, disable_corrector=None, lower_order_final=None, timesteps=None) -> tuple:
+                corrector=None, disable_corrector=None, lower_order_final=None, timesteps=None, scales=None) -> tuple:
         """(Method, used): each None takes the model's value; `used` maps every convention to
         (value, source). A variance and clipping apply only where the method has them (ddpm;
         ddpm and ddim), a Karras or logSNR grid and a solver's options only to the solvers
@@ -83,7 +83,7 @@ class Conventions:
                    disable_corrector=pick("disable_corrector", disable_corrector, mine and method == "unipc", (), **kept),
                    lower_order_final=pick("lower_order_final", lower_order_final,
                                           mine and method in ("unipc", "dpm++3m", "sde-dpm++3m"), None, **kept),
-                   timesteps=None if timesteps is None else tuple(timesteps))
+                   timesteps=None if timesteps is None else tuple(timesteps), scales=scales)
         if self.learned_sigma:
             used["learned_sigma"] = (True, self.sources.get("learned_sigma", DEFAULT))
         return m, used

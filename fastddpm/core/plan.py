@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .. import kernels as K
-from ..kernels.tables import C_EPS, C_X, C_X0, GUIDE, HISTORY, NCOEF, SIGMA, SQRT_1M_AB, SQRT_AB, X0_EPS, X0_X
+from ..kernels.tables import C_EPS, C_H1, C_H2, C_H3, C_X, C_X0, GUIDE, HISTORY, NCOEF, SIGMA, SQRT_1M_AB, SQRT_AB, X0_EPS, X0_X
 from .solvers import solver_coefficients
 from .schedule import Schedule
 
@@ -42,6 +42,10 @@ ORDERS = {"unipc": (1, 3, 2), "ipndm": (1, 4, 2)}  # method: (lowest, highest, d
 # next, and fourth-order fixed weights extrapolate ε̂ across that (measured FD 114 against 5.3 at 6 steps on the
 # digits model, 567 against 125 on fashion-mnist-small: README, "Which sampler")
 SOLVER_TYPES = ("bh1", "bh2")  # UniPC's B(h): h (bh1) or e^h − 1 (bh2), Zhao et al. 2023
+# The weights a refined plan (fastddpm.tune --learn) scales, step by step, in the ε-prediction rows before they are
+# rewritten for the model's prediction: x̂_0's, x_t's, ε̂'s and the three history slots' (docs/notation.md's columns)
+SCALED = {"x0": C_X0, "x": C_X, "eps": C_EPS, "h1": C_H1, "h2": C_H2, "h3": C_H3}
+SCALABLE = ("ddim", "dpm++2m", "dpm++3m", "unipc", "ipndm")  # deterministic: a learned factor never meets the noise
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ class Method:
     disable_corrector: tuple = ()  # unipc: steps i whose successor is not corrected (diffusers' disable_corrector)
     lower_order_final: bool = None  # DPM-Solver++ and UniPC: lower orders in the last steps (default True, diffusers')
     timesteps: tuple = None  # a grid of its own (a tuned plan's, fastddpm.tune): descending ints in [0, T); None: spacing's
+    scales: tuple = None  # a refined plan's learned factors on each step's weights: K rows, one per SCALED column; None: 1
 
     def checked(self, T: int) -> "Method":
         """This configuration with its steps filled in, or a ValueError naming the argument."""
@@ -124,8 +129,26 @@ class Method:
                                  f"t_lo < t <= t_hi of [0, {T}), got {interval!r}")
             interval = (float(interval[0]), float(interval[1]))
         order, solver_type, corrector, disable, lof = self._solver_options()
+        scales = self._checked_scales(steps)
         return Method(self.name, steps, self.spacing, float(self.eta), self.variance, self.clip, self.clipped_eps, prediction,
-                      self.offset, guidance, interval, order, solver_type, corrector, disable, lof, grid)
+                      self.offset, guidance, interval, order, solver_type, corrector, disable, lof, grid, scales)
+
+    def _checked_scales(self, steps: int) -> tuple:
+        """scales as a tuple of `steps` tuples of len(SCALED) floats, or None."""
+        if self.scales is None:
+            return None
+        if self.name not in SCALABLE or self.eta:
+            raise ValueError(f"scales: learned factors are for the deterministic samplers {SCALABLE} (ddim with η = 0), "
+                             f"not {self.name!r}{f' η={self.eta:g}' if self.eta else ''}")
+        try:
+            rows = tuple(tuple(float(v) for v in row) for row in self.scales)
+        except (TypeError, ValueError):
+            rows = None
+        if rows is None or len(rows) != steps or any(len(r) != len(SCALED) for r in rows) or not all(
+                math.isfinite(v) for r in rows for v in r):
+            raise ValueError(f"scales: expected {steps} rows (one per step) of {len(SCALED)} finite factors "
+                             f"({', '.join(SCALED)}), got {self.scales!r}")
+        return rows
 
     def _solver_options(self) -> tuple:
         """(order, solver_type, corrector, disable_corrector, lower_order_final), checked and filled in."""
@@ -220,6 +243,7 @@ class Method:
         guide = "" if self.guidance is None else f", guidance {self.guidance:g}" + (
             f" in ({self.guidance_interval[0]:g}, {self.guidance_interval[1]:g}]" if self.guidance_interval else "")
         grid = self.spacing if self.timesteps is None else "timesteps " + ",".join(map(str, self.timesteps))
+        grid += "" if self.scales is None else ", learned coefficients"
         return f"{self.name}{extra} {self.steps} steps ({grid}{pred}{guide})" + (" clip" if self.clip else "")
 
 
@@ -325,9 +349,11 @@ class Plan:
                              f"schedule (ᾱ = 0 there, and x̂_0 = (x - β̄ ε̂)/ᾱ divides by it); Lin et al. (2024) pair such "
                              f"schedules with v-prediction: pass prediction='v' for a v model, or start below that step "
                              f"(spacing='leading')")
+        rows, a_t = _eps_rows(schedule, m, ts)
         prev = ts[1:] + [-1]
-        a_t = step_alphas(schedule.alphas_cumprod, m, ts)
-        rows = K.for_prediction(_rows(schedule.alphas_cumprod, m, ts, prev, a_t), m.prediction)
+        if m.scales is not None:  # a refined plan's factors, on the ε rows (for_prediction carries them to v and x₀ models)
+            rows = scaled(rows, torch.tensor(m.scales, dtype=torch.float64))
+        rows = K.for_prediction(rows, m.prediction)
         rows[:, int(GUIDE)] = torch.tensor(m.guide_weights(ts), dtype=torch.float64)  # linear in the output: any parameterization
         return cls(schedule, m, tuple(ts), tuple(prev), rows, a_t, bool((rows[:, int(SIGMA)] > 0).any()),
                    bool((rows[:, int(C_EPS)] != 0).any()))
@@ -387,6 +413,25 @@ class Plan:
         if key not in self._cache:
             self._cache[key] = make().to(device).contiguous()
         return self._cache[key]
+
+
+def _eps_rows(schedule: Schedule, m: Method, ts: list) -> tuple:
+    a_t = step_alphas(schedule.alphas_cumprod, m, ts)
+    return _rows(schedule.alphas_cumprod, m, ts, ts[1:] + [-1], a_t), a_t
+
+
+def eps_rows(schedule: Schedule, method: Method) -> torch.Tensor:
+    """(K, NCOEF) float64: a checked method's rows for an ε model, before any learned factors (its `scales`) and
+    before they are rewritten for its prediction: what fastddpm.tune learns its factors on."""
+    m = method.checked(schedule.T)
+    return _eps_rows(schedule, m, timesteps(schedule.T, m, schedule.alphas_cumprod))[0]
+
+
+def scaled(rows: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """ε rows with each step's SCALED weights multiplied by its factors, (K, len(SCALED)); differentiable in both."""
+    cols = [int(c) for c in SCALED.values()]
+    factor = torch.ones_like(rows).index_copy(1, torch.tensor(cols), scales.to(rows.dtype))
+    return rows * factor
 
 
 def step_alphas(alphas_cumprod: torch.Tensor, m: Method, ts: list) -> torch.Tensor:

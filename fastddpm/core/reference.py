@@ -364,6 +364,12 @@ class MultistepSolver:
         return x_s - al[i + 1].item() * B_h * corr
 
 
+def _check_unscaled(plan: Plan) -> None:
+    if plan.method.scales is not None:
+        raise ValueError("scales: a refined plan's learned coefficients are not the papers' equations, which this "
+                         "reference computes; the fused path runs them, and fastddpm.tune.chain is their reference")
+
+
 def sampler_step(x, eps_hat, k, plan: Plan, *, seeds=None, noise=None, h=None, v=None) -> tuple:
     """Step k (per sample, (B,) int) of `plan`: x_{t_k} -> x_{prev_k}. Returns (x_s, x̂_0)
     for a multistep plan, (x_s, None) otherwise. v: a learned-variance model's variance half
@@ -376,6 +382,7 @@ def sampler_step(x, eps_hat, k, plan: Plan, *, seeds=None, noise=None, h=None, v
     if m.name not in ("ddpm", "ddim", "dpm++2m", "sde-dpm++2m"):
         raise ValueError(f"plan: the reference steps {m.name} only within a chain, which carries its state: use "
                          f"fastddpm.reference.sample (or reference.MultistepSolver)")
+    _check_unscaled(plan)
     plan.check_history(h)
     k = k.to("cpu").long()
     t = torch.tensor(plan.timesteps)[k]
@@ -412,6 +419,7 @@ def sample(model, schedule: Schedule, seeds: torch.Tensor, shape: tuple, method=
     (seeds[k], STREAM_REVERSE, t). stop_after: only the first n steps (returns that state).
     """
     plan = method if isinstance(method, Plan) else Plan.build(schedule, method, **options)
+    _check_unscaled(plan)
     if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int)
                                    or not 0 <= stop_after <= plan.K):
         raise ValueError(f"stop_after: expected an int in [0, {plan.K}] (the plan's steps), got {stop_after!r}")

@@ -2,7 +2,8 @@
 travels with the model the way its conventions do.
 
 A plan file is JSON: schema, the model's hash and source, the schedule's T and betas hash, the
-method (name, steps and its options), the timesteps, the teacher, the seeds tuned on, the
+method (name, steps and its options), the timesteps (and, refined, `scales`: each step's learned
+factors on its weights, core.plan.SCALED), the teacher, the seeds tuned on, the
 objective before and after, the command and its wall time, and `plan_hash`, the SHA-256 of
 everything else. Reading one checks the hash (a damaged or edited file is refused) and every
 field; `check_for` refuses a plan made for another model, schedule or prediction by name.
@@ -62,6 +63,13 @@ def read(plan) -> dict:
         raise ValueError(f"{what}: damaged: timesteps {ts!r}")
     if not isinstance(d["method"], dict) or "name" not in d["method"]:
         raise ValueError(f"{what}: damaged: method {d['method']!r}")
+    sc = d.get("scales")
+    if sc is not None:
+        from .plan import SCALED
+
+        if not isinstance(sc, dict) or sc.get("columns") != list(SCALED) or not isinstance(sc.get("values"), list) or len(
+                sc["values"]) != len(ts):
+            raise ValueError(f"{what}: damaged: scales must be {{'columns': {list(SCALED)}, 'values': one row per timestep}}")
     return d
 
 
@@ -85,21 +93,36 @@ def method_options(d: dict) -> dict:
     """The Sampler / Method keyword arguments a plan sets: the method, its options and its grid."""
     m = dict(d["method"])
     opts = {k: (tuple(v) if isinstance(v, list) else v) for k, v in m.items() if k not in ("name", "steps")}
+    scales = d.get("scales")
+    if scales is not None:  # a refined plan's learned factors (tune --learn)
+        opts["scales"] = tuple(tuple(row) for row in scales["values"])
     return dict(method=m["name"], timesteps=tuple(d["timesteps"]), **opts)
 
 
-PLAN_SETS = ("method", "timesteps", "order", "solver_type", "corrector", "lower_order_final", "disable_corrector")
+PLAN_SETS = ("method", "timesteps", "order", "solver_type", "corrector", "lower_order_final", "disable_corrector", "scales",
+             "guidance")
 
 
 def arguments(plan, method, **given) -> tuple:
     """(the plan read, {name: value} for every name of PLAN_SETS): what a plan sets, for Sampler
-    and generate alike. `given` are the caller's own values of those settings: any not None is an
-    error (the plan sets them), except the method named by the plan itself (or the default ddpm)."""
+    and generate alike. `given` are the caller's own values of those settings: one not None that
+    differs from the plan's is an error (the plan sets it; a guided plan was searched at its w), as
+    is a method other than the plan's (the default ddpm counts as not given)."""
     d = read(plan)
+    opts = method_options(d)
+    mine = {k: opts.get(k) for k in PLAN_SETS}
     given = {k: v for k, v in given.items() if v is not None}
     if method not in ("ddpm", d["method"]["name"]):
         given["method"] = method
-    if given:
-        raise ValueError(f"plan: sets the method, its options and its timesteps; given with {sorted(given)} too")
-    opts = method_options(d)
-    return d, {k: opts.get(k) for k in PLAN_SETS}
+    same = {k for k, v in given.items() if k in mine and _same(v, mine[k])}
+    clash = sorted(k for k in given if k not in same)
+    if clash:
+        raise ValueError(f"plan: sets the method, its options, its timesteps and its guidance; given with {clash} too "
+                         f"(the plan's: {', '.join(f'{k}={mine.get(k)!r}' for k in clash)})")
+    return d, mine
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b

@@ -224,17 +224,19 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
     dev = _device(device)
     ckpt.check_can_create(out, "out")  # created only once the model and the method are checked too
     net, schedule, info = load_model(model, flags=model_flags)
-    timesteps, plan_d = None, None
+    timesteps, scales, plan_d = None, None, None
     if plan is not None:  # a tuned plan: its method, options and timesteps, for this model only
         plan_d, sets = tuned.arguments(plan, method, steps=steps, spacing=spacing, order=order, solver_type=solver_type,
-                                       corrector=corrector, lower_order_final=lower_order_final)
-        method, timesteps, order, solver_type, corrector, lower_order_final, plan_disable = sets.values()
-        disable_corrector = plan_disable or disable_corrector
+                                       corrector=corrector, lower_order_final=lower_order_final, guidance=guidance)
+        method, timesteps, order, solver_type = sets["method"], sets["timesteps"], sets["order"], sets["solver_type"]
+        corrector, lower_order_final, scales, guidance = (sets["corrector"], sets["lower_order_final"], sets["scales"],
+                                                          sets["guidance"])
+        disable_corrector = sets["disable_corrector"] or disable_corrector
     m, used = conventions.of(net).resolve(method, steps, spacing=spacing, eta=eta, variance=variance, clip=clip,
                                           clipped_eps=clipped_eps, prediction=prediction, guidance=guidance,
                                           guidance_interval=guidance_interval, order=order, solver_type=solver_type,
                                           corrector=corrector, disable_corrector=disable_corrector,
-                                          lower_order_final=lower_order_final, timesteps=timesteps)
+                                          lower_order_final=lower_order_final, timesteps=timesteps, scales=scales)
     m = m.checked(schedule.T)
     if plan_d is not None:
         tuned.check_for(plan_d, schedule, m.prediction, model_hash=info["hash"])
@@ -243,7 +245,7 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
                       clipped_eps=m.clipped_eps, prediction=m.prediction, guidance=m.guidance,
                       guidance_interval=m.guidance_interval, order=m.order, solver_type=m.solver_type, corrector=m.corrector,
                       disable_corrector=m.disable_corrector, lower_order_final=m.lower_order_final, dtype=dtype, compile=compile,
-                      progress=False, timesteps=m.timesteps)
+                      progress=False, timesteps=m.timesteps, scales=m.scales)
     image_labels, label_spec = _image_labels(labels, seeds, sampler.num_classes)
     eval_source = None
     if eval is not None:
@@ -259,7 +261,8 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
         "method": {"name": m.name, "steps": m.steps, "spacing": m.spacing, "eta": m.eta, "variance": m.variance, "clip": m.clip,
                    "clipped_eps": m.clipped_eps, "prediction": m.prediction, "offset": m.offset, "guidance": m.guidance,
                    "guidance_interval": None if m.guidance_interval is None else list(m.guidance_interval),
-                   **_solver_options(m), **({"timesteps": list(m.timesteps)} if m.timesteps is not None else {})},
+                   **_solver_options(m), **({"timesteps": list(m.timesteps)} if m.timesteps is not None else {}),
+                   **({"scales": [list(r) for r in m.scales]} if m.scales is not None else {})},
         **({"plan": plan_d["plan_hash"]} if plan_d is not None else {}),  # another plan: refused on resume
         "labels": label_spec,
         "conventions": {k: {"value": v, "from": src} for k, (v, src) in used.items()},

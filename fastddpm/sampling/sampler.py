@@ -102,7 +102,10 @@ class Sampler:
     timesteps:     a grid of the method's own instead of the spacing's (descending ints in [0, T)).
     plan:          a tuned plan (python -m fastddpm.tune: its file or dict): the method, its
                    options and its searched timesteps, refused if made for another schedule or
-                   prediction; `method`, `steps` and the grid options are then not given.
+                   prediction; `method`, `steps` and the grid options are then not given (or given
+                   as the plan has them).
+    scales:        learned factors on each step's weights ((K, 6): x̂_0, x_t, ε̂, h_1, h_2, h_3;
+                   core.plan.SCALED), as a refined plan (tune --learn) sets them; deterministic methods.
     """
 
     def __init__(
@@ -135,6 +138,7 @@ class Sampler:
         progress: bool = True,
         timesteps=None,
         plan=None,
+        scales=None,
     ):
         if not callable(model):
             raise TypeError(f"model: expected a callable model(x, t), got {type(model).__name__}")
@@ -142,15 +146,19 @@ class Sampler:
         if plan is not None:  # a tuned plan (fastddpm.tune) sets the method, its options and its timesteps
             tuned_plan, sets = tuned.arguments(plan, method, steps=steps, spacing=spacing, order=order,
                                                solver_type=solver_type, corrector=corrector,
-                                               lower_order_final=lower_order_final, timesteps=timesteps)
-            method, timesteps, order, solver_type, corrector, lower_order_final, plan_disable = sets.values()
-            disable_corrector = plan_disable or disable_corrector
+                                               lower_order_final=lower_order_final, timesteps=timesteps, scales=scales,
+                                               guidance=guidance)
+            method, timesteps, order, solver_type = sets["method"], sets["timesteps"], sets["order"], sets["solver_type"]
+            corrector, lower_order_final, scales, guidance = (sets["corrector"], sets["lower_order_final"], sets["scales"],
+                                                              sets["guidance"])
+            disable_corrector = sets["disable_corrector"] or disable_corrector
         m, self.conventions = conventions.of(model).resolve(method, steps, spacing=spacing, eta=eta, variance=variance, clip=clip,
                                                             clipped_eps=clipped_eps, prediction=prediction, guidance=guidance,
                                                             guidance_interval=guidance_interval, order=order,
                                                             solver_type=solver_type, corrector=corrector,
                                                             disable_corrector=disable_corrector,
-                                                            lower_order_final=lower_order_final, timesteps=timesteps)
+                                                            lower_order_final=lower_order_final, timesteps=timesteps,
+                                                            scales=scales)
         self.plan = Plan.build(schedule, m)
         self.tuned = tuned_plan
         if tuned_plan is not None:
