@@ -14,7 +14,7 @@ setup(
     packages=["fastddpm", "fastddpm.kernels", *(f"fastddpm.{p}" for p in LAYERS)],
     package_dir={"fastddpm": "fastddpm", "fastddpm.kernels": "kernels"},
     # shipped weights, each made by a command recorded in the JSON beside it
-    package_data={"fastddpm.models": ["weights/*.safetensors", "weights/*.json"],
+    package_data={"fastddpm.models": ["weights/*.safetensors", "weights/*.json", "weights/plans/*/*.json"],
                   "fastddpm.metrics": ["weights/*.safetensors", "weights/*.json"]},
     install_requires=[
         "torch>=2.11",

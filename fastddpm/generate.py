@@ -53,8 +53,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--format", default="npz", choices=FORMATS, help="uint8 NHWC .npz shards, or a folder of PNGs a shard")
     ap.add_argument("--batch", type=int, default=1024, help="micro-batch (default 1024); the same --batch gives the same bytes")
     ap.add_argument("--device", default=None, help="default: cuda (the local rank's) if there is one, else cpu")
-    ap.add_argument("--plan", default=None, metavar="FILE", help="a tuned plan (python -m fastddpm.tune): its method, "
-                    "options and searched timesteps, for this model only (the manifest records its hash)")
+    ap.add_argument("--plan", default=None, metavar="FILE", help="a tuned plan (python -m fastddpm.tune), or the name of "
+                    "one shipped with a shipped model (fastddpm/models/weights/plans/MODEL/NAME.json): its method, options, "
+                    "timesteps (and learned coefficients, guidance), for this model only (the manifest records its hash)")
     ap.add_argument("--eval", default=None, metavar="DATA", help="measure the shards' quality at the end against DATA: "
                     "digits / fashion-mnist (their test split), or a path to your real images (a folder, an .npz/.npy, "
                     "CIFAR batches: their train split), opened and checked before any sampling")

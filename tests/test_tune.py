@@ -342,3 +342,44 @@ def test_tune_a_guided_model_with_learned_coefficients(tmp_path):
     Sampler(net, schedule, plan=d, guidance=2.0, compile=False, progress=False)  # the plan's own w may be restated
     with pytest.raises(ValueError, match=r"given with \['guidance'\] too"):
         Sampler(net, schedule, plan=d, guidance=3.0)
+
+
+def test_shipped_plans_belong_to_their_model_and_generate_takes_them_by_name(tmp_path):
+    from fastddpm.models.loading import load_model, shipped_plans
+    from fastddpm.sampling.generate import generate
+
+    plans = shipped_plans("digits")
+    assert plans, "the digits model ships its tuned plans (fastddpm/models/weights/plans/digits)"
+    _, schedule, info = load_model("digits")
+    for name, p in plans.items():  # each made for this model, by a command it records
+        d = tuned.read(p)
+        tuned.check_for(d, schedule, "epsilon", model_hash=info["hash"], method=d["method"]["name"])
+        assert "fastddpm" in d["command"] and d["wall_s"] > 0 and d["tune_seeds"]["start"] == tuned.TUNE_SEED_BASE
+    name = sorted(plans)[0]
+    m = generate("digits", n=4, out=tmp_path / "g", plan=name, batch=4, progress=False)
+    assert m["config"]["plan"] == tuned.read(plans[name])["plan_hash"]
+    with pytest.raises(ValueError, match=r"plan: nope is neither a plan file nor a plan shipped with 'digits' \(its plans: "):
+        generate("digits", n=4, out=tmp_path / "h", plan="nope", batch=4, progress=False)
+    with pytest.raises(ValueError, match="it ships none"):
+        from fastddpm.models.loading import SHIPPED
+
+        generate(str(SHIPPED / "digits.safetensors"), n=4, out=tmp_path / "h", plan="nope", batch=4, progress=False)
+    assert not (tmp_path / "h").exists()
+
+
+def test_bench_quality_plan_refusals_come_before_any_work(tmp_path):
+    from fastddpm.bench.quality import main
+
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps(_plan()))
+    (tmp_path / "other.json").write_text(json.dumps(_plan(model_hash="ffff")))
+    (tmp_path / "bad.json").write_text(p.read_text()[:40])
+    out = tmp_path / "out"
+    for kw, message in [(dict(plans=[str(p)]), "plan: tuned plans are measured in the --solvers table"),
+                        (dict(plans=[str(p)], solvers=True, tuned=True), "--tuned makes its own plans"),
+                        (dict(plans=[str(tmp_path / "other.json")], solvers=True), "made for another model"),
+                        (dict(plans=[str(tmp_path / "bad.json")], solvers=True), "not a plan file"),
+                        (dict(plans=["nope"], solvers=True), "neither a plan file nor a plan shipped with 'digits'")]:
+        with pytest.raises(ValueError, match=message):
+            main("digits", out=out, **kw)
+        assert not out.exists()

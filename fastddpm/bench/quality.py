@@ -525,11 +525,12 @@ def plan_configs(plans: list, model: str) -> list:
     """(label, method, options) rows for plan files of the user's (bench --quality --plan FILE): each plan's
     method on its default grid at the same budget, then the plan; a plan for another model is refused by name."""
     from ..core import tuned
-    from ..models.loading import load_model
+    from ..models.loading import load_model, plan_file
 
     _, schedule, info = load_model(model)
     configs = []
     for p in plans:
+        p = plan_file(p, model)  # a file, or a plan shipped with the model by name
         d = tuned.read(p)
         tuned.check_for(d, schedule, d["prediction"], model_hash=info["hash"])
         opts = tuned.method_options(d)
@@ -564,10 +565,8 @@ def main(data: str, out=None, train: bool = False, guidance: bool = False, solve
                          f"certify line): pass --solvers")
     if tuned and plans:
         raise ValueError("plan: --tuned makes its own plans; measure your plan files without it")
-    for p in plans or ():  # read before any sampling: a damaged plan is refused at once
-        from ..core import tuned as tuned_plans
-
-        tuned_plans.read(p)
+    if plans and not train:  # read and checked against the model before any sampling
+        plan_configs(plans, GUIDED_MODEL[data] if guidance else model_for(data, Path("."), False))
     out = Path(out or f"bench-results/quality-{data}{'-solvers' if solvers else ''}{'-guidance' if guidance else ''}"
                       f"{'-tuned' if tuned else ''}{'-plans' if plans else ''}")
     out.mkdir(parents=True, exist_ok=True)

@@ -341,6 +341,25 @@ def load_model(spec, flags=None):
 
 
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
+SHIPPED_PLANS = SHIPPED / "plans"  # SHIPPED_PLANS/<model>/<name>.json: tuned plans of the shipped models (fastddpm.tune)
+
+
+def shipped_plans(model: str) -> dict:
+    """{name: path} of the tuned plans shipped beside a shipped model's weights (none for other models)."""
+    folder = SHIPPED_PLANS / model
+    return {p.stem: p for p in sorted(folder.glob("*.json"))} if model in shipped() and folder.is_dir() else {}
+
+
+def plan_file(plan, model: str):
+    """A --plan argument as given (a path or a plan's dict), or, when it names no file and `model` is a
+    shipped model with a plan of that name beside its weights, that plan's path; else a clear error."""
+    if not isinstance(plan, (str, os.PathLike)) or Path(plan).exists():
+        return plan
+    mine = shipped_plans(model)
+    if str(plan) in mine:
+        return mine[str(plan)]
+    raise ValueError(f"plan: {plan} is neither a plan file nor a plan shipped with {model!r} ("
+                     + (f"its plans: {', '.join(mine)}" if mine else "it ships none") + ")")
 
 
 def _torch_state(path: Path) -> dict:

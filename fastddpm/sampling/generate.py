@@ -32,7 +32,7 @@ import torch
 from .. import kernels as K
 from ..core import conventions, tuned
 from ..core.outputs import label_tensor, seed_tensor
-from ..models.loading import load_model
+from ..models.loading import load_model, plan_file
 from ..io import checkpoint as ckpt
 from ..io import stop
 from ..io.images import to_uint8
@@ -225,8 +225,8 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
     ckpt.check_can_create(out, "out")  # created only once the model and the method are checked too
     net, schedule, info = load_model(model, flags=model_flags)
     timesteps, scales, plan_d = None, None, None
-    if plan is not None:  # a tuned plan: its method, options and timesteps, for this model only
-        plan_d, sets = tuned.arguments(plan, method, steps=steps, spacing=spacing, order=order, solver_type=solver_type,
+    if plan is not None:  # a tuned plan (a file, or one shipped with the model): its method and table, this model only
+        plan_d, sets = tuned.arguments(plan_file(plan, info["source"]), method, steps=steps, spacing=spacing, order=order, solver_type=solver_type,
                                        corrector=corrector, lower_order_final=lower_order_final, guidance=guidance)
         method, timesteps, order, solver_type = sets["method"], sets["timesteps"], sets["order"], sets["solver_type"]
         corrector, lower_order_final, scales, guidance = (sets["corrector"], sets["lower_order_final"], sets["scales"],
