@@ -135,8 +135,20 @@ def learn(net, plan, priors, targets, labels=None, *, iters: int = 100, lr: floa
     parts = {"train": slice(0, M - n_val), "val": slice(M - n_val, M)}
     theta = torch.zeros(plan.K, len(SCALED), dtype=torch.float64, requires_grad=True)
     opt = torch.optim.Adam([theta], lr=lr)
-    for p in net.parameters():
+    flags = [(p, p.requires_grad) for p in net.parameters()]
+    for p, _ in flags:  # gradients flow through the model to x, never into its weights
         p.requires_grad_(False)
+    try:
+        return _descend(theta, opt, parts, _error_fn(net, plan, priors, targets, labels, theta, parts, batch), iters, lr,
+                        M, n_val, say)
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def _error_fn(net, plan, priors, targets, labels, theta, parts, batch):
+    """error(part, grad): the mean per-sample squared error of the chain on a part of the seeds, backpropagated
+    into theta when grad (accumulated over micro-batches of `batch`)."""
 
     def error(part, grad: bool) -> float:
         sl = parts[part]
@@ -153,6 +165,10 @@ def learn(net, plan, priors, targets, labels=None, *, iters: int = 100, lr: floa
             total += float(e.detach())
         return total
 
+    return error
+
+
+def _descend(theta, opt, parts, error, iters, lr, M, n_val, say) -> tuple:
     start = {part: error(part, False) for part in parts}
     best, best_theta, best_it = start["val"], theta.detach().clone(), 0
     t0 = time.perf_counter()

@@ -291,6 +291,7 @@ def test_learn_lowers_the_held_out_error_and_keeps_its_best():
     from fastddpm.tune import learn
 
     net, schedule, _ = load_model("digits")
+    net.requires_grad_(True)  # (a model being trained, say): learn leaves its flags and its .grad alone
     seeds = torch.arange(48, dtype=torch.int64) + 10**12
     x = randn((48, 1, 8, 8), seeds, torch.zeros(48, dtype=torch.int64), STREAM_PRIOR)
     target = Sampler(net, schedule, method="unipc", order=3, steps=100, compile=False, progress=False).run(seeds=seeds).double()
@@ -302,7 +303,7 @@ def test_learn_lowers_the_held_out_error_and_keeps_its_best():
     assert scales.shape == (4, 6) and not torch.equal(scales, torch.ones(4, 6, dtype=torch.float64))
     again, rec2 = learn(net, plan, x, target, iters=15, lr=0.1, batch=16)  # micro-batches of another size: the same
     torch.testing.assert_close(again, scales, rtol=1e-6, atol=0)
-    assert all(p.requires_grad is False for p in net.parameters())
+    assert all(p.requires_grad for p in net.parameters()) and all(p.grad is None for p in net.parameters())
 
 
 def test_a_refined_plan_runs_its_scales_and_its_file_is_checked(tmp_path):
