@@ -117,8 +117,9 @@ def arguments(plan, method, **given) -> tuple:
     same = {k for k, v in given.items() if k in mine and _same(v, mine[k])}
     clash = sorted(k for k in given if k not in same)
     if clash:
-        raise ValueError(f"plan: sets the method, its options, its timesteps and its guidance; given with {clash} too "
-                         f"(the plan's: {', '.join(f'{k}={mine.get(k)!r}' for k in clash)})")
+        own = ", ".join(f"{k}={mine[k]!r}" for k in clash if k in mine)
+        raise ValueError(f"plan: sets the method, its options, its timesteps (so its steps) and its guidance; given with "
+                         f"{clash} too" + (f" (the plan's: {own})" if own else ""))
     return d, mine
 
 
