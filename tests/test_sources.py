@@ -364,7 +364,7 @@ def test_ddp_two_ranks_on_a_streamed_folder_equal_one_process(folder, tmp_path, 
     common = ["--data", str(folder), "--image-size", "8", "--model-config", str(cfg), "--hflip", "--workers", "1",
               "--steps", "2", "--lr", "0", "--log-every", "1", "--checkpoint-every", "2", "--sample-every", "0",
               "--device", "cpu"]
-    ddp = procs.run("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541", "-m", "fastddpm.train",
+    ddp = procs.run("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29544", "-m", "fastddpm.train",
                     *common, "--batch-size", "3", "--out", tmp_path / "ddp",
                     env={"OMP_NUM_THREADS": "1", "FASTDDPM_DATA_MEMORY": "0"})
     assert ddp.returncode == 0, ddp.stderr[-3000:]

@@ -198,3 +198,15 @@ def test_no_citation_of_files_outside_the_repository():
         assert not re.search(r"shared/|DESIGN\b", text), f"{path.name} cites a file outside the repository"
     for doc in re.findall(r"docs/[\w.]+\.md", "".join(p.read_text() for p in ENGINE + KERNELS)):
         assert (ROOT / doc).exists(), doc
+
+
+def test_every_torchrun_port_in_the_tests_is_its_own():
+    """Two tests that start torchrun on one --master_port at once (pytest -n, pytest-xdist) fail
+    to bind: test_sources and test_stop both used 29541. Each port (29500-29999) is used once."""
+    ports = [(p.name, port) for p in sorted((ROOT / "tests").glob("*.py")) if p.name != "test_structure.py"
+             for port in re.findall(r"\b(29[5-9]\d\d)\b", p.read_text())]
+    assert len(ports) >= 7, ports  # the DDP tests' ports are written as literals, which this reads
+    seen = {}
+    for name, port in ports:
+        assert port not in seen, f"--master_port {port} in both {seen[port]} and {name}"
+        seen[port] = name
