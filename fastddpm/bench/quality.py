@@ -552,11 +552,14 @@ def main(data: str, out=None, train: bool = False, guidance: bool = False, solve
     if guidance and train:
         raise ValueError(f"train: the guidance sweep samples the shipped {GUIDED_MODEL[data]!r} (its command is in "
                          f"fastddpm/models/weights/{GUIDED_MODEL[data]}.json); --train is for the digits table")
+    from ..io.data import labelled
+
+    # the real images every table is measured against, read first: a missing dataset is said now, not after the
+    # teacher's or the rows' minutes of sampling (the Fashion-MNIST solvers table once failed after 14)
+    held_out = labelled(data, "test")[0].shape[0]
     if inception:  # FID needs more images than the Inception's 2,048 features on both sides: say so before any sampling
-        from ..io.data import labelled
         from ..metrics.inception import DIM
 
-        held_out = labelled(data, "test")[0].shape[0]
         if held_out <= DIM:
             raise ValueError(f"inception: {data}'s held-out split has {held_out} images; FID in the Inception's {DIM} "
                              f"features needs more than {DIM} on each side (--inception is for fashion-mnist)")
