@@ -165,6 +165,36 @@ def test_quality_rows_table_and_plot_on_a_tiny_configuration(tmp_path):
     assert quality.plot(rows, tmp_path / "q.png", "digits") == str(tmp_path / "q.png") and (tmp_path / "q.png").stat().st_size > 0
     again = quality.measure("digits", "digits", tmp_path, 80, configs[:1], progress=False)  # a rerun reuses the shards
     assert again[0]["fd"] == rows[0]["fd"] and again[0]["generate_seconds"] == rows[0]["generate_seconds"]
+    # the wall time is the shards' own (each sidecar keeps its sampling time), not the rerun's reading time
+    sidecar = json.loads((tmp_path / "samples" / "DDIM-eta0-2" / "shard-000000.json").read_text())
+    assert sidecar["seconds"] > 0 and rows[0]["generate_seconds"] == round(sidecar["seconds"], 1)
+
+
+def test_a_reused_row_made_elsewhere_says_its_wall_time_was_not_recorded(tmp_path):
+    # a row whose shards predate the sidecars' seconds (as the committed DDPM-1000 shards do) and carry no
+    # generate-seconds.json: the table says "not recorded" (once it said 0.1 s, the time spent reading
+    # them), and nothing is written into the row's folder
+    from fastddpm.bench import quality
+    from fastddpm.sampling.generate import generate
+
+    label = "DDPM respaced 2"
+    folder = tmp_path / "samples" / quality.slug(label)
+    generate("digits", n=80, out=folder, method="ddpm", steps=2, shard=80, batch=80, progress=False)  # as measure makes it
+    for side in folder.glob("shard-*.json"):  # as a shard written before the sidecar kept its time
+        meta = json.loads(side.read_text())
+        assert meta.pop("seconds") >= 0  # kept by generate
+        side.write_text(json.dumps(meta) + "\n")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for meta in manifest["shards"]:
+        meta.pop("seconds")
+    (folder / "manifest.json").write_text(json.dumps(manifest) + "\n")
+    before = sorted(p.name for p in folder.iterdir())
+    row, = quality.measure("digits", "digits", tmp_path, 80, [(label, "ddpm", dict(steps=2))], progress=False)
+    assert row["generate_seconds"] is None and sorted(p.name for p in folder.iterdir()) == before
+    assert quality.wall_time(row) == "not recorded" and quality.wall_time(dict(row, method="real")) == "-"
+    assert "| not recorded |" in quality.table([row], "digits")
+    (folder / "generate-seconds.json").write_text("807.7\n")  # what a bench run wrote beside such shards: still read
+    assert quality.sampling_seconds(folder, manifest) == 807.7
 
 
 def test_solver_table_names_the_best_row_per_budget_and_whether_it_is_separated():

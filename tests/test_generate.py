@@ -27,11 +27,20 @@ def run(tmp_path_factory):
     return folder
 
 
+def untimed(meta: dict) -> dict:
+    """A shard's sidecar without the wall time its sampling took (the one field a machine's speed sets)."""
+    assert meta["seconds"] >= 0
+    return {k: v for k, v in meta.items() if k != "seconds"}
+
+
 def files(folder):
-    """Every shard's bytes, and the manifest without its finishing time."""
-    out = {p.name: p.read_bytes() for p in sorted(folder.glob("shard-*"))}
+    """Every shard's bytes (sidecars without their wall time), and the manifest without its finishing
+    time and the shards' wall times."""
+    out = {p.name: json.dumps(untimed(json.loads(p.read_text()))) if p.suffix == ".json" else p.read_bytes()
+           for p in sorted(folder.glob("shard-*"))}
     m = json.loads((folder / "manifest.json").read_text())
     m.pop("finished", None)
+    m["shards"] = [untimed(s) for s in m["shards"]]
     return out, m
 
 

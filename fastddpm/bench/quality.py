@@ -291,6 +291,25 @@ def real_row(data: str, n: int, labels: bool = False) -> dict:
                 feature_network_accuracy=rep["feature_network_accuracy"])
 
 
+def sampling_seconds(folder: Path, manifest: dict):
+    """What a row's samples cost to make: the sum of its shards' own wall times (kept in each sidecar,
+    so a row made in sittings, or reused from benchmarks/rows, says its whole cost); for shards written
+    before sidecars kept it, the generate-seconds.json a bench run wrote beside them; else None (made
+    elsewhere, not recorded: never the seconds this run spent reading them)."""
+    shards = manifest["shards"]
+    if shards and all("seconds" in s for s in shards):
+        return round(sum(s["seconds"] for s in shards), 1)
+    legacy = folder / "generate-seconds.json"
+    return round(json.loads(legacy.read_text()), 1) if legacy.exists() else None
+
+
+def wall_time(row: dict) -> str:
+    """A row's wall-time cell: '-' for the real images, 'not recorded' for samples made elsewhere."""
+    if row["method"] == "real":
+        return "-"
+    return "not recorded" if row.get("generate_seconds") is None else f"{row['generate_seconds']:.0f} s"
+
+
 def measure(model: str, data: str, out: Path, n: int, configs=CONFIGS, batch: int = 1000, progress: bool = True,
             on_row=None, real: bool = False, labels: bool = False, teacher: "Teacher" = None, shared=None) -> list:
     """One row a configuration (after the real-data floor, with real); on_row(rows) after each
@@ -308,21 +327,15 @@ def measure(model: str, data: str, out: Path, n: int, configs=CONFIGS, batch: in
     for label, method, opts in configs:
         to_match = method == "ddpm" and opts.get("steps") == 1000  # the DDPM-1000 row: kept for every table of the model
         folder = (shared if shared is not None and to_match else out / "samples") / slug(label)
-        timing = folder / "generate-seconds.json"  # the wall time of the run that wrote the shards
-        manifest = folder / "manifest.json"
-        was_complete = manifest.exists() and json.loads(manifest.read_text()).get("complete", False)
-        t0 = time.perf_counter()
         # the DDPM 1000-step row takes hours on a CPU: shards of 250 images, so a sitting stopped keeps all but one
         gen = {k: v for k, v in opts.items() if not ("plan" in opts and k == "steps")}  # a plan sets its own steps
         m = generate(model, n=n, out=folder, method=method, shard=min(n, 250) if to_match else n, batch=min(batch, n),
                      progress=False, **gen)
-        if not (was_complete and timing.exists()):
-            timing.write_text(json.dumps(round(time.perf_counter() - t0, 1)) + "\n")
-        seconds = json.loads(timing.read_text())
+        seconds = sampling_seconds(folder, m)
         rep = metrics.evaluate((shard_images(folder, s, "npz") for s in m["shards"]), data, kid_subsets=50,
                                labels=sample_labels(folder) if labels else None)
         row = dict(label=label, method=method, **opts, evaluations=evaluations(method, opts), n=n,
-                   generate_seconds=round(seconds, 1), **{k: rep[k] for k in REPORTED},
+                   generate_seconds=seconds, **{k: rep[k] for k in REPORTED},
                    **({k: rep[k] for k in CLASS_REPORTED} if labels else {}),
                    fd_std=fd_spread((shard_images(folder, s, "npz") for s in m["shards"]), data),
                    feature_network=rep["feature_network"])
@@ -336,7 +349,7 @@ def measure(model: str, data: str, out: Path, n: int, configs=CONFIGS, batch: in
         if progress:
             acc = f"  acc {row['class_accuracy']:.3f}" if labels else ""
             sys.stderr.write(f"{label:<26} FD {row['fd']:8.3f} ± {row['fd_std']:.2f}  KID {row['kid']:.4f}  "
-                             f"P {row['precision']:.2f}  R {row['recall']:.2f}{acc}  {seconds:6.1f} s\n")
+                             f"P {row['precision']:.2f}  R {row['recall']:.2f}{acc}  {wall_time(row)}\n")
     return rows
 
 
@@ -345,7 +358,7 @@ def table(rows: list, data: str) -> str:
     lines = [f"| sampler ({data}, {rows[0]['n']} samples) | model evaluations | FD ↓ | KID ↓ | precision ↑ | recall ↑ | "
              + ("Inception FID ↓ | " if fid else "") + "wall time (this CPU) |", "|---|---|---|---|---|---|---|" + ("---|" if fid else "")]
     for r in rows:
-        wall = "-" if r["method"] == "real" else f"{r['generate_seconds']:.0f} s"
+        wall = wall_time(r)
         inc = (("-" if r.get("inception_fid") is None else f"{r['inception_fid']:.2f}") + " | ") if fid else ""
         lines.append(f"| {r['label']} | {r['evaluations'] or '-'} | {r['fd']:.2f} | {r['kid']:.3f} ± {r['kid_std']:.3f} | "
                      f"{r['precision']:.2f} | {r['recall']:.2f} | {inc}{wall} |")
@@ -410,7 +423,7 @@ def solver_table(rows: list, data: str, model: str, teacher=None) -> str:
              f"recall ↑ | RMSE to the ODE ↓ | {'Inception FID ↓ | ' if has_fid else ''}wall time (this CPU) |",
              "|---|---|---|---|---|---|---|---|---|" + ("---|" if has_fid else "")]
     for r in rows:
-        wall = "-" if r["method"] == "real" else f"{r['generate_seconds']:.0f} s"
+        wall = wall_time(r)
         ode = "-" if r.get("teacher_rmse") is None else f"{r['teacher_rmse']:.4f}"
         fid = ("-" if r.get("inception_fid") is None else f"{r['inception_fid']:.2f}") + " | " if has_fid else ""
         lines.append(f"| {r['label']} | {r.get('steps') or '-'} | {r['evaluations'] or '-'} | {r['fd']:.2f} ± {r['fd_std']:.2f} | "
@@ -447,7 +460,7 @@ def guided_table(rows: list, data: str) -> str:
              f"precision ↑ | recall ↑ | class accuracy ↑ | per-class FD ↓ | wall time (this CPU) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        wall = "-" if r["method"] == "real" else f"{r['generate_seconds']:.0f} s"
+        wall = wall_time(r)
         lines.append(f"| {r['label']} | {r['evaluations'] or '-'} | {r['fd']:.2f} ± {r['fd_std']:.2f} | {r['kid']:.3f} ± "
                      f"{r['kid_std']:.3f} | {r['precision']:.2f} | {r['recall']:.2f} | {r['class_accuracy']:.3f} | "
                      f"{'-' if r['fd_per_class_mean'] is None else format(r['fd_per_class_mean'], '.2f')} | {wall} |")

@@ -4,7 +4,8 @@
     manifest.json          {"schema", "config", "complete", "shards", ...}; config first, shards once complete
     shard-000000.npz       uint8 NHWC "images", int64 "seeds" (and "labels", class-conditional); or, as PNGs,
                            a folder shard-000000/ of <seed>.png
-    shard-000000.json      the shard's sidecar: index, file, seeds (as [first, last] runs), count, sha256 (labels)
+    shard-000000.json      the shard's sidecar: index, file, seeds (as [first, last] runs), count, sha256 (labels),
+                           seconds (the wall time its sampling took; absent in shards written before it was kept)
     .shard-000000.lock     the lock a process holds while it writes that shard
 
 Every file is written to a temporary name, fsynced and renamed. Readers take a generate
@@ -90,9 +91,11 @@ def complete_shard(out: Path, i: int, fmt: str):
         return None
 
 
-def write_shard(out: Path, i: int, fmt: str, images: np.ndarray, seeds: list, labels: list = None) -> dict:
+def write_shard(out: Path, i: int, fmt: str, images: np.ndarray, seeds: list, labels: list = None,
+                seconds: float = None) -> dict:
     """Shard i: its images and seeds (and a class-conditional model's labels: in the .npz as
-    "labels", and in the sidecar for either format)."""
+    "labels", and in the sidecar for either format). seconds: the wall time its sampling took,
+    kept in the sidecar, so a set made in sittings (or on another machine) still says what it cost."""
     name = shard_name(i, fmt)
     if fmt == "npz":
         buf = io.BytesIO()
@@ -117,6 +120,8 @@ def write_shard(out: Path, i: int, fmt: str, images: np.ndarray, seeds: list, la
     meta = {"index": i, "file": name, "seeds": seed_spec(seeds), "count": len(seeds), "sha256": digest_path(out / name)}
     if labels is not None:
         meta["labels"] = [int(v) for v in labels]
+    if seconds is not None:
+        meta["seconds"] = round(float(seconds), 3)
     write_atomic(out / f"shard-{i:06d}.json", (json.dumps(meta) + "\n").encode())
     ckpt.fsync_dir(out)
     return meta

@@ -293,7 +293,7 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
                 try:
                     if complete_shard(out, i, format) is not None:  # finished by another process meanwhile
                         continue
-                    chunk, parts = shards[i], []
+                    chunk, parts, t_shard = shards[i], [], time.perf_counter()
                     first = i * shard
                     chunk_labels = None if image_labels is None else image_labels[first : first + len(chunk)]
                     mb = micro_batch(len(chunk), batch)
@@ -309,7 +309,8 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
                         say(f"\r{who}: {done}/{total} images  {rate(done, el)}  ETA {int(eta_s) // 60}m{int(eta_s) % 60:02d}s ")
                         signals.check()  # a stop Python swallowed mid-batch is not lost
                     with stop.shielded():  # a shard whose images are all made is written, sidecar and all, before a stop
-                        write_shard(out, i, format, np.concatenate(parts), chunk, chunk_labels)
+                        write_shard(out, i, format, np.concatenate(parts), chunk, chunk_labels,
+                                    seconds=time.perf_counter() - t_shard)
                     written += 1
                 finally:
                     lock.release(remove=True)  # held: nobody else writes this shard now; a later run re-checks it
