@@ -101,6 +101,9 @@ def test_pytorch_fid_code_path_gives_the_same_features():
 
 def test_frechet_distance_equals_pytorch_fid_on_the_same_statistics():
     # pytorch_fid.fid_score imports torchvision.transforms (for its file loader), never used here
+    import PIL.Image  # noqa: F401  imported outside the patched sys.modules, which drops what is first imported inside
+    import scipy.linalg  # noqa: F401  it: a C extension dropped cannot be imported again (scikit-learn's, later)
+
     tv = types.ModuleType("torchvision")
     tvt = types.ModuleType("torchvision.transforms")
     tv.transforms = tvt
@@ -190,8 +193,32 @@ def test_bad_inception_input_gets_clear_errors(tmp_path, monkeypatch):
 def test_generate_eval_refuses_what_the_inception_cannot_take_before_sampling(tmp_path):
     from fastddpm.sampling.generate import _check_eval
 
-    _check_eval("digits", (1, 8, 8), "inception")  # grey 8x8: resized to 299, repeated to RGB
+    _check_eval("fashion-mnist", (1, 8, 8), "inception")  # grey 8x8: resized to 299, repeated to RGB
     with pytest.raises(ValueError, match="grey or RGB"):
-        _check_eval("digits", (4, 8, 8), "inception")
+        _check_eval("fashion-mnist", (4, 8, 8), "inception")
+    # the digits' 360 held-out images are too few for FID in 2,048 features: refused before any sampling
+    with pytest.raises(ValueError, match=r"more than 2048 reference images .*digits's 'test' split has 360"):
+        _check_eval("digits", (1, 8, 8), "inception")
     with pytest.raises(ValueError, match="eval_features: expected one of"):
         _check_eval("digits", (1, 8, 8), "clip")
+
+
+def test_too_few_images_for_inception_fid_are_refused_before_any_feature(tmp_path):
+    # too few reference images (the digits' 360 held-out ones, a small folder): said before the samples' features,
+    # which cost about 2 minutes per 1,000 images here; and generate refuses --n <= 2,048 before sampling
+    from fastddpm.sampling.generate import generate
+
+    def never():
+        raise AssertionError("a sample was read before the reference was checked")
+        yield
+
+    with pytest.raises(ValueError, match=r"more than 2048 reference images .*digits's 'test' split has 360"):
+        metrics.evaluate(never(), "digits", features="inception")
+    np.savez(tmp_path / "ref.npz", images=np.zeros((30, 8, 8, 1), np.uint8))
+    with pytest.raises(ValueError, match=r"more than 2048 reference images .*has 30"):
+        metrics.evaluate(never(), None, features="inception", reference=tmp_path / "ref.npz")
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match="eval_features: Inception FID needs more than 2048 samples .*--n asks for 100"):
+        generate("digits", n=100, out=out, method="ddim", steps=2, eval="fashion-mnist", eval_features="inception",
+                 progress=False)
+    assert not out.exists()

@@ -250,6 +250,20 @@ def compare(samples: FeatureStream, ref: FeatureStream, kid_subsets: int = 100, 
     return out
 
 
+def check_inception_reference(data, split: str, src) -> None:
+    """FID in the Inception's 2,048 features needs more than 2,048 reference images: fewer give a
+    singular covariance and a number that means nothing. Said before any sample is read (the
+    digits' 360 held-out images once cost a 50,000-image run its Inception features first)."""
+    from ..io import data as datasets
+
+    n, what = (len(src), f"reference {src.name}") if src is not None else (
+        datasets.labelled(data, split)[0].shape[0], f"{data}'s {split!r} split")
+    if n <= inception.DIM:
+        raise ValueError(f"features: Inception FID needs more than {inception.DIM} reference images (the Inception's "
+                         f"feature dimension); {what} has {n}. Compare with a larger set (reference= a folder or a "
+                         f"statistics .npz), or use the shipped feature network (features='shipped')")
+
+
 def evaluate(images, data: str = None, split: str = "test", cache=CACHE, labels=None, features: str = "shipped",
              reference=None, **options) -> dict:
     """Quality of uint8 `images` (a tensor, or an iterable of tensors: streamed) against the
@@ -279,6 +293,8 @@ def evaluate(images, data: str = None, split: str = "test", cache=CACHE, labels=
         raise ValueError(f"data: expected one of {sorted(_features.CONFIGS)} (or reference= a statistics file), "
                          f"got {data!r}")
     s = FeatureStream(data, None, kind) if kind == "inception" else FeatureStream(data)
+    if kind == "inception" and stats_ref is None:  # the reference's count, before the samples' minutes of features
+        check_inception_reference(data, split, src)
     for batch in ([images] if isinstance(images, (torch.Tensor, np.ndarray)) else images):  # an array is one batch
         s.add_uint8(batch)
     if s.moments.n == 0:

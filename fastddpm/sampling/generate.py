@@ -169,6 +169,9 @@ def _check_eval(data: str, shape, kind: str = "shipped"):
         if shape[0] not in (1, 3):
             raise ValueError(f"eval: the Inception takes grey or RGB images; this model makes {shape[0]} channels")
         inception.find()
+        from ..metrics import check_inception_reference
+
+        check_inception_reference(None if src is not None else data, "test", src)  # more than 2,048 real images
         return src
     size = features.CONFIGS[data].image_size
     if tuple(shape) != (1, size, size):
@@ -250,6 +253,11 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
     eval_source = None
     if eval is not None:
         eval_source = _check_eval(eval, sampler.shape, eval_features)
+        from ..metrics.inception import DIM
+
+        if eval_features == "inception" and len(seeds) <= DIM:
+            raise ValueError(f"eval_features: Inception FID needs more than {DIM} samples (the Inception's feature "
+                             f"dimension); --n asks for {len(seeds)}")
     out = ckpt.check_writable(out, "out")
     removed = remove_stale_temps(out)
 
