@@ -251,6 +251,12 @@ def test_inception_on_the_digits_is_refused_before_any_sampling(tmp_path):
     with pytest.raises(ValueError, match="digits's held-out split has 360 images; FID in the Inception's 2048"):
         quality.main("digits", out=tmp_path / "q", solvers=True, inception=True)
     assert not (tmp_path / "q").exists()
+    # rows of at most 2,048 samples (every table's today): said before any sampling, not after the table
+    for flags in (dict(solvers=True), dict(solvers=True, guidance=True), dict()):
+        n = 2000 if flags else 500
+        with pytest.raises(ValueError, match=f"inception: this table's rows hold {n} samples; FID .* more than 2048 a row"):
+            quality.main("fashion-mnist", out=tmp_path / "f", inception=True, **flags)
+        assert not (tmp_path / "f").exists()
 
 
 @pytest.mark.parametrize("flags", [dict(solvers=True), dict(solvers=True, guidance=True), dict()], ids=["solvers", "guidance", "plain"])

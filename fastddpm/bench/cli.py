@@ -114,7 +114,8 @@ def main(argv=None) -> dict:
                     help="--quality --solvers: your tuned plan files (python -m fastddpm.tune) for the shipped model, each "
                          "beside its method on the default grid at the same budget (repeatable)")
     ap.add_argument("--inception", action="store_true", help="--quality: Inception FID beside FD on the real floor, the "
-                    "DDPM 1000-step row and the best row of at most 20 evaluations (the FID network found offline)")
+                    "DDPM 1000-step row and the best row of at most 20 evaluations (the FID network found offline; rows of "
+                    "more than 2,048 samples only, which no table draws yet: refused before any sampling)")
     ap.add_argument("--debug", action="store_true", help="a Python stack for every error (also FASTDDPM_DEBUG=1)")
     args = ap.parse_args(argv)
     for flag in ("data", "train", "guidance", "solvers", "inception", "tuned", "plan"):

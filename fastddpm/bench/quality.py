@@ -576,6 +576,12 @@ def main(data: str, out=None, train: bool = False, guidance: bool = False, solve
         if held_out <= DIM:
             raise ValueError(f"inception: {data}'s held-out split has {held_out} images; FID in the Inception's {DIM} "
                              f"features needs more than {DIM} on each side (--inception is for fashion-mnist)")
+        rows_n = SOLVER_SAMPLES if solvers else GUIDED_SAMPLES if guidance else SAMPLES[data]
+        if rows_n <= DIM:  # every table today: once found only after 89 minutes of the table's features
+            raise ValueError(f"inception: this table's rows hold {rows_n} samples; FID in the Inception's {DIM} "
+                             f"features needs more than {DIM} a row (the committed DDPM 1000-step rows hold 2,000). "
+                             f"Inception FID of a larger set: python -m fastddpm.eval FOLDER --data {data} "
+                             f"--features inception")
     if (tuned or plans) and not solvers:
         raise ValueError(f"{'tuned' if tuned else 'plan'}: tuned plans are measured in the --solvers table (teacher RMSE, "
                          f"certify line): pass --solvers")
