@@ -570,15 +570,15 @@ def main(data: str, out=None, train: bool = False, guidance: bool = False, solve
     # the real images every table is measured against, read first: a missing dataset is said now, not after the
     # teacher's or the rows' minutes of sampling (the Fashion-MNIST solvers table once failed after 14)
     held_out = labelled(data, "test")[0].shape[0]
+    n = SOLVER_SAMPLES if solvers else GUIDED_SAMPLES if guidance else SAMPLES[data]  # samples a row
     if inception:  # FID needs more images than the Inception's 2,048 features on both sides: say so before any sampling
         from ..metrics.inception import DIM
 
         if held_out <= DIM:
             raise ValueError(f"inception: {data}'s held-out split has {held_out} images; FID in the Inception's {DIM} "
                              f"features needs more than {DIM} on each side (--inception is for fashion-mnist)")
-        rows_n = SOLVER_SAMPLES if solvers else GUIDED_SAMPLES if guidance else SAMPLES[data]
-        if rows_n <= DIM:  # every table today: once found only after 89 minutes of the table's features
-            raise ValueError(f"inception: this table's rows hold {rows_n} samples; FID in the Inception's {DIM} "
+        if n <= DIM:  # every table today: once found only after 89 minutes of the table's features
+            raise ValueError(f"inception: this table's rows hold {n} samples; FID in the Inception's {DIM} "
                              f"features needs more than {DIM} a row (the committed DDPM 1000-step rows hold 2,000). "
                              f"Inception FID of a larger set: python -m fastddpm.eval FOLDER --data {data} "
                              f"--features inception")
@@ -595,7 +595,7 @@ def main(data: str, out=None, train: bool = False, guidance: bool = False, solve
     t0 = time.perf_counter()
     teacher = shared = None
     if solvers:
-        model, n = (GUIDED_MODEL[data] if guidance else model_for(data, out, train)), SOLVER_SAMPLES
+        model = GUIDED_MODEL[data] if guidance else model_for(data, out, train)
         # the row to match first (its shards shared by this model's tables), then the solvers at each budget
         configs = [(label + (f", w={SOLVER_GUIDANCE:g}" if guidance else ""), method,
                     dict(opts, **({"guidance": SOLVER_GUIDANCE} if guidance else {}))) for label, method, opts in
@@ -608,9 +608,9 @@ def main(data: str, out=None, train: bool = False, guidance: bool = False, solve
         elif plans:
             configs = [ddpm, *plan_configs(plans, model)]
     elif guidance:
-        model, configs, n = GUIDED_MODEL[data], GUIDED_CONFIGS, GUIDED_SAMPLES
+        model, configs = GUIDED_MODEL[data], GUIDED_CONFIGS
     else:
-        model, n = model_for(data, out, train), SAMPLES[data]
+        model = model_for(data, out, train)
         configs = [c for c in CONFIGS if c[0] not in SKIP.get(data, ())]
 
     def write(rows):

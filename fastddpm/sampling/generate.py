@@ -147,10 +147,11 @@ def _image_labels(labels, seeds: list, n) -> tuple:
     return out, (int(labels) if one else out)
 
 
-def _check_eval(data: str, shape, kind: str = "shipped"):
+def _check_eval(data: str, shape, kind: str = "shipped", n: int = None):
     """--eval DATA: a known data set whose feature network takes images of this shape (the
     Inception: any size, grey or RGB, and its weights on this machine), or a path to the user's
-    real images (fastddpm.io.sources), opened and checked now: the Source, else None."""
+    real images (fastddpm.io.sources), opened and checked now: the Source, else None. n: the
+    images asked for (the Inception's FID needs more than its 2,048 features on each side)."""
     from ..metrics import FEATURES, features, inception, shipped_network_for
 
     if kind not in FEATURES:
@@ -168,6 +169,9 @@ def _check_eval(data: str, shape, kind: str = "shipped"):
     if kind == "inception":
         if shape[0] not in (1, 3):
             raise ValueError(f"eval: the Inception takes grey or RGB images; this model makes {shape[0]} channels")
+        if n is not None and n <= inception.DIM:
+            raise ValueError(f"eval_features: Inception FID needs more than {inception.DIM} samples (the Inception's "
+                             f"feature dimension); --n asks for {n}")
         inception.find()
         from ..metrics import check_inception_reference
 
@@ -252,12 +256,7 @@ def generate(model, n: int = None, out=None, *, seeds=None, method: str = "ddpm"
     image_labels, label_spec = _image_labels(labels, seeds, sampler.num_classes)
     eval_source = None
     if eval is not None:
-        eval_source = _check_eval(eval, sampler.shape, eval_features)
-        from ..metrics.inception import DIM
-
-        if eval_features == "inception" and len(seeds) <= DIM:
-            raise ValueError(f"eval_features: Inception FID needs more than {DIM} samples (the Inception's feature "
-                             f"dimension); --n asks for {len(seeds)}")
+        eval_source = _check_eval(eval, sampler.shape, eval_features, n=len(seeds))
     out = ckpt.check_writable(out, "out")
     removed = remove_stale_temps(out)
 
