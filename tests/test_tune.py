@@ -368,6 +368,39 @@ def test_shipped_plans_belong_to_their_model_and_generate_takes_them_by_name(tmp
     assert not (tmp_path / "h").exists()
 
 
+def test_the_sampler_takes_a_shipped_plan_by_name_and_refuses_one_made_for_another_model():
+    from fastddpm import UNet
+    from fastddpm.models.loading import load_model, model_identity, shipped_plans
+
+    net, schedule, info = load_model("digits")
+    d = tuned.read(shipped_plans("digits")["ipndm2-5"])
+    by_name = Sampler(net, schedule, plan="ipndm2-5", compile=False, progress=False)
+    assert by_name.tuned == d
+    assert torch.equal(by_name.run(batch=8, seed=1),
+                       Sampler(net, schedule, plan=d, compile=False, progress=False).run(batch=8, seed=1))
+    with pytest.raises(ValueError, match=r"plan: nope is neither a plan file nor a plan shipped with 'digits' \(its plans: "):
+        Sampler(net, schedule, plan="nope")
+    bare = UNet(net.config)  # the same weights in a UNet built by hand: the same hash as load_model's
+    bare.load_state_dict(net.state_dict())
+    assert model_identity(bare) == (None, None, info["hash"])
+    Sampler(bare, schedule, plan=d, compile=False, progress=False)
+    with pytest.raises(ValueError, match="plan: ipndm2-5 is not a file, and a plan is found by name only for a shipped model"):
+        Sampler(bare, schedule, plan="ipndm2-5")
+    with torch.no_grad():
+        next(bare.parameters()).add_(1e-3)  # weights changed since the plan was tuned
+    with pytest.raises(ValueError, match=f"plan: made for another model \\(digits, hash {info['hash']}\\), this one's hash is "):
+        Sampler(bare, schedule, plan=d)
+    with torch.no_grad():
+        next(net.parameters()).mul_(1.01)  # a loaded model changed afterwards: its parameters' hash, not the load's
+    with pytest.raises(ValueError, match=f"plan: made for another model \\(digits, hash {info['hash']}\\)"):
+        Sampler(net, schedule, plan="ipndm2-5")
+    other, schedule2, oinfo = load_model("fashion-mnist-small")  # same schedule and prediction, another model
+    with pytest.raises(ValueError, match=f"made for another model .*this one's hash is {oinfo['hash']}"):
+        Sampler(other, schedule2, plan=d)
+    with pytest.raises(ValueError, match="neither a plan file nor a plan shipped with 'fashion-mnist-small' \\(it ships none"):
+        Sampler(other, schedule2, plan="ipndm2-5")
+
+
 def test_bench_quality_plan_refusals_come_before_any_work(tmp_path):
     from fastddpm.bench.quality import main
 

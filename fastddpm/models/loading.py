@@ -314,8 +314,7 @@ def load_model(spec, flags=None):
         raise TypeError(f"model: expected a path (a run folder, a checkpoint, a diffusers folder) or a shipped model's "
                         f"name ({', '.join(shipped()) or 'none'}), got {type(spec).__name__}")
     if isinstance(spec, str) and spec in shipped():
-        net, schedule, info = _from_shipped(SHIPPED / f"{spec}.safetensors", spec)
-        return net.eval(), schedule, info
+        return _identified(*_from_shipped(SHIPPED / f"{spec}.safetensors", spec))
     path = Path(spec)
     if not path.exists():
         raise ValueError(f"model: {spec} is neither a file, a folder, nor a shipped model ({', '.join(shipped()) or 'none'})")
@@ -337,7 +336,32 @@ def load_model(spec, flags=None):
     else:
         raise ValueError(f"model: {path} has no usable weights (no checkpoints/, no .safetensors checkpoint, "
                          f"no diffusers config.json)")
+    return _identified(net, schedule, info)
+
+
+def _identified(net, schedule, info) -> tuple:
+    """The loaded network in eval mode, carrying `net.identity` ({source, kind, hash}: what a tuned
+    plan records of its model), so that a Sampler given a plan checks the plan was made for it and
+    finds a shipped model's plans by name."""
+    net.identity = {k: info[k] for k in ("source", "kind", "hash")}
     return net.eval(), schedule, info
+
+
+PARAMETER_HASHED = ("shipped", "checkpoint")  # kinds whose hash is weights_hash of the UNet's own parameters
+
+
+def model_identity(model):
+    """(source, kind, hash) of a model as a tuned plan records it, or None when nothing is known:
+    what load_model attached (`model.identity`), the hash taken again from the parameters of a
+    fastddpm UNet whose hash is theirs (a shipped model's, a checkpoint's: weights changed since
+    loading are another model); for a UNet without it, its parameters' hash, source and kind None."""
+    ident = getattr(model, "identity", None)
+    if not (isinstance(ident, dict) and {"source", "kind", "hash"} <= set(ident)):
+        ident = None
+    if isinstance(model, UNet) and (ident is None or ident["kind"] in PARAMETER_HASHED):
+        now = weights_hash(dict(model.named_parameters()))
+        return (None, None, now) if ident is None else (ident["source"], ident["kind"], now)
+    return None if ident is None else (ident["source"], ident["kind"], ident["hash"])
 
 
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")

@@ -16,10 +16,12 @@ plan and the seed s + k: its prior and every z are addressed by that seed.
 
 import copy
 import math
+import os
 import sys
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -100,10 +102,13 @@ class Sampler:
     cuda_graph:    capture the step in a CUDA graph and replay it (CUDA only).
     max_batch:     the largest micro-batch (default 1024); larger runs are split.
     timesteps:     a grid of the method's own instead of the spacing's (descending ints in [0, T)).
-    plan:          a tuned plan (python -m fastddpm.tune: its file or dict): the method, its
-                   options and its searched timesteps, refused if made for another schedule or
-                   prediction; `method`, `steps` and the grid options are then not given (or given
-                   as the plan has them).
+    plan:          a tuned plan (python -m fastddpm.tune: its file or dict, or for a shipped model
+                   loaded by load_model the name of a plan shipped beside it, e.g. "ipndm2-5"):
+                   the method, its options and its searched timesteps, refused if made for
+                   another schedule, prediction or model (the model's hash: a fastddpm UNet's
+                   parameters, or what load_model attached to a model of another kind; one
+                   built by hand is checked on schedule and prediction only); `method`, `steps` and
+                   the grid options are then not given (or given as the plan has them).
     scales:        learned factors on each step's weights ((K, 6): x̂_0, x_t, ε̂, h_1, h_2, h_3;
                    core.plan.SCALED), as a refined plan (tune --learn) sets them; deterministic methods.
     """
@@ -142,8 +147,16 @@ class Sampler:
     ):
         if not callable(model):
             raise TypeError(f"model: expected a callable model(x, t), got {type(model).__name__}")
-        tuned_plan = None
+        tuned_plan = ident = None
         if plan is not None:  # a tuned plan (fastddpm.tune) sets the method, its options and its timesteps
+            from ..models.loading import model_identity, plan_file
+
+            ident = model_identity(model)
+            if isinstance(plan, (str, os.PathLike)) and not Path(plan).exists():  # a shipped model's plan, by name
+                if ident is None or ident[1] != "shipped":
+                    raise ValueError(f"plan: {plan} is not a file, and a plan is found by name only for a shipped model "
+                                     f"loaded by fastddpm.pretrained.load_model (e.g. load_model('digits')); pass the plan's path")
+                plan = plan_file(plan, ident[0])
             tuned_plan, sets = tuned.arguments(plan, method, steps=steps, spacing=spacing, order=order,
                                                solver_type=solver_type, corrector=corrector,
                                                lower_order_final=lower_order_final, timesteps=timesteps, scales=scales,
@@ -162,7 +175,8 @@ class Sampler:
         self.plan = Plan.build(schedule, m)
         self.tuned = tuned_plan
         if tuned_plan is not None:
-            tuned.check_for(tuned_plan, self.plan.schedule, self.plan.method.prediction)
+            tuned.check_for(tuned_plan, self.plan.schedule, self.plan.method.prediction,
+                            model_hash=None if ident is None else ident[2])
         self.learned_sigma = conventions.of(model).learned_sigma  # its output: 2C channels, the prediction then v
         self.num_classes = num_classes(model)  # None: unconditional
         if guidance is not None and self.num_classes is None:
