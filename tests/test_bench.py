@@ -251,12 +251,69 @@ def test_inception_on_the_digits_is_refused_before_any_sampling(tmp_path):
     with pytest.raises(ValueError, match="digits's held-out split has 360 images; FID in the Inception's 2048"):
         quality.main("digits", out=tmp_path / "q", solvers=True, inception=True)
     assert not (tmp_path / "q").exists()
-    # rows of at most 2,048 samples (every table's today): said before any sampling, not after the table
+    # an Inception set of at most 2,048 samples (a 2,000-sample row's once failed after 89 minutes), smaller than the
+    # table's rows it extends, or larger than the training images of its floor: said before any sampling
     for flags in (dict(solvers=True), dict(solvers=True, guidance=True), dict()):
-        n = 2000 if flags else 500
-        with pytest.raises(ValueError, match=f"inception: this table's rows hold {n} samples; FID .* more than 2048 a row"):
-            quality.main("fashion-mnist", out=tmp_path / "f", inception=True, **flags)
+        for n in (2000, 2048, 60001):
+            with pytest.raises(ValueError, match=r"inception: expected a sample count in \[2049, 60000\]: .* got " + str(n)):
+                quality.main("fashion-mnist", out=tmp_path / "f", inception=n, **flags)
+        with pytest.raises(TypeError, match="inception: expected the Inception rows' sample count"):
+            quality.main("fashion-mnist", out=tmp_path / "f", inception=3000.0, **flags)
         assert not (tmp_path / "f").exists()
+    with pytest.raises(SystemExit):  # the CLI's --inception N: an int
+        bench.main(["--quality", "--data", "fashion-mnist", "--inception", "many"])
+
+
+def test_inception_rows_are_drawn_at_their_own_count_and_the_shared_row_is_extended_beside_its_shards(tmp_path, monkeypatch):
+    """The plumbing of --inception on a tiny table: the floor takes n_inc training images; the shared
+    row keeps its shards (seeds 0..n-1) and gets seeds n..n_inc-1 in a folder beside them; another row
+    is drawn again at seeds 0..n_inc-1. What reaches the Inception is, image for image, what one
+    generate of seeds 0..n_inc-1 makes (the FID computation itself: tests/test_inception.py)."""
+    from fastddpm.bench import quality
+    from fastddpm import metrics
+    from fastddpm.io.data import labelled
+    from fastddpm.io.images import to_uint8
+    from fastddpm.sampling.generate import generate, shard_images
+
+    n, n_inc = 6, 11
+    shared, out = tmp_path / "rows" / "digits", tmp_path / "q"
+    cheap = dict(steps=2)  # the shared row's plumbing, without a 1000-step chain: the row is labelled DDPM 1000
+    configs = [("DDPM 1000 (σ²=β)", "ddim", cheap), ("A 10", "dpm++2m", dict(steps=3)), ("A 5", "dpm++2m", dict(steps=2))]
+    rows = [dict(label="real", method="real", evaluations=0, n=n, fd=1.0)]
+    for label, method, opts in configs:
+        folder = (shared if label.startswith("DDPM") else out / "samples") / quality.slug(label)
+        generate("digits", n=n, out=folder, method=method, shard=4, batch=n, progress=False, **opts)
+        rows.append(dict(label=label, method="ddpm" if label.startswith("DDPM") else method,
+                         steps=1000 if label.startswith("DDPM") else opts["steps"],
+                         evaluations=1000 if label.startswith("DDPM") else opts["steps"], n=n, fd=2.0 if "5" in label else 1.5,
+                         folder=str(folder)))
+    seen = []
+
+    def evaluate(images, data, **kw):
+        assert kw["features"] == "inception" and data == "digits"
+        seen.append(torch.cat([torch.as_tensor(x) for x in images]))
+        return dict(fd=float(len(seen)), kid=0.0, feature_network="inception-test")
+
+    monkeypatch.setattr(metrics, "evaluate", evaluate)
+    written = []
+    quality.add_inception(rows, "digits", n_inc, model="digits", configs=configs, out=out, shared=shared,
+                          on_row=lambda r: written.append([x.get("inception_n") for x in r]), progress=False)
+    assert [r["label"] for r in rows if "inception_fid" in r] == ["real", "DDPM 1000 (σ²=β)", "A 10"]  # not A 5
+    assert all(r["inception_n"] == n_inc for r in rows if "inception_fid" in r) and len(written) == 3
+    assert torch.equal(seen[0], torch.as_tensor(to_uint8(labelled("digits", "train")[0][:n_inc])))
+    for got, (label, method, opts) in zip(seen[1:], configs[:2]):
+        one = generate("digits", n=n_inc, out=tmp_path / "one" / quality.slug(label), method=method, shard=n_inc,
+                       batch=n_inc, progress=False, **opts)
+        want = torch.cat([torch.as_tensor(shard_images(tmp_path / "one" / quality.slug(label), s, "npz")) for s in one["shards"]])
+        assert got.shape[0] == n_inc and torch.equal(got, want), label
+    more = quality.extension(shared / quality.slug(configs[0][0]), n, n_inc)
+    assert more.parent == shared and json.loads((more / "manifest.json").read_text())["config"]["seeds"] == [[n, n_inc - 1]]
+    assert (out / "inception" / quality.slug("A 10")).is_dir() and not (out / "inception" / quality.slug("A 5")).exists()
+    quality.add_inception(rows, "digits", n_inc, model="digits", configs=configs, out=out, shared=shared, progress=False)
+    assert len(seen) == 3  # measured at this count already: nothing again
+    md = quality.solver_table([{**r, "fd_std": 0.1, "kid": 0.0, "kid_std": 0.0, "precision": 1.0, "recall": 1.0,
+                                "generate_seconds": 1.0} for r in rows], "digits", "d")
+    assert f"| Inception FID ↓ ({n_inc:,} samples) |" in md
 
 
 @pytest.mark.parametrize("flags", [dict(solvers=True), dict(solvers=True, guidance=True), dict()], ids=["solvers", "guidance", "plain"])

@@ -113,9 +113,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--plan", action="append", default=None, metavar="FILE",
                     help="--quality --solvers: your tuned plan files (python -m fastddpm.tune) for the shipped model, each "
                          "beside its method on the default grid at the same budget (repeatable)")
-    ap.add_argument("--inception", action="store_true", help="--quality: Inception FID beside FD on the real floor, the "
-                    "DDPM 1000-step row and the best row of at most 20 evaluations (the FID network found offline; rows of "
-                    "more than 2,048 samples only, which no table draws yet: refused before any sampling)")
+    ap.add_argument("--inception", nargs="?", type=int, const=True, default=None, metavar="N",
+                    help="--quality: Inception FID beside FD on the real floor, the DDPM 1000-step row and the best row of at "
+                    "most 20 evaluations, each on its own N samples (default 5,000; more than the Inception's 2,048 "
+                    "features, at least the table's; the DDPM row's seeds beyond the table's are drawn beside its shared "
+                    "shards, resumable), the FID network found offline")
     ap.add_argument("--debug", action="store_true", help="a Python stack for every error (also FASTDDPM_DEBUG=1)")
     args = ap.parse_args(argv)
     for flag in ("data", "train", "guidance", "solvers", "inception", "tuned", "plan"):

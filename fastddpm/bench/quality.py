@@ -5,6 +5,7 @@
     python -m fastddpm.bench --quality --data fashion-mnist         # the shipped fashion-mnist-small model
     python -m fastddpm.bench --quality --data fashion-mnist --guidance   # fashion-mnist-cond: the guidance sweep
     python -m fastddpm.bench --quality --data digits --solvers      # the multistep solvers at 5, 6, 8, 10 steps
+    python -m fastddpm.bench --quality --data fashion-mnist --solvers --inception 5000   # + Inception FID (add_inception)
 
 For every sampler configuration in CONFIGS: generate a fixed seed range through
 fastddpm.generate, measure FD, KID, precision and recall against the held-out split with
@@ -69,6 +70,9 @@ SOLVER_METHODS = (("DDIM η=0", "ddim", {}), ("DPM-Solver++(2M)", "dpm++2m", {})
                   ("iPNDM-4", "ipndm", dict(order=4)), ("iPNDM-2", "ipndm", dict(order=2)))
 SOLVER_CONFIGS = [(f"{name} {n}", method, dict(steps=n, **o)) for name, method, o in SOLVER_METHODS for n in SOLVER_BUDGETS]
 SOLVER_SAMPLES = 2000
+# --inception's default: the Inception rows' own sample count (FID in 2,048 features needs more than 2,048 a side;
+# pytorch-fid recommends at least that many, and a 5,000-set's features take about 11 CPU-minutes here)
+INCEPTION_SAMPLES = 5000
 # --tuned: each of these at each budget on its default grid and on the grid fastddpm.tune searched for the model
 TUNED_BUDGETS = (4, 5, 6, 8, 10)
 TUNED_METHODS = (("DDIM η=0", "ddim", {}), ("DPM-Solver++(2M)", "dpm++2m", {}), ("UniPC-3 bh1", "unipc",
@@ -254,24 +258,55 @@ def inception_rows(rows: list) -> list:
     return pick
 
 
-def add_inception(rows: list, data: str) -> None:
-    """Inception FID (and KID) beside the shipped network's FD on inception_rows(rows), in place."""
+def extension(folder: Path, n: int, n_inc: int) -> Path:
+    """Where a shared row's seeds n .. n_inc-1 live: a folder beside its own (seeds 0 .. n-1), since a
+    generate folder keeps the seeds it was started with."""
+    return folder.parent / f"{folder.name}-seeds-{n}-{n_inc - 1}"
+
+
+def add_inception(rows: list, data: str, n_inc: int, *, model: str = None, configs=(), out: Path = None, shared=None,
+                  batch: int = 1000, on_row=None, progress: bool = True) -> None:
+    """Inception FID (and KID) beside the shipped network's FD on inception_rows(rows), in place, each
+    on its own n_inc samples: FID in the Inception's 2,048 features needs more than the tables' 2,000.
+    The floor: the first n_inc training images. A row in `shared` (the DDPM 1000-step row, hours on a
+    CPU): its shards (seeds 0 .. n-1) and seeds n .. n_inc-1 beside them (extension(); shards of 250,
+    resumable in sittings, reused by every later table). Any other row: drawn again at seeds
+    0 .. n_inc-1 into out/inception/ (its first n images are the row's own). configs: the table's
+    (label, method, options), by which a row is drawn again; on_row(rows) after each row."""
     from .. import metrics
     from ..io.data import labelled
     from ..io.images import to_uint8
-    from ..sampling.generate import shard_images
+    from ..sampling.generate import generate, shard_images
 
+    how = {label: (method, opts) for label, method, opts in configs}
     for r in inception_rows(rows):
-        if "inception_fid" in r:
+        if r.get("inception_n") == n_inc:
             continue
+        t0 = time.perf_counter()
         if r["method"] == "real":
-            images = [to_uint8(labelled(data, "train")[0][: r["n"]])]
+            images = [to_uint8(labelled(data, "train")[0][:n_inc])]
         else:
-            folder = Path(r["folder"])
-            m = json.loads((folder / "manifest.json").read_text())
-            images = (shard_images(folder, s, "npz") for s in m["shards"])
+            method, opts = how[r["label"]]
+            gen = {k: v for k, v in opts.items() if not ("plan" in opts and k == "steps")}  # a plan sets its own steps
+            own = Path(r["folder"])
+            if shared is not None and own.parent == Path(shared):
+                more = extension(own, r["n"], n_inc)
+                parts = [(own, json.loads((own / "manifest.json").read_text())),
+                         (more, generate(model, seeds=f"{r['n']}-{n_inc - 1}", out=more, method=method, shard=250,
+                                         batch=min(batch, 250), progress=False, **gen))]
+            else:
+                folder = out / "inception" / slug(r["label"])
+                parts = [(folder, generate(model, n=n_inc, out=folder, method=method, shard=n_inc,
+                                           batch=min(batch, n_inc), progress=False, **gen))]
+            images = (shard_images(f, s, "npz") for f, m in parts for s in m["shards"])
         rep = metrics.evaluate(images, data, kid_subsets=50, features="inception", what=("fd", "kid"))
-        r.update(inception_fid=rep["fd"], inception_kid=rep["kid"], inception_network=rep["feature_network"])
+        r.update(inception_fid=rep["fd"], inception_kid=rep["kid"], inception_n=n_inc,
+                 inception_network=rep["feature_network"])
+        if on_row is not None:
+            on_row(rows)
+        if progress:
+            sys.stderr.write(f"{r['label']:<26} Inception FID {r['inception_fid']:8.3f} ({n_inc} samples, "
+                             f"{time.perf_counter() - t0:.0f} s)\n")
 
 
 def real_row(data: str, n: int, labels: bool = False) -> dict:
@@ -353,10 +388,18 @@ def measure(model: str, data: str, out: Path, n: int, configs=CONFIGS, batch: in
     return rows
 
 
+def fid_header(rows: list) -> str:
+    """The Inception FID column's header (its own sample count, not the table's), '' without one."""
+    if not any("inception_fid" in r for r in rows):
+        return ""
+    ns = sorted({r["inception_n"] for r in rows if r.get("inception_n")})
+    return f"Inception FID ↓ ({', '.join(f'{n:,}' for n in ns)} samples) | " if ns else "Inception FID ↓ | "
+
+
 def table(rows: list, data: str) -> str:
     fid = any("inception_fid" in r for r in rows)  # the column only when some row has it (--inception)
     lines = [f"| sampler ({data}, {rows[0]['n']} samples) | model evaluations | FD ↓ | KID ↓ | precision ↑ | recall ↑ | "
-             + ("Inception FID ↓ | " if fid else "") + "wall time (this CPU) |", "|---|---|---|---|---|---|---|" + ("---|" if fid else "")]
+             + fid_header(rows) + "wall time (this CPU) |", "|---|---|---|---|---|---|---|" + ("---|" if fid else "")]
     for r in rows:
         wall = wall_time(r)
         inc = (("-" if r.get("inception_fid") is None else f"{r['inception_fid']:.2f}") + " | ") if fid else ""
@@ -420,7 +463,7 @@ def solver_table(rows: list, data: str, model: str, teacher=None) -> str:
     real = next(r for r in rows if r["method"] == "real")
     has_fid = any("inception_fid" in r for r in rows)  # the column only when some row has it (--inception)
     lines = [f"| sampler ({model}, {real['n']} samples) | steps | model evaluations | FD ↓ (± bootstrap σ) | KID ↓ | precision ↑ | "
-             f"recall ↑ | RMSE to the ODE ↓ | {'Inception FID ↓ | ' if has_fid else ''}wall time (this CPU) |",
+             f"recall ↑ | RMSE to the ODE ↓ | {fid_header(rows)}wall time (this CPU) |",
              "|---|---|---|---|---|---|---|---|---|" + ("---|" if has_fid else "")]
     for r in rows:
         wall = wall_time(r)
@@ -555,8 +598,9 @@ def plan_configs(plans: list, model: str) -> list:
     return configs
 
 
-def main(data: str, out=None, train: bool = False, guidance: bool = False, solvers: bool = False, inception: bool = False,
+def main(data: str, out=None, train: bool = False, guidance: bool = False, solvers: bool = False, inception=None,
          tuned: bool = False, plans: list = None) -> dict:
+    """inception: the Inception rows' sample count (True: INCEPTION_SAMPLES; None or False: no Inception FID)."""
     if data not in SAMPLES:
         raise ValueError(f"data: --quality needs --data {' or '.join(SAMPLES)}, got {data!r}")
     if guidance and data not in GUIDED_MODEL:
@@ -571,17 +615,21 @@ def main(data: str, out=None, train: bool = False, guidance: bool = False, solve
     # teacher's or the rows' minutes of sampling (the Fashion-MNIST solvers table once failed after 14)
     held_out = labelled(data, "test")[0].shape[0]
     n = SOLVER_SAMPLES if solvers else GUIDED_SAMPLES if guidance else SAMPLES[data]  # samples a row
-    if inception:  # FID needs more images than the Inception's 2,048 features on both sides: say so before any sampling
+    if inception is True:
+        inception = INCEPTION_SAMPLES
+    if inception not in (None, False):  # FID needs more images than the Inception's 2,048 features on both sides
         from ..metrics.inception import DIM
 
+        if not isinstance(inception, int) or isinstance(inception, bool):
+            raise TypeError(f"inception: expected the Inception rows' sample count (an int), got {inception!r}")
         if held_out <= DIM:
             raise ValueError(f"inception: {data}'s held-out split has {held_out} images; FID in the Inception's {DIM} "
                              f"features needs more than {DIM} on each side (--inception is for fashion-mnist)")
-        if n <= DIM:  # every table today: once found only after 89 minutes of the table's features
-            raise ValueError(f"inception: this table's rows hold {n} samples; FID in the Inception's {DIM} "
-                             f"features needs more than {DIM} a row (the committed DDPM 1000-step rows hold 2,000). "
-                             f"Inception FID of a larger set: python -m fastddpm.eval FOLDER --data {data} "
-                             f"--features inception")
+        train_n = labelled(data, "train")[0].shape[0]
+        if not max(n, DIM + 1) <= inception <= train_n:  # a 2,000-sample row once found its singular covariance after 89 min
+            raise ValueError(f"inception: expected a sample count in [{max(n, DIM + 1)}, {train_n}]: more than the "
+                             f"Inception's {DIM} features, at least the table's {n} a row (the Inception rows extend "
+                             f"its seeds), at most the {train_n} training images of the floor; got {inception}")
     if (tuned or plans) and not solvers:
         raise ValueError(f"{'tuned' if tuned else 'plan'}: tuned plans are measured in the --solvers table (teacher RMSE, "
                          f"certify line): pass --solvers")
@@ -631,7 +679,7 @@ def main(data: str, out=None, train: bool = False, guidance: bool = False, solve
     rows = measure(model, data, out, n, configs, on_row=write, real=True, labels=guidance and not solvers, teacher=teacher,
                    shared=shared)
     if inception:  # the field's FID beside the feature network's FD, where affordable (inception_rows)
-        add_inception(rows, data)
+        add_inception(rows, data, inception, model=model, configs=configs, out=out, shared=shared, on_row=write)
     rep, md, png = write(rows)
     sys.stdout.write(md + f"\nwrote {out / 'quality.json'}, {out / 'quality.md'}" + (f", {png}" if png else "") + "\n")
     return rep
